@@ -1,0 +1,1 @@
+"""Clients that subscribe to the monitor's events."""

@@ -1,0 +1,1 @@
+"""The live system: sans-I/O core, async adapters, daemon and CLI."""

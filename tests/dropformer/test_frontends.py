@@ -1,0 +1,72 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dropformer import FrontendConfig, build_frontend
+from dropformer.errors import CheckpointError, ConfigError
+
+
+def test_logmel_shapes_rate_and_level_invariance() -> None:
+    fe = build_frontend(FrontendConfig(kind="logmel"))
+    torch.manual_seed(0)
+    wave = torch.randn(2, 48000) * torch.linspace(0.1, 1.0, 48000)
+    feats, lengths = fe(wave, torch.tensor([48000, 32000]))
+    assert feats.shape[2] == 80 and fe.feature_dim == 80
+    assert lengths.tolist() == [148, 98]  # (1 + (N - n_fft 512) // 160) // 2 at 50 Hz
+    assert feats[1, 98:].abs().max() == 0
+    quiet, _ = fe(wave * 0.05, torch.tensor([48000, 32000]))
+    assert torch.allclose(feats[0, :148], quiet[0, :148], atol=1e-2)  # level removed
+
+
+def test_logmel_uses_library_filter_bank() -> None:
+    from transformers.audio_utils import mel_filter_bank
+
+    fe = build_frontend(FrontendConfig(kind="logmel"))
+    ref = mel_filter_bank(num_frequency_bins=257, num_mel_filters=80, min_frequency=20.0, max_frequency=8000,
+                          sampling_rate=16000, norm="slaney", mel_scale="slaney")
+    assert np.allclose(fe.mel_fb.numpy(), ref)
+
+
+def test_wavlm_loads_from_folder_and_returns_chosen_layer(tiny_wavlm_dir: Path) -> None:
+    from transformers import WavLMModel
+
+    fe = build_frontend(FrontendConfig(kind="wavlm", model=str(tiny_wavlm_dir), layer=2))
+    assert len(fe.wavlm.encoder.layers) == 2  # layers above 2 are removed, never run
+    torch.manual_seed(0)
+    wave = torch.randn(2, 16000) * 0.1
+    feats, lengths = fe(wave, torch.tensor([16000, 8000]))
+    assert feats.shape == (2, 49, 32) and lengths.tolist() == [49, 24]
+
+    full = WavLMModel.from_pretrained(tiny_wavlm_dir).eval()
+    calls: list[int] = []
+    for i, layer in enumerate(full.encoder.layers):
+        layer.register_forward_hook(lambda m, a, o, i=i: calls.append(i))
+    x = (wave[:1] - wave[:1].mean()) / torch.sqrt(wave[:1].var(unbiased=False) + 1e-7)  # do_normalize
+    with torch.no_grad():
+        ref = full(x, output_hidden_states=True).hidden_states[2]
+    assert calls == [0, 1, 2, 3]
+    assert torch.allclose(feats[0], ref[0], atol=1e-4)
+    # the short item alone gives the same features as inside the padded batch
+    alone, _ = fe(wave[1:, :8000], torch.tensor([8000]))
+    assert torch.allclose(alone[0], feats[1, :24], atol=1e-4)
+
+
+def test_wavlm_missing_folder_and_bad_layer(tmp_path: Path, tiny_wavlm_dir: Path) -> None:
+    with pytest.raises(CheckpointError, match="frontend.model"):
+        build_frontend(FrontendConfig(kind="wavlm", model=str(tmp_path / "nope")))
+    with pytest.raises(ConfigError, match="frontend.layer"):
+        build_frontend(FrontendConfig(kind="wavlm", model=str(tiny_wavlm_dir), layer=9))
+    with pytest.raises(ConfigError, match="frontend.kind"):
+        FrontendConfig(kind="mfcc")
+
+
+def test_logmel_short_item_same_alone_and_in_batch() -> None:
+    fe = build_frontend(FrontendConfig(kind="logmel"))
+    torch.manual_seed(1)
+    wave = torch.randn(2, 40000)
+    batch, lengths = fe(wave, torch.tensor([40000, 17000]))
+    alone, alone_len = fe(wave[1:, :17000], torch.tensor([17000]))
+    assert lengths[1] == alone_len[0] == alone.shape[1]
+    assert torch.allclose(batch[1, : lengths[1]], alone[0], atol=1e-4)

@@ -1,0 +1,44 @@
+"""Sans-I/O core of the live system: numpy only, time is a sample index.
+
+Windowing, gating, smoothing, affect dimensions, the event schema and the
+per-stream state machine, all testable with plain arrays.
+"""
+
+from streamer.core.affect import PROTOTYPES, arousal_valence
+from streamer.core.events import (
+    Alert,
+    EmotionEstimate,
+    EmotionTransition,
+    Event,
+    StreamStatus,
+    parse_event,
+    schema_path,
+    validate_event,
+)
+from streamer.core.gate import EnergyGate, Gate, GateDecision
+from streamer.core.smoother import Smoother, SmootherUpdate
+from streamer.core.stream import StreamCore, WindowRequest
+from streamer.core.windower import Window, Windower, expected_window_count
+
+__all__ = [
+    "PROTOTYPES",
+    "Alert",
+    "EmotionEstimate",
+    "EmotionTransition",
+    "EnergyGate",
+    "Event",
+    "Gate",
+    "GateDecision",
+    "Smoother",
+    "SmootherUpdate",
+    "StreamCore",
+    "StreamStatus",
+    "Window",
+    "WindowRequest",
+    "Windower",
+    "arousal_valence",
+    "expected_window_count",
+    "parse_event",
+    "schema_path",
+    "validate_event",
+]

@@ -1,0 +1,406 @@
+"""The per-stream state machine: frames in, window requests and events out (sans-I/O).
+
+``StreamCore`` sanitises frames, cuts windows, gates them, hands speech
+windows to the caller as :class:`WindowRequest` (for the inference worker),
+and turns results into smoothed estimates and transitions.
+
+Ordering policy: every window gets a ``seq`` (0, 1, 2, ...). Windows are
+applied to the smoother strictly in ``seq`` order through a small reorder
+buffer: a silent window, or a result that arrives early, waits until every
+earlier speech window has its result (``on_result``) or was skipped
+(``on_skipped``). So out-of-order results are re-ordered, not lost. A result
+for a window that is no longer pending (a duplicate, or one given up on) is
+dropped and counted in ``late_results``. If more than ``max_pending`` windows
+wait, the oldest unanswered one is given up on (counted in ``lost_results``)
+so a worker that never answers cannot stall the stream.
+
+Status events: ``online`` on start, then ``speech`` / ``silence`` each time
+the gate's verdict changes (not every window), ``offline`` or ``error`` on
+stop. The first non-finite input sample also yields a status event whose
+``detail`` explains it; later ones are only counted.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from dropformer.errors import AudioError, ConfigError
+from streamer.core.affect import arousal_valence
+from streamer.core.events import (
+    COUNTER_NAMES,
+    EmotionEstimate,
+    EmotionTransition,
+    Event,
+    StreamState,
+    StreamStatus,
+)
+from streamer.core.gate import Gate
+from streamer.core.smoother import Smoother, SmootherUpdate
+from streamer.core.windower import Window, Windower
+
+log = logging.getLogger(__name__)
+
+STREAM_ID_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+EXTRA_COUNTERS = (
+    "clipped_samples",
+    "late_results",
+    "lost_results",
+    "bad_results",
+    "inference_errors",
+)
+
+
+@dataclass(frozen=True)
+class WindowRequest:
+    """A speech window the inference worker should classify, then answer with
+    ``StreamCore.on_result(seq, ...)`` or ``StreamCore.on_skipped(seq, ...)``."""
+
+    stream_id: str
+    seq: int
+    start_sample: int
+    end_sample: int
+    samples: np.ndarray = field(repr=False)
+    sample_rate_hz: int = 16000
+
+
+@dataclass
+class _Slot:
+    start_sample: int
+    end_sample: int
+    speech: bool
+    resolved: bool = False
+    probs: np.ndarray | None = None
+    tokens_in: int = 0
+    tokens_kept: int = 0
+    latency_ms: float = 0.0
+
+
+class StreamCore:
+    """One stream's state machine. See the module docstring for the policies.
+
+    Args:
+        stream_id: name of the stream (letters, digits, ``_ . : -``; one MQTT topic level).
+        labels: class names in the model's output order.
+        sample_rate_hz: sample rate of pushed frames; must match windower and smoother.
+        windower, gate, smoother: the parts (``gate=None`` treats every window as speech).
+        model_info: ``{"name", "frontend", "rev", ...}`` copied into every estimate.
+        silent_estimates: also publish an estimate (``speech=false``, empty ``raw``)
+            for silent windows once the first speech result is in (default True),
+            so subscribers see holding or decaying scores.
+        max_pending: most windows waiting in the reorder buffer (default 32).
+    """
+
+    def __init__(
+        self,
+        stream_id: str,
+        labels: Sequence[str],
+        *,
+        sample_rate_hz: int = 16000,
+        windower: Windower,
+        gate: Gate | None,
+        smoother: Smoother,
+        model_info: dict[str, Any],
+        silent_estimates: bool = True,
+        max_pending: int = 32,
+    ) -> None:
+        if not isinstance(stream_id, str) or not STREAM_ID_PATTERN.match(stream_id):
+            raise ConfigError(
+                f"stream_id {stream_id!r} is invalid: use 1-128 letters, digits or _ . : -"
+            )
+        if list(labels) != smoother.labels:
+            raise ConfigError(f"labels {list(labels)} differ from the smoother's {smoother.labels}")
+        for part, rate in (
+            ("windower", windower.sample_rate_hz),
+            ("smoother", smoother.sample_rate_hz),
+        ):
+            if rate != sample_rate_hz:
+                raise ConfigError(
+                    f"{part}.sample_rate_hz={rate} differs from the stream's sample_rate_hz={sample_rate_hz}"
+                )
+        missing = [k for k in ("name", "frontend", "rev") if k not in model_info]
+        if missing:
+            raise ConfigError(f"model_info lacks {missing}; give name, frontend and rev")
+        if max_pending < 1:
+            raise ConfigError(f"max_pending must be >= 1, got {max_pending}")
+        self.stream_id = stream_id
+        self.labels = list(labels)
+        self.sample_rate_hz = sample_rate_hz
+        self.windower = windower
+        self.gate = gate
+        self.smoother = smoother
+        self.model_info = dict(model_info)
+        self.silent_estimates = silent_estimates
+        self.max_pending = max_pending
+        self._counters = dict.fromkeys((*COUNTER_NAMES, *EXTRA_COUNTERS), 0)
+        self._pending: OrderedDict[int, _Slot] = OrderedDict()
+        self._next_seq = 0
+        self._state: StreamState | None = None  # None until start()
+        self._stopped = False
+
+    # ----------------------------------------------------------------- state
+    @property
+    def counters(self) -> dict[str, int]:
+        """A copy of the cumulative counters."""
+        return dict(self._counters)
+
+    @property
+    def state(self) -> StreamState | None:
+        """Current status state (None before ``start``)."""
+        return self._state
+
+    @property
+    def pending(self) -> int:
+        """Windows waiting for a result (or for an earlier one)."""
+        return len(self._pending)
+
+    def _ms(self, sample: int) -> int:
+        return sample * 1000 // self.sample_rate_hz
+
+    def _status(
+        self, state: StreamState, detail: str | None = None, at_sample: int | None = None
+    ) -> StreamStatus:
+        """Status at ``at_sample`` (default: all audio pushed so far)."""
+        self._state = state
+        sample = self.windower.total_samples if at_sample is None else at_sample
+        return StreamStatus(self.stream_id, state, self._ms(sample), self.counters, detail)
+
+    def start(self) -> StreamStatus:
+        """Begin the stream: returns the ``online`` status."""
+        if self._state is not None:
+            raise RuntimeError(f"stream {self.stream_id} was already started")
+        return self._status("online")
+
+    def stop(self, error: str | None = None) -> StreamStatus:
+        """End the stream: ``offline`` (or ``error`` with ``error`` as detail).
+
+        Windows still waiting for results are counted in ``lost_results``.
+        Call ``flush`` and wait for outstanding results first to lose nothing.
+        """
+        if self._pending:
+            lost = sum(1 for s in self._pending.values() if not s.resolved)
+            self._counters["lost_results"] += lost
+            if lost:
+                log.warning("stream %s: stopped with %d results outstanding", self.stream_id, lost)
+            self._pending.clear()
+        self._stopped = True
+        return self._status("error" if error is not None else "offline", error)
+
+    def count_dropped_frames(self, n: int) -> None:
+        """Record ``n`` frames a source dropped before they reached ``push``."""
+        self._counters["dropped_frames"] += int(n)
+
+    # ----------------------------------------------------------------- input
+    def _sanitise(self, frames: np.ndarray, out: list[WindowRequest | Event]) -> np.ndarray:
+        x = np.asarray(frames)
+        if x.ndim != 1:
+            raise AudioError(
+                f"stream {self.stream_id}: frames must be 1-D mono, got shape {x.shape}; "
+                "downmix (e.g. frames.mean(axis=1)) before push"
+            )
+        if x.dtype.kind in "iu":  # integer PCM: full scale maps to [-1, 1)
+            half = (float(np.iinfo(x.dtype).max) + 1.0) / (1.0 if x.dtype.kind == "i" else 2.0)
+            offset = 0.0 if x.dtype.kind == "i" else half
+            x = (x.astype(np.float64) - offset) / half
+        elif x.dtype.kind != "f":
+            raise AudioError(
+                f"stream {self.stream_id}: frames have dtype {x.dtype}; push float32 in [-1, 1] or int PCM"
+            )
+        x = x.astype(np.float32, copy=True)
+        bad = ~np.isfinite(x)
+        n_bad = int(bad.sum())
+        if n_bad:
+            x[bad] = 0.0
+            first = self._counters["bad_samples"] == 0
+            self._counters["bad_samples"] += n_bad
+            if first:
+                detail = (
+                    f"replaced {n_bad} non-finite samples (NaN/Inf) with 0 at "
+                    f"{self._ms(self.windower.total_samples)} ms; check the audio source. "
+                    "Later ones are only counted in counters.bad_samples"
+                )
+                log.warning("stream %s: %s", self.stream_id, detail)
+                assert self._state is not None
+                out.append(self._status(self._state, detail))
+        n_clip = int(np.count_nonzero(np.abs(x) > 1.0))
+        if n_clip:
+            self._counters["clipped_samples"] += n_clip
+            np.clip(x, -1.0, 1.0, out=x)
+        return x
+
+    def push(self, frames: np.ndarray) -> list[WindowRequest | Event]:
+        """Feed audio; returns window requests and events, in order.
+
+        Accepts 1-D float (any precision) or integer PCM (scaled to [-1, 1]);
+        raises AudioError for 2-D or non-numeric input. Starts the stream
+        (with its ``online`` status first in the list) if ``start`` was not called.
+        """
+        if self._stopped:
+            raise RuntimeError(f"stream {self.stream_id} is stopped; create a new StreamCore")
+        out: list[WindowRequest | Event] = []
+        if self._state is None:
+            out.append(self.start())
+        x = self._sanitise(frames, out)
+        for window in self.windower.push(x):
+            self._on_window(window, out)
+        out.extend(self._drain())
+        return out
+
+    def flush(self) -> list[WindowRequest | Event]:
+        """End of input: the windower's last partial window, if any, as for ``push``."""
+        if self._stopped:
+            return []
+        out: list[WindowRequest | Event] = []
+        if self._state is None:
+            out.append(self.start())
+        for window in self.windower.flush():
+            self._on_window(window, out)
+        out.extend(self._drain())
+        return out
+
+    def _on_window(self, w: Window, out: list[WindowRequest | Event]) -> None:
+        self._counters["windows"] += 1
+        seq = self._next_seq
+        self._next_seq += 1
+        speech = True if self.gate is None else self.gate.decide(w.samples).speech
+        state: StreamState = "speech" if speech else "silence"
+        if state != self._state:
+            out.append(self._status(state, at_sample=w.end_sample))
+        self._pending[seq] = _Slot(w.start_sample, w.end_sample, speech, resolved=not speech)
+        if speech:
+            out.append(
+                WindowRequest(
+                    self.stream_id,
+                    seq,
+                    w.start_sample,
+                    w.end_sample,
+                    w.samples,
+                    self.sample_rate_hz,
+                )
+            )
+        else:
+            self._counters["skipped_silence"] += 1
+        while len(self._pending) > self.max_pending:
+            out.extend(self._drain())
+            if len(self._pending) <= self.max_pending:
+                break
+            old_seq = next(iter(self._pending))  # unanswered: drain stopped there
+            del self._pending[old_seq]
+            self._counters["lost_results"] += 1
+            log.warning(
+                "stream %s: gave up waiting for the result of window %d", self.stream_id, old_seq
+            )
+
+    # ---------------------------------------------------------------- results
+    def _slot_for(self, seq: int) -> _Slot | None:
+        if not 0 <= seq < self._next_seq:
+            raise ValueError(f"stream {self.stream_id}: no window with seq {seq} was requested")
+        slot = self._pending.get(seq)
+        if slot is None or slot.resolved:
+            self._counters["late_results"] += 1
+            log.info(
+                "stream %s: dropped late or duplicate answer for window %d", self.stream_id, seq
+            )
+            return None
+        return slot
+
+    def on_result(
+        self, seq: int, probs: np.ndarray, tokens_in: int, tokens_kept: int, latency_ms: float
+    ) -> list[Event]:
+        """The model's probabilities for window ``seq``; returns the events now due.
+
+        Invalid probabilities (wrong shape, non-finite, not summing to 1) are
+        counted in ``bad_results`` (the first one also reported in a status
+        ``detail``, and logged each time); they never reach the smoother.
+        """
+        slot = self._slot_for(seq)
+        if slot is None:
+            return []
+        slot.resolved = True
+        out: list[Event] = []
+        try:
+            slot.probs = self.smoother.check_probs(probs)
+        except ValueError as e:
+            first = self._counters["bad_results"] == 0
+            self._counters["bad_results"] += 1
+            log.error("stream %s: window %d: %s", self.stream_id, seq, e)
+            if first:
+                assert self._state is not None
+                detail = f"model output for window {seq} rejected: {e}; later ones are only counted"
+                out.append(self._status(self._state, detail))
+        slot.tokens_in, slot.tokens_kept = int(tokens_in), int(tokens_kept)
+        slot.latency_ms = float(latency_ms)
+        return out + self._drain()
+
+    def on_skipped(self, seq: int, reason: str = "stale") -> list[Event]:
+        """The worker did not classify window ``seq``.
+
+        ``reason="stale"`` counts in ``skipped_stale``; anything else (e.g.
+        ``"error"``) in ``inference_errors``. Returns the events now due.
+        """
+        slot = self._slot_for(seq)
+        if slot is None:
+            return []
+        slot.resolved = True
+        self._counters["skipped_stale" if reason == "stale" else "inference_errors"] += 1
+        return self._drain()
+
+    def _drain(self) -> list[Event]:
+        out: list[Event] = []
+        while self._pending:
+            seq, slot = next(iter(self._pending.items()))
+            if not slot.resolved:
+                break
+            del self._pending[seq]
+            if slot.speech:
+                if slot.probs is None:
+                    continue  # skipped or rejected: already counted
+                self._counters["inferred"] += 1
+                upd = self.smoother.update(slot.probs, slot.end_sample)
+                raw = dict(zip(self.labels, (float(p) for p in slot.probs), strict=True))
+            else:
+                was_started = self.smoother.started
+                upd = self.smoother.silence(slot.end_sample)
+                if not (was_started and self.silent_estimates):
+                    continue
+                raw = {}
+            out.append(self._estimate(seq, slot, upd, raw))
+            if upd.transition is not None:
+                out.append(
+                    EmotionTransition(
+                        self.stream_id,
+                        seq,
+                        self._ms(slot.end_sample),
+                        *upd.transition,
+                        upd.confidence,
+                    )
+                )
+        return out
+
+    def _estimate(
+        self, seq: int, slot: _Slot, upd: SmootherUpdate, raw: dict[str, float]
+    ) -> EmotionEstimate:
+        arousal, valence = arousal_valence(upd.scores)
+        return EmotionEstimate(
+            stream_id=self.stream_id,
+            seq=seq,
+            audio_start_ms=self._ms(slot.start_sample),
+            audio_end_ms=self._ms(slot.end_sample),
+            speech=slot.speech,
+            label=upd.label,
+            confidence=upd.confidence,
+            scores=upd.scores,
+            raw=raw,
+            arousal=arousal,
+            valence=valence,
+            tokens_in=slot.tokens_in,
+            tokens_kept=slot.tokens_kept,
+            latency_ms=slot.latency_ms,
+            model=self.model_info,
+        )

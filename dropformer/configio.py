@@ -127,16 +127,44 @@ def validate(model: type[M], raw: Mapping[str, Any], *, source: str = "config") 
     try:
         return model.model_validate(dict(raw))
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, source)) from None
+        raise ConfigError(format_validation_error(exc, source, model)) from None
 
 
-def format_validation_error(exc: ValidationError, source: str = "config") -> str:
+def _known_keys(model: type[BaseModel] | None, loc: tuple[Any, ...]) -> list[str]:
+    """Field names of the sub-model that holds the key at ``loc`` (best effort)."""
+    node: Any = model
+    for part in loc[:-1]:
+        if isinstance(part, int) or node is None:
+            continue
+        fields = getattr(node, "model_fields", {})
+        if part not in fields:
+            return []
+        node = _model_in(fields[part].annotation)
+    return list(getattr(node, "model_fields", {}))
+
+
+def _model_in(annotation: Any) -> Any:
+    import typing
+
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def format_validation_error(exc: ValidationError, source: str = "config", model: type[BaseModel] | None = None) -> str:
     lines = [f"invalid {source} ({exc.error_count()} problem{'s' if exc.error_count() != 1 else ''}):"]
     for err in exc.errors():
         key = ".".join(str(p) for p in err["loc"]) or "<top level>"
         kind = err["type"]
         if kind == "extra_forbidden":
-            fix = "remove it or check its spelling against configs/*.yaml"
+            import difflib
+
+            close = difflib.get_close_matches(str(err["loc"][-1]), _known_keys(model, tuple(err["loc"])), n=1)
+            fix = f"did you mean {close[0]!r}?" if close else "remove it or check its spelling against configs/*.yaml"
             msg = "unknown key"
         elif kind == "missing":
             fix = f"add it to the YAML file or pass --set {key}=..."

@@ -105,13 +105,17 @@ class EmotionEstimate:
 
 @dataclass(frozen=True)
 class EmotionTransition:
-    """``emotion.transition``: the smoothed label changed at ``audio_ms``."""
+    """``emotion.transition``: the smoothed label changed at ``audio_ms``.
+
+    The stream's first label is announced with ``from_label=None`` (``"from": null``),
+    so the retained MQTT ``state`` topic holds the current label from the start.
+    """
 
     TYPE: ClassVar[str] = "emotion.transition"
     stream_id: str
     seq: int
     audio_ms: int
-    from_label: str
+    from_label: str | None
     to_label: str
     confidence: float
 

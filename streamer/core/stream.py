@@ -143,6 +143,7 @@ class StreamCore:
         self._next_seq = 0
         self._state: StreamState | None = None  # None until start()
         self._stopped = False
+        self._announced = False  # first label published as a transition from None
 
     # ----------------------------------------------------------------- state
     @property
@@ -371,7 +372,10 @@ class StreamCore:
                     continue
                 raw = {}
             out.append(self._estimate(seq, slot, upd, raw))
-            if upd.transition is not None:
+            if not self._announced:  # the first label: a transition from nothing
+                self._announced = True
+                out.append(EmotionTransition(self.stream_id, seq, self._ms(slot.end_sample), None, upd.label, upd.confidence))
+            elif upd.transition is not None:
                 out.append(
                     EmotionTransition(
                         self.stream_id,

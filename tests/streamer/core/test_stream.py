@@ -99,7 +99,7 @@ def test_real_speech_between_silences() -> None:
     assert [e.seq for e in estimates] == sorted({e.seq for e in estimates})
     assert any(not e.speech and e.raw == {} for e in estimates)  # holding through the pause
     transitions = of_type(events, EmotionTransition)
-    assert [(t.from_label, t.to_label) for t in transitions] == [("angry", "sad")]
+    assert [(t.from_label, t.to_label) for t in transitions] == [(None, "angry"), ("angry", "sad")]
     assert estimates[-1].label == "sad" and estimates[-1].arousal < 0
     for e in events:
         if not isinstance(e, WindowRequest):

@@ -1,0 +1,172 @@
+"""Benchmarks behind ``emotion-monitor bench``; every figure comes with a baseline
+measured in the same run.
+
+- ``head``: DropFormer head forward time on 150 tokens (3 s at 50 Hz), with TDM
+  (the paper's model) against the same weights without TDM (baseline).
+- ``window``: per-window inference time of the default model (front end + head,
+  3 s window, batch 1), against the vanilla Transformer of the same size.
+- ``wavlm``: the WavLM-Large layer-12 front end (random weights, real
+  architecture, loaded through from_pretrained), fp32 (baseline) vs bf16.
+- ``latency``: the whole daemon on real-time file streams of real speech:
+  audio-to-publish latency (window end to estimate published), median and p99,
+  for 1 stream (baseline) and for N streams sharing the worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+log = logging.getLogger(__name__)
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values, dtype=np.float64), q)) if values else float("nan")
+
+
+def time_calls(fn: Callable[[], Any], repeats: int, warmup: int = 3, desc: str = "") -> dict[str, float]:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in tqdm(range(repeats), desc=desc, leave=False, disable=not desc):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append((time.perf_counter() - t0) * 1000.0)
+    return {"median_ms": statistics.median(times), "p99_ms": percentile(times, 99), "n": len(times)}
+
+
+@torch.inference_mode()
+def bench_head(device: torch.device, repeats: int, d_model: int = 1024, tokens: int = 150) -> list[dict[str, Any]]:
+    """Paper-size head (d = WavLM-Large width) on one 150-token utterance, with and without TDM."""
+    from dropformer import DropFormer, preset
+
+    torch.manual_seed(0)
+    with_tdm = DropFormer(preset("dropformer", input_dim=d_model, d_model=d_model)).to(device).eval()
+    without = DropFormer(preset("no_tdm", input_dim=d_model, d_model=d_model)).to(device).eval()
+    without.load_state_dict(with_tdm.state_dict())
+    x = torch.randn(1, tokens, d_model, device=device)
+    n = torch.tensor([tokens], device=device)
+    rows = []
+    for name, model in (("DropFormer head, no TDM (baseline)", without), ("DropFormer head, TDM DR=0.1", with_tdm)):
+        r = time_calls(lambda m=model: m(x, n), repeats, desc=name)  # type: ignore[misc]
+        kept = int(model(x, n).kept_tokens[0, -1])
+        rows.append({"what": f"{name}, d={d_model}, {tokens} tokens", "tokens_kept": kept, **r})
+    return rows
+
+
+@torch.inference_mode()
+def bench_window(device: torch.device, repeats: int, checkpoint: str | None) -> list[dict[str, Any]]:
+    """Per-window inference of the default model against a vanilla model of the same size."""
+    from dropformer import DropFormer
+    from streamer.engine import Engine
+
+    engine = Engine.load(checkpoint, device=str(device))
+    rng = np.random.default_rng(0)
+    wave = (0.1 * rng.standard_normal(48000)).astype(np.float32)
+    vanilla = DropFormer(type(engine.model.cfg)(**{**engine.model.cfg.to_dict(), "use_tdm": False, "use_drop_attention": False}))
+    vanilla = vanilla.to(device).eval()
+    rows = []
+    for name, model in (("vanilla Transformer, same size (baseline)", vanilla), ("default model", engine.model)):
+        original = engine.model
+        engine.model = model
+        r = time_calls(lambda: engine.run([wave]), repeats, desc=name)
+        engine.model = original
+        rows.append({"what": f"{name}: {engine.info['frontend']} + head, 3 s window, batch 1", **r})
+    return rows
+
+
+@torch.inference_mode()
+def bench_wavlm(device: torch.device, repeats: int) -> list[dict[str, Any]]:
+    """WavLM-Large architecture (random weights) up to layer 12, fp32 vs bf16, one 3 s window."""
+    from transformers import Wav2Vec2FeatureExtractor, WavLMConfig, WavLMModel
+
+    from dropformer import FrontendConfig, build_frontend
+
+    cfg = WavLMConfig(
+        hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
+        do_stable_layer_norm=True, feat_extract_norm="layer", conv_bias=True,
+    )
+    rows = []
+    with tempfile.TemporaryDirectory() as d:
+        WavLMModel(cfg).save_pretrained(d)
+        Wav2Vec2FeatureExtractor(do_normalize=True, return_attention_mask=True).save_pretrained(d)
+        wave = torch.randn(1, 48000, device=device) * 0.1
+        n = torch.tensor([48000], device=device)
+        for dtype in ("float32", "bfloat16"):
+            fe = build_frontend(FrontendConfig(kind="wavlm", model=d, layer=12, dtype=dtype)).to(device)
+            r = time_calls(lambda fe=fe: fe(wave, n), max(3, repeats // 5), desc=f"wavlm {dtype}")  # type: ignore[misc]
+            label = "WavLM-Large layers 1-12" + (" fp32 (baseline)" if dtype == "float32" else " bf16")
+            rows.append({"what": f"{label}, 3 s window", **r})
+            del fe
+    return rows
+
+
+def bench_latency(streams: int, duration_s: float, audio: list[Path], checkpoint: str | None, device: str) -> dict[str, Any]:
+    """Run the real daemon on ``streams`` real-time file streams; collect latency_ms of estimates."""
+    from streamer.config import DaemonConfig
+    from streamer.daemon import Daemon
+
+    latencies: list[float] = []
+    counters: dict[str, Any] = {}
+    stream_cfgs = [
+        {"id": f"s{i}", "source": {"kind": "file", "path": str(audio[i % len(audio)]), "realtime": True, "loop": True}}
+        for i in range(streams)
+    ]
+    cfg = DaemonConfig.model_validate({
+        "model": {"checkpoint": checkpoint, "device": device},
+        "streams": stream_cfgs, "duration_s": duration_s, "gate": {"kind": "none"},
+        "publish": {"websocket": {"enabled": False}},
+    })
+
+    async def main() -> None:
+        async with Daemon(cfg) as daemon:
+            original = daemon.hub.publish
+
+            def tap(event: Mapping[str, Any]) -> None:
+                if event.get("type") == "emotion.estimate" and event.get("speech"):
+                    latencies.append(float(event["latency_ms"]))
+                original(event)
+
+            daemon.hub.publish = tap  # type: ignore[method-assign]
+            with tqdm(total=duration_s, desc=f"daemon, {streams} stream(s)", unit="s", leave=False) as bar:
+                async def tick() -> None:
+                    while True:
+                        await asyncio.sleep(1.0)
+                        bar.update(1.0)
+
+                ticker = asyncio.create_task(tick())
+                try:
+                    await daemon.run()
+                finally:
+                    ticker.cancel()
+            counters.update(daemon.health()["worker"])
+            counters["skipped_stale"] = sum(c["skipped_stale"] for c in daemon.health()["streams"].values())
+
+    asyncio.run(main())
+    return {
+        "what": f"audio-to-publish latency, {streams} real-time stream(s)",
+        "median_ms": percentile(latencies, 50), "p99_ms": percentile(latencies, 99), "n": len(latencies),
+        "skipped_stale": counters.get("skipped_stale", 0),
+    }
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    lines = ["| measurement | median ms | p99 ms | n | notes |", "|---|---:|---:|---:|---|"]
+    for r in rows:
+        notes = ", ".join(f"{k}={v}" for k, v in r.items() if k not in ("what", "median_ms", "p99_ms", "n"))
+        lines.append(f"| {r['what']} | {r['median_ms']:.1f} | {r['p99_ms']:.1f} | {r['n']} | {notes} |")
+    return "\n".join(lines)

@@ -1,0 +1,80 @@
+"""``emotion-monitor bench``: speed and latency figures with same-run baselines."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+
+from dropformer.configio import StrictModel, validate
+from dropformer.errors import ConfigError
+
+HELP = "measure inference time and audio-to-publish latency"
+log = logging.getLogger(__name__)
+
+
+class BenchConfig(StrictModel):
+    parts: list[str] = Field(default_factory=lambda: ["head", "window", "latency"])
+    """Which benchmarks: head, window, wavlm, latency."""
+    device: str = "auto"
+    """auto | cpu | cuda."""
+    threads: int = Field(1, ge=1)
+    """torch CPU threads (the daemon's default is 1)."""
+    repeats: int = Field(50, ge=1)
+    """Timed calls per measurement (after 3 warm-up calls)."""
+    checkpoint: str | None = None
+    """Model for window/latency; null = the daemon's default model."""
+    audio_dir: str | None = None
+    """Folder of WAV files for the latency run; null = the bundled demo audio."""
+    streams: int = Field(4, ge=1)
+    """Concurrent streams in the loaded latency run (the baseline is 1 stream)."""
+    duration_s: float = Field(30.0, gt=0)
+    """Length of each latency run in seconds."""
+    out: str | None = None
+    """Also write the results as JSON to this file."""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--parts", default=None, help="comma-separated: head,window,wavlm,latency")
+
+
+def main(args: argparse.Namespace, config: dict[str, Any]) -> int:
+    if args.parts:
+        config = {**config, "parts": args.parts.split(",")}
+    cfg = validate(BenchConfig, config, source="bench config")
+    unknown = set(cfg.parts) - {"head", "window", "wavlm", "latency"}
+    if unknown:
+        raise ConfigError(f"parts has unknown entries {sorted(unknown)}; choose from head, window, wavlm, latency")
+    import torch
+
+    from streamer import bench
+    from streamer.config import demo_audio_path
+    from streamer.engine import resolve_device
+
+    torch.set_num_threads(cfg.threads)
+    device = resolve_device(cfg.device)
+    rows: list[dict[str, Any]] = []
+    if "head" in cfg.parts:
+        rows += bench.bench_head(device, cfg.repeats)
+    if "window" in cfg.parts:
+        rows += bench.bench_window(device, cfg.repeats, cfg.checkpoint)
+    if "wavlm" in cfg.parts:
+        rows += bench.bench_wavlm(device, cfg.repeats)
+    if "latency" in cfg.parts:
+        audio = sorted(Path(cfg.audio_dir).glob("*.wav")) if cfg.audio_dir else [demo_audio_path()]
+        if not audio or not audio[0].is_file():
+            raise ConfigError(f"audio_dir {cfg.audio_dir!r} holds no .wav files; point it at a folder of WAV files")
+        for n in (1, cfg.streams):
+            rows.append(bench.bench_latency(n, cfg.duration_s, audio, cfg.checkpoint, str(device)))
+    header = (f"device={device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else platform.processor() or platform.machine()}), "
+              f"torch {torch.__version__}, threads={cfg.threads}")
+    print(header)
+    print(bench.markdown(rows))
+    if cfg.out:
+        Path(cfg.out).write_text(json.dumps({"environment": header, "config": cfg.model_dump(), "rows": rows}, indent=2))
+    return 0

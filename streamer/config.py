@@ -1,0 +1,228 @@
+"""The daemon's configuration: validated at start, errors name the key and the fix.
+
+Every section is a :class:`StrictModel` (unknown keys are errors). Defaults
+give the built-in demo: the bundled sample audio replayed in real time
+through the default model, published on the WebSocket with the dashboard.
+``configs/*.yaml`` show every key with its unit and default.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from dropformer.configio import StrictModel
+
+STREAM_ID = r"^[A-Za-z0-9_.:-]{1,128}$"
+
+
+def demo_audio_path() -> Path:
+    """The bundled demo stream (EmoDB utterances of different emotions)."""
+    return Path(str(resources.files("streamer"))) / "assets" / "demo_emodb.wav"
+
+
+def dashboard_dir() -> Path:
+    return Path(str(resources.files("clients"))) / "dashboard"
+
+
+class ModelConfig(StrictModel):
+    checkpoint: str | None = None
+    """Checkpoint folder; null = the bundled EmoDB log-mel model (random-init fallback, loudly)."""
+    frontend_model: str | None = None
+    """Override where a WavLM front end loads from (hub id or local folder)."""
+    device: str = "auto"
+    """auto | cpu | cuda | cuda:N."""
+    threads: int = Field(1, ge=1, le=256)
+    """torch intra-op threads on CPU; 1 is steadiest on a shared machine."""
+
+
+class WorkerConfig(StrictModel):
+    max_batch: int = Field(8, ge=1, le=1024)
+    """Most windows classified together (across streams)."""
+    max_wait_ms: float = Field(10.0, ge=0, le=1000)
+    """How long the worker waits for more windows after the first of a batch."""
+    queue_size: int = Field(32, ge=1, le=100000)
+    """Most windows waiting; when full the oldest is skipped (counted as stale)."""
+    stale_after_s: float = Field(2.0, gt=0)
+    """A real-time window older than this when its batch forms is skipped and counted."""
+
+
+class WindowConfig(StrictModel):
+    window_s: float = Field(3.0, gt=0, le=60)
+    """Analysis window length in seconds."""
+    hop_s: float = Field(1.0, gt=0, le=60)
+    """Time between window starts in seconds (one estimate per hop)."""
+    first_window: Literal["full", "early"] = "full"
+    """full: wait for window_s of audio; early: emit growing windows from min_window_s."""
+    min_window_s: float = Field(1.0, gt=0, le=60)
+    """Shortest window ever classified (early windows, the tail at end of stream)."""
+
+    @model_validator(mode="after")
+    def _check(self) -> WindowConfig:
+        if self.hop_s > self.window_s:
+            raise ValueError(f"hop_s ({self.hop_s}) must not exceed window_s ({self.window_s}); audio between windows would be ignored")
+        if self.min_window_s > self.window_s:
+            raise ValueError(f"min_window_s ({self.min_window_s}) must not exceed window_s ({self.window_s})")
+        return self
+
+
+class GateConfig(StrictModel):
+    kind: Literal["energy", "silero", "none"] = "energy"
+    """energy: level with hysteresis; silero: Silero VAD (silero-vad package); none: every window is speech."""
+    threshold_dbfs: float = Field(-45.0, le=0)
+    """energy: frame level (dBFS) above which a frame is speech."""
+    hysteresis_db: float = Field(6.0, ge=0)
+    """energy: a frame after speech stays speech down to threshold - hysteresis."""
+    frame_ms: float = Field(30.0, gt=0)
+    """energy: frame length for the level measure in milliseconds."""
+    vad_threshold: float = Field(0.5, gt=0, lt=1)
+    """silero: speech probability threshold per 32 ms chunk."""
+    min_speech_share: float = Field(0.2, ge=0, le=1)
+    """Share of a window's frames that must be speech for the window to be classified."""
+
+
+class SmoothingConfig(StrictModel):
+    time_constant_s: float = Field(2.0, gt=0)
+    """EMA time constant of the smoothed scores, in seconds of audio."""
+    switch_margin: float = Field(0.1, ge=0, le=1)
+    """The new top class must beat the current label by this much to switch."""
+    min_dwell_s: float = Field(1.0, ge=0)
+    """The current label is held at least this long before it may switch."""
+    silence: Literal["hold", "decay"] = "hold"
+    """During silence: hold the last scores, or decay toward neutral."""
+    decay_time_constant_s: float = Field(5.0, gt=0)
+    """decay: time constant of the move toward neutral, in seconds."""
+    silent_estimates: bool = True
+    """Also publish an estimate (speech=false) for silent windows."""
+
+
+class FileSourceConfig(StrictModel):
+    kind: Literal["file"] = "file"
+    path: str | None = None
+    """WAV/FLAC/OGG file (any rate, any channels); null = the bundled demo audio."""
+    realtime: bool = True
+    """true: paced like live audio; false: as fast as the worker allows (batch analysis, nothing skipped)."""
+    loop: bool = False
+    """Start again at the end (the demo loops)."""
+    block_ms: float = Field(100.0, gt=0, le=10000)
+    """Size of the blocks read from the file, in milliseconds."""
+
+
+class MicrophoneSourceConfig(StrictModel):
+    kind: Literal["microphone"]
+    device: str | int | None = None
+    """Input device name (substring) or index; null = the system default. See `emotion-monitor devices`."""
+    block_ms: float = Field(20.0, gt=0, le=1000)
+    """Capture block length in milliseconds."""
+    queue_blocks: int = Field(50, ge=1)
+    """Blocks buffered between the audio thread and the loop; when full the oldest is dropped and counted."""
+    channels: int = Field(1, ge=1, le=64)
+    """Channels captured (mixed down to mono)."""
+    sample_rate_hz: float | None = Field(None, gt=0)
+    """Capture rate; null = the device's native rate (resampled to 16 kHz either way)."""
+
+
+SourceConfig = Annotated[FileSourceConfig | MicrophoneSourceConfig, Field(discriminator="kind")]
+
+
+class StreamConfig(StrictModel):
+    id: str = Field(pattern=STREAM_ID)
+    """Stream id: letters, digits, _ . : - (one MQTT topic level)."""
+    source: SourceConfig = Field(default_factory=FileSourceConfig)
+    restart_s: float | None = Field(5.0, ge=0)
+    """After a microphone failure, try again after this many seconds (doubling up to 60 s); null = give up."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_source_kind(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("source"), dict) and "kind" not in data["source"]:
+            data = {**data, "source": {**data["source"], "kind": "file"}}
+        return data
+
+
+class WebSocketConfig(StrictModel):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    """Listen address; 127.0.0.1 keeps it private to this machine."""
+    port: int = Field(8765, ge=0, le=65535)
+    """TCP port (0 = any free port)."""
+    path: str = "/ws"
+    """URL path of the event stream."""
+    dashboard: bool = True
+    """Serve the web dashboard on the same port at /."""
+    max_queue: int = Field(100, ge=1)
+    """Messages buffered per client; a slow client loses the oldest."""
+    slow_client_timeout_s: float = Field(10.0, gt=0)
+    """A client whose queue stays full this long is disconnected."""
+
+
+class MqttTlsConfig(StrictModel):
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    insecure: bool = False
+    """Skip certificate host-name checks (testing only)."""
+
+
+class MqttConfig(StrictModel):
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = Field(1883, ge=1, le=65535)
+    prefix: str = "emotion"
+    """Topics are <prefix>/<stream_id>/{estimate,state,status,alert}."""
+    qos: Literal[0, 1, 2] = 1
+    username: str | None = None
+    password: str | None = None
+    """Prefer the EMOTION_MONITOR_MQTT_PASSWORD environment variable to a password in a file."""
+    tls: MqttTlsConfig | None = None
+    client_id: str | None = None
+    keepalive_s: int = Field(30, ge=1)
+    max_queue: int = Field(1000, ge=1)
+    """Events buffered while disconnected; the oldest are dropped (counted) beyond this."""
+    reconnect_min_s: float = Field(0.5, gt=0)
+    reconnect_max_s: float = Field(30.0, gt=0)
+
+
+class JsonlConfig(StrictModel):
+    enabled: bool = False
+    path: str = "emotion-events.jsonl"
+    """File the events are appended to, one JSON object per line."""
+    rotate_mb: float | None = Field(None, gt=0)
+    """Rotate the file past this size in megabytes; null = never."""
+
+
+class PublishConfig(StrictModel):
+    websocket: WebSocketConfig = Field(default_factory=WebSocketConfig)
+    mqtt: MqttConfig = Field(default_factory=MqttConfig)
+    jsonl: JsonlConfig = Field(default_factory=JsonlConfig)
+
+
+class DaemonConfig(StrictModel):
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    worker: WorkerConfig = Field(default_factory=WorkerConfig)
+    windowing: WindowConfig = Field(default_factory=WindowConfig)
+    gate: GateConfig = Field(default_factory=GateConfig)
+    smoothing: SmoothingConfig = Field(default_factory=SmoothingConfig)
+    streams: list[StreamConfig] = Field(default_factory=lambda: [StreamConfig(id="demo", source=FileSourceConfig(loop=True))])
+    """The audio streams to monitor (default: the bundled demo audio, looping)."""
+    publish: PublishConfig = Field(default_factory=PublishConfig)
+    duration_s: float | None = Field(None, gt=0)
+    """Stop after this many seconds (null = run until SIGINT/SIGTERM or every stream ended)."""
+
+    @field_validator("streams")
+    @classmethod
+    def _unique_ids(cls, streams: list[StreamConfig]) -> list[StreamConfig]:
+        if not streams:
+            raise ValueError("at least one stream is needed")
+        ids = [s.id for s in streams]
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        if dupes:
+            raise ValueError(f"stream ids must be unique; repeated: {dupes}")
+        return streams
+
+
+def config_summary(cfg: DaemonConfig) -> dict[str, Any]:
+    return cfg.model_dump(mode="json", exclude={"publish": {"mqtt": {"password"}}})

@@ -1,0 +1,129 @@
+"""The model side of inference: front end + DropFormer, loaded once, run on batches.
+
+Only the worker thread calls :meth:`Engine.run`. Knows nothing of streams,
+queues or the event loop.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dropformer import Checkpoint, DropFormer, FrontendConfig, load_checkpoint, preset
+from dropformer.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+BUNDLED_MODEL = "emodb_logmel"
+DEFAULT_LABELS = ["neutral", "happy", "angry", "sad"]
+
+
+def bundled_checkpoint() -> Path | None:
+    """The trained default model shipped inside the package, if present."""
+    folder = Path(str(resources.files("dropformer"))) / "pretrained" / BUNDLED_MODEL
+    return folder if (folder / "config.json").is_file() else None
+
+
+@dataclass
+class BatchResult:
+    probs: np.ndarray  # (B, C) softmax probabilities
+    tokens_in: np.ndarray  # (B,) tokens entering the first block
+    tokens_kept: np.ndarray  # (B,) tokens left after the last block
+    compute_ms: float
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"model.device = {device!r} but CUDA is not available here; use 'auto' or 'cpu'")
+    try:
+        return torch.device(device)
+    except RuntimeError as exc:
+        raise ConfigError(f"model.device = {device!r} is not a torch device; use auto, cpu or cuda[:N]") from exc
+
+
+class Engine:
+    """Front end + DropFormer on one device, with the labels and a description for events."""
+
+    def __init__(self, checkpoint: Checkpoint, device: torch.device, *, random_init: bool = False) -> None:
+        self.device = device
+        self.labels = list(checkpoint.labels)
+        self.model = checkpoint.model.to(device).eval()
+        self.frontend = checkpoint.build_frontend().to(device).eval()
+        self.random_init = random_init
+        rev = _weights_rev(checkpoint.path) if checkpoint.path else "random"
+        self.info: dict[str, Any] = {
+            "name": "dropformer",
+            "frontend": checkpoint.frontend_config.name,
+            "rev": rev,
+            "random_init": random_init,
+        }
+        if "trained_on" in checkpoint.meta:
+            self.info["trained_on"] = checkpoint.meta["trained_on"]
+
+    @classmethod
+    def load(
+        cls, checkpoint: str | Path | None, *, device: str = "auto", frontend_model: str | None = None,
+        threads: int | None = None,
+    ) -> Engine:
+        """Load ``checkpoint`` (None: the bundled model, else a random log-mel model, loudly)."""
+        if threads:
+            torch.set_num_threads(threads)
+        dev = resolve_device(device)
+        random_init = False
+        path = Path(checkpoint) if checkpoint else bundled_checkpoint()
+        if path is None:
+            log.warning(
+                "!!! No trained model is available: using a RANDOMLY INITIALISED DropFormer. "
+                "Its estimates are meaningless. Set model.checkpoint to a trained checkpoint. !!!"
+            )
+            torch.manual_seed(0)
+            model = DropFormer(preset("dropformer", input_dim=80, d_model=128, num_heads=8, ffn_dim=256, head_hidden=(128,)))
+            ckpt = Checkpoint(model.eval(), model.cfg, FrontendConfig(kind="logmel"), list(DEFAULT_LABELS), {})
+            random_init = True
+        else:
+            ckpt = load_checkpoint(path)
+        if frontend_model is not None:
+            ckpt.frontend_config.model = frontend_model
+        engine = cls(ckpt, dev, random_init=random_init)
+        log.info("model %s (front end %s, labels %s) on %s", engine.info["rev"], engine.info["frontend"], engine.labels, dev)
+        return engine
+
+    @torch.inference_mode()
+    def run(self, waves: list[np.ndarray]) -> BatchResult:
+        """Classify a batch of 16 kHz mono windows of any lengths."""
+        import time
+
+        t0 = time.perf_counter()
+        lengths = torch.tensor([len(w) for w in waves], dtype=torch.long)
+        batch = torch.zeros(len(waves), int(lengths.max()), dtype=torch.float32)
+        for i, w in enumerate(waves):
+            batch[i, : len(w)] = torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32))
+        feats, feat_lengths = self.frontend(batch.to(self.device), lengths.to(self.device))  # (B, T, D), (B,)
+        out = self.model(feats, feat_lengths)
+        probs = torch.softmax(out.logits.float(), dim=-1).cpu().numpy()  # (B, C)
+        kept = out.kept_tokens.cpu().numpy()  # (B, L + 1)
+        return BatchResult(probs, kept[:, 0], kept[:, -1], (time.perf_counter() - t0) * 1000.0)
+
+
+def _weights_rev(folder: Path) -> str:
+    weights = folder / "model.safetensors"
+    h = hashlib.sha256()
+    with open(weights, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return f"{folder.name}@{h.hexdigest()[:12]}"
+
+
+def default_threads() -> int:
+    """One thread per process by default: 2-thread torch slows 3-10x on a shared machine."""
+    return int(os.environ.get("EMOTION_MONITOR_THREADS", "1"))

@@ -1,0 +1,119 @@
+"""The hub: fans every event out to the publishers, isolating their failures.
+
+It also remembers the last ``stream.status`` and the last ``emotion.estimate``
+of each stream, so a client that connects late can be told where things
+stand (the WebSocket server's hello message reads :meth:`Hub.snapshot`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Any, TypeVar
+
+from streamer.publishers.base import Event, Publisher
+
+log = logging.getLogger(__name__)
+
+P = TypeVar("P", bound=Publisher)
+
+
+class StreamSnapshot:
+    """The latest status and estimate per stream, updated from events."""
+
+    def __init__(self) -> None:
+        self.last_status: dict[str, dict[str, Any]] = {}
+        self.last_estimate: dict[str, dict[str, Any]] = {}
+        self.streams: dict[str, None] = {}  # ordered set of stream ids seen
+
+    def update(self, event: Event) -> None:
+        """Record ``event`` if it carries a stream id (other events are ignored)."""
+        sid = event.get("stream_id")
+        if not isinstance(sid, str):
+            return
+        self.streams.setdefault(sid, None)
+        kind = event.get("type")
+        if kind == "stream.status":
+            self.last_status[sid] = dict(event)
+        elif kind == "emotion.estimate":
+            self.last_estimate[sid] = dict(event)
+
+    def as_dict(self) -> dict[str, Any]:
+        """``{"streams": [...], "last_status": {...}, "last_estimate": {...}}``."""
+        return {
+            "streams": list(self.streams),
+            "last_status": dict(self.last_status),
+            "last_estimate": dict(self.last_estimate),
+        }
+
+
+class Hub:
+    """Hand each event to every publisher; one failing publisher is logged and
+    counted in ``errors[name]`` and never stops the others.
+
+    ``async with hub:`` enters every publisher added before (in order) and
+    closes them in reverse order on exit; publishers may also be managed by
+    the caller and only ``add``-ed here.
+    """
+
+    def __init__(self) -> None:
+        self.publishers: list[tuple[str, Publisher]] = []
+        self.state = StreamSnapshot()
+        self.events = 0
+        self.errors: dict[str, int] = {}
+        self._stack: contextlib.AsyncExitStack | None = None
+
+    def add(self, publisher: P, name: str | None = None) -> P:
+        """Register ``publisher`` (``name`` defaults to its class name plus a number)."""
+        name = name or f"{type(publisher).__name__}#{len(self.publishers)}"
+        self.publishers.append((name, publisher))
+        self.errors.setdefault(name, 0)
+        return publisher
+
+    def publish(self, event: Event) -> None:
+        """Record ``event`` in the snapshot and hand it to every publisher."""
+        self.events += 1
+        self.state.update(event)
+        for name, publisher in self.publishers:
+            try:
+                publisher.publish(event)
+            except Exception:
+                self.errors[name] += 1
+                n = self.errors[name]
+                if n in (1, 10, 100) or n % 1000 == 0:
+                    log.exception("publisher %s failed on a %r event (%d failure(s) so far)",
+                                  name, event.get("type"), n)
+
+    def snapshot(self) -> dict[str, Any]:
+        """Known streams with their last status and estimate (see :class:`StreamSnapshot`)."""
+        return self.state.as_dict()
+
+    def stats(self) -> dict[str, Any]:
+        """Counters of the hub and of each publisher."""
+        pubs: dict[str, Any] = {}
+        for name, p in self.publishers:
+            pubs[name] = {**p.stats.as_dict(), "errors": self.errors[name]}
+        return {"events": self.events, "publishers": pubs}
+
+    async def __aenter__(self) -> Hub:
+        async with contextlib.AsyncExitStack() as stack:
+            for _, publisher in self.publishers:
+                await stack.enter_async_context(publisher)
+            self._stack = stack.pop_all()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            await stack.aclose()
+
+
+def stream_id_of(event: Mapping[str, Any]) -> str | None:
+    """The event's ``stream_id`` if it is a string, else ``None``."""
+    sid = event.get("stream_id")
+    return sid if isinstance(sid, str) else None

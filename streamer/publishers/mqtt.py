@@ -1,0 +1,349 @@
+"""MQTT 5 publisher (aiomqtt): estimates, state, status and alerts per stream.
+
+Topics under ``prefix`` (default ``emotion``), with ``<sid>`` the stream id
+made topic-safe (``/``, ``+``, ``#`` and NUL become ``_``):
+
+====================================  ========  ==========================
+topic                                 retained  published on
+====================================  ========  ==========================
+``<prefix>/<sid>/estimate``           no        ``emotion.estimate``
+``<prefix>/<sid>/state``              yes       ``emotion.transition``
+``<prefix>/<sid>/status``             yes       ``stream.status``
+``<prefix>/<sid>/alert``              no        ``alert``
+``<prefix>/_daemon/status``           yes       connect (online), close, last will
+====================================  ========  ==========================
+
+Liveness. MQTT allows one last will per connection, so the will is
+daemon-level: ``<prefix>/_daemon/status`` = ``{"state": "offline"}``
+(retained), overwritten with ``online`` on every (re)connect. On a graceful
+close every known stream's ``/status`` is set to ``offline`` as well. A client
+should treat a stream as live only if ``_daemon/status`` is ``online`` AND the
+stream's own ``/status`` is not ``offline`` (after a crash, stream statuses
+keep their last value and only the daemon status flips).
+
+Delivery. ``publish()`` never blocks or raises. Estimates and alerts wait in
+a bounded queue (``max_queue``; when full the OLDEST is dropped and counted in
+``stats.dropped``). Retained messages are never dropped: only the latest
+value per topic is kept (an older one not yet sent is superseded and counted
+in ``superseded``); they are sent before queued estimates and re-sent after
+every reconnect (so a broker restarted without persistence gets them back).
+A background task connects and reconnects forever with jittered exponential
+backoff (``reconnect_min_s`` .. ``reconnect_max_s``); the reason of the last
+failure is in :attr:`last_error`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from dropformer.errors import ConfigError
+from streamer.publishers.base import DropOldestQueue, Event, PublisherStats, encode_or_count
+
+log = logging.getLogger(__name__)
+
+#: event type -> (topic suffix, retained)
+ROUTES: dict[str, tuple[str, bool]] = {
+    "emotion.estimate": ("estimate", False),
+    "emotion.transition": ("state", True),
+    "stream.status": ("status", True),
+    "alert": ("alert", False),
+}
+DAEMON_SEGMENT = "_daemon"
+_TLS_KEYS = {"ca_file", "cert_file", "key_file", "insecure"}
+_AUTH_CODES = {4, 5, 134, 135}  # MQTT 3 bad credentials / not authorised; MQTT 5 the same
+
+
+def topic_segment(stream_id: str) -> str:
+    """``stream_id`` as one topic level: wildcards, separators and NUL become ``_``."""
+    out = "".join("_" if ch in "/+#\x00" else ch for ch in stream_id)
+    return out or "_"
+
+
+def _reason_code(exc: BaseException) -> int | None:
+    """The numeric MQTT reason code of an aiomqtt error, if it has one."""
+    rc = getattr(exc, "rc", None)
+    if rc is None:
+        return None
+    value = getattr(rc, "value", rc)
+    return int(value) if isinstance(value, int) else None
+
+
+def _json(obj: dict[str, Any]) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
+class MqttPublisher:
+    """Publish events to an MQTT broker; see the module docstring.
+
+    Args:
+        host, port: the broker.
+        prefix: first topic level(s), e.g. ``emotion`` or ``site1/emotion``.
+        qos: QoS of every message (0, 1 or 2; default 1).
+        username, password: broker credentials (``None``: anonymous).
+        tls: ``{"ca_file", "cert_file", "key_file", "insecure"}`` (all optional)
+            to connect over TLS; ``None`` for plain TCP.
+        client_id: MQTT client id (default: generated).
+        keepalive_s: MQTT keepalive, seconds; the broker publishes the last
+            will about 1.5 x this after the daemon vanishes.
+        max_queue: estimates/alerts buffered while the broker is slow or down.
+        reconnect_min_s, reconnect_max_s: backoff bounds between attempts.
+        close_timeout_s: how long a graceful close waits to deliver what is queued.
+        timeout_s: how long one connect or publish may take.
+    """
+
+    def __init__(
+        self, host: str, port: int = 1883, *, prefix: str = "emotion", qos: int = 1,
+        username: str | None = None, password: str | None = None,
+        tls: dict[str, Any] | None = None, client_id: str | None = None,
+        keepalive_s: int = 30, max_queue: int = 1000, reconnect_min_s: float = 0.5,
+        reconnect_max_s: float = 30.0, close_timeout_s: float = 3.0, timeout_s: float = 10.0,
+    ) -> None:
+        prefix = prefix.strip("/")
+        if not prefix or any(c in prefix for c in "+#\x00"):
+            raise ConfigError(f"mqtt.prefix {prefix!r} must be non-empty without '+', '#'; e.g. 'emotion'")
+        if qos not in (0, 1, 2):
+            raise ConfigError(f"mqtt.qos must be 0, 1 or 2, got {qos!r}")
+        if not 0 < port < 65536:
+            raise ConfigError(f"mqtt.port must be 1..65535, got {port!r}")
+        if int(keepalive_s) != keepalive_s or keepalive_s < 1:
+            raise ConfigError(f"mqtt.keepalive_s must be a whole number of seconds >= 1, got {keepalive_s!r}")
+        if max_queue < 1:
+            raise ConfigError(f"mqtt.max_queue must be >= 1, got {max_queue!r}")
+        if not 0 < reconnect_min_s <= reconnect_max_s:
+            raise ConfigError(
+                f"mqtt.reconnect_min_s ({reconnect_min_s!r}) must be > 0 and <= mqtt.reconnect_max_s "
+                f"({reconnect_max_s!r})"
+            )
+        self.host, self.port, self.prefix, self.qos = host, port, prefix, qos
+        self.username, self.password, self.client_id = username, password, client_id
+        self.keepalive_s = int(keepalive_s)
+        self.reconnect_min_s, self.reconnect_max_s = reconnect_min_s, reconnect_max_s
+        self.close_timeout_s, self.timeout_s = close_timeout_s, timeout_s
+        self._tls = self._check_tls(tls)
+        self.stats = PublisherStats()
+        self.superseded = 0
+        self.ignored = 0
+        self.connects = 0
+        self.connected = False
+        self.last_error: str | None = None
+        self.daemon_topic = f"{prefix}/{DAEMON_SEGMENT}/status"
+        self._queue: DropOldestQueue[tuple[str, bytes]] = DropOldestQueue(max_queue)
+        self._retained: dict[str, bytes] = {}
+        self._dirty: dict[str, None] = {}  # retained topics not yet sent (ordered set)
+        self._streams: dict[str, None] = {}
+        self._ignored_types: set[str] = set()
+        self._drained = asyncio.Event()
+        self._runner: asyncio.Task[None] | None = None
+        self._props = Properties(PacketTypes.PUBLISH)
+        self._props.ContentType = "application/json"
+
+    @staticmethod
+    def _check_tls(tls: dict[str, Any] | None) -> dict[str, Any] | None:
+        if tls is None:
+            return None
+        unknown = set(tls) - _TLS_KEYS
+        if unknown:
+            raise ConfigError(f"mqtt.tls has unknown key(s) {sorted(unknown)}; allowed: {sorted(_TLS_KEYS)}")
+        for key in ("ca_file", "cert_file", "key_file"):
+            if tls.get(key) is not None and not Path(tls[key]).is_file():
+                raise ConfigError(f"mqtt.tls.{key} {str(tls[key])!r} does not exist; fix the path")
+        return dict(tls)
+
+    def topic(self, stream_id: str, kind: str) -> str:
+        """The topic of ``kind`` (estimate, state, status, alert) for ``stream_id``."""
+        return f"{self.prefix}/{topic_segment(stream_id)}/{kind}"
+
+    # -- publishing ---------------------------------------------------------
+    def publish(self, event: Event) -> None:
+        """Route ``event`` to its topic and queue it; never blocks or raises."""
+        kind, sid = event.get("type"), event.get("stream_id")
+        route = ROUTES.get(kind) if isinstance(kind, str) else None
+        if route is None or not isinstance(sid, str):
+            self.ignored += 1
+            key = f"{kind!r}" if route is None else f"{kind!r} without stream_id"
+            if key not in self._ignored_types:
+                self._ignored_types.add(key)
+                log.warning("mqtt: events of type %s have no MQTT topic; not published", key)
+            return
+        payload = encode_or_count(event, self.stats, "mqtt")
+        if payload is None:
+            return
+        self._streams.setdefault(sid, None)
+        topic = self.topic(sid, route[0])
+        self._drained.clear()
+        if route[1]:
+            self._set_retained(topic, payload.encode())
+        elif self._queue.put((topic, payload.encode())):
+            self.stats.dropped += 1
+            if self.stats.dropped in (1, 100) or self.stats.dropped % 10000 == 0:
+                log.warning("mqtt: broker slow or unreachable; dropped %d message(s) so far "
+                            "(queue of %d)", self.stats.dropped, self._queue.maxsize)
+
+    def _set_retained(self, topic: str, payload: bytes) -> None:
+        if topic in self._dirty:
+            self.superseded += 1
+        self._retained[topic] = payload
+        self._dirty[topic] = None
+        self._queue.wake()
+
+    # -- lifecycle ------------------------------------------------------------
+    async def __aenter__(self) -> MqttPublisher:
+        self._runner = asyncio.get_running_loop().create_task(self._run(), name="mqtt-publisher")
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        for sid in self._streams:
+            self._set_retained(self.topic(sid, "status"), _json(
+                {"type": "stream.status", "v": 1, "stream_id": sid, "state": "offline",
+                 "reason": "daemon stopped"}))
+        self._set_retained(self.daemon_topic, self._daemon_status("offline", "daemon stopped"))
+        self._drained.clear()
+        if self.connected:
+            try:
+                await asyncio.wait_for(self._drained.wait(), self.close_timeout_s)
+            except asyncio.TimeoutError:
+                pass
+        left = len(self._queue) + len(self._dirty)
+        if left:
+            self.stats.dropped += left
+            log.warning("mqtt: closing with %d message(s) undelivered (broker %s:%d %s)",
+                        left, self.host, self.port, "slow" if self.connected else "unreachable")
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            runner.cancel()
+            await asyncio.wait([runner])
+
+    def _daemon_status(self, state: str, reason: str | None = None) -> bytes:
+        doc: dict[str, Any] = {"type": "daemon.status", "v": 1, "state": state}
+        if reason:
+            doc["reason"] = reason
+        return _json(doc)
+
+    def _client(self) -> aiomqtt.Client:
+        tls = self._tls or {}
+        return aiomqtt.Client(
+            self.host, self.port, username=self.username, password=self.password,
+            identifier=self.client_id, protocol=aiomqtt.ProtocolVersion.V5,
+            keepalive=self.keepalive_s, timeout=self.timeout_s,
+            logger=logging.getLogger(__name__ + ".client"),
+            will=aiomqtt.Will(self.daemon_topic, self._daemon_status("offline", "connection lost"),
+                              qos=1, retain=True),
+            tls_params=aiomqtt.TLSParameters(
+                ca_certs=tls.get("ca_file"), certfile=tls.get("cert_file"), keyfile=tls.get("key_file"),
+            ) if self._tls is not None else None,
+            tls_insecure=bool(tls.get("insecure")) if self._tls is not None else None,
+        )
+
+    async def _run(self) -> None:
+        """Connect, serve, and on any failure reconnect with jittered backoff, forever."""
+        delay_s, failures = self.reconnect_min_s, 0
+        while True:
+            try:
+                async with self._client() as client:
+                    self.connected, self.last_error = True, None
+                    self.connects += 1
+                    log.info("mqtt: connected to %s:%d%s", self.host, self.port,
+                             f" after {failures} failed attempt(s)" if failures else "")
+                    delay_s, failures = self.reconnect_min_s, 0
+                    await self._serve(client)
+            except aiomqtt.MqttError as exc:
+                was_connected = self.connected
+                failures += 1
+                self.last_error = self._describe(exc)
+                level = logging.WARNING
+                if was_connected:
+                    level = logging.WARNING
+                elif failures & (failures - 1):  # not a power of two: stay quiet
+                    level = logging.DEBUG
+                elif _reason_code(exc) in _AUTH_CODES:
+                    level = logging.ERROR
+                log.log(level, "mqtt: %s; retrying in %.1f s (attempt %d)", self.last_error,
+                        delay_s, failures)
+            except Exception as exc:  # a bug must not silently end publishing for good
+                failures += 1
+                self.last_error = f"internal error: {exc!r}"
+                log.exception("mqtt: unexpected error; reconnecting in %.1f s", delay_s)
+            finally:
+                self.connected = False
+            await asyncio.sleep(delay_s * random.uniform(0.5, 1.0))
+            delay_s = min(delay_s * 2, self.reconnect_max_s)
+
+    def _describe(self, exc: aiomqtt.MqttError) -> str:
+        where = f"broker {self.host}:{self.port}"
+        if _reason_code(exc) in _AUTH_CODES:
+            return (f"{where} refused user {self.username!r} ({exc}); check mqtt.username and "
+                    "mqtt.password and the broker's ACL")
+        if self.connected:
+            return f"lost connection to {where} ({exc})"
+        return f"cannot connect to {where} ({exc}); is the broker running and reachable?"
+
+    async def _serve(self, client: aiomqtt.Client) -> None:
+        """Send retained state, then queued messages, until the connection fails."""
+        await client.publish(self.daemon_topic, self._daemon_status("online"), qos=1, retain=True,
+                             properties=self._props)
+        for topic in self._retained:
+            self._dirty.setdefault(topic, None)
+        watcher = asyncio.get_running_loop().create_task(self._watch(client))
+        try:
+            while True:
+                if watcher.done():
+                    watcher.result()  # raises the disconnect error
+                    raise aiomqtt.MqttError("disconnected")
+                if self._dirty:
+                    topic = next(iter(self._dirty))
+                    del self._dirty[topic]
+                    try:
+                        await self._send(client, topic, self._retained[topic], retain=True)
+                    except BaseException:
+                        self._dirty.setdefault(topic, None)
+                        raise
+                elif len(self._queue):
+                    item = self._queue.get_nowait()
+                    try:
+                        await self._send(client, *item, retain=False)
+                    except BaseException:
+                        if self._queue.put_front(item):
+                            self.stats.dropped += 1
+                        raise
+                else:
+                    self._drained.set()
+                    waiter = asyncio.get_running_loop().create_task(self._queue.wait())
+                    try:
+                        await asyncio.wait([waiter, watcher], return_when=asyncio.FIRST_COMPLETED)
+                    finally:
+                        waiter.cancel()
+        finally:
+            watcher.cancel()
+            await asyncio.wait([watcher])
+
+    async def _send(self, client: aiomqtt.Client, topic: str, payload: bytes, *, retain: bool) -> None:
+        await client.publish(topic, payload, qos=self.qos, retain=retain, properties=self._props)
+        self.stats.published += 1
+
+    @staticmethod
+    async def _watch(client: aiomqtt.Client) -> None:
+        """Return or raise when the connection ends (aiomqtt's message iterator
+        raises ``MqttError`` on disconnect; nothing is subscribed)."""
+        async for _ in client.messages:
+            pass
+
+    def health(self) -> dict[str, Any]:
+        """Counters and connection state (for ``/healthz``)."""
+        return {
+            **self.stats.as_dict(), "connected": self.connected, "connects": self.connects,
+            "queued": len(self._queue), "retained_pending": len(self._dirty),
+            "superseded": self.superseded, "ignored": self.ignored, "last_error": self.last_error,
+        }

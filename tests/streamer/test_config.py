@@ -1,0 +1,76 @@
+"""The daemon's config: shipped YAML files validate, errors name the key and the fix."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dropformer.configio import load_config, load_yaml, validate
+from dropformer.errors import ConfigError
+from streamer.config import DaemonConfig
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_validate(path: Path) -> None:
+    cfg = validate(DaemonConfig, load_yaml(path))
+    assert cfg.streams
+
+
+def test_default_yaml_documents_the_built_in_defaults() -> None:
+    assert validate(DaemonConfig, load_yaml(CONFIGS / "default.yaml")) == DaemonConfig()
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("windowing.window_s=abc", "windowing.window_s"),
+        ("windowing.windw_s=3", "windowing.windw_s: unknown key; did you mean 'window_s'?"),
+        ("windowing.hop_s=5", "hop_s (5.0) must not exceed window_s"),
+        ("worker.max_batch=0", "worker.max_batch"),
+        ("streams=[{id: 'a b'}]", "streams.0.id"),
+        ("streams=[{id: m, source: {kind: microphone, sample_rate_hz: 0}}]", "streams.0.source.microphone.sample_rate_hz"),
+        ("streams=[{id: a}, {id: a}]", "repeated: ['a']"),
+        ("gate.kind=loud", "gate.kind"),
+    ],
+)
+def test_bad_values_name_the_key(override: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        validate(DaemonConfig, load_config(None, [override]))
+    assert expected in str(err.value)
+    assert any(fix in str(err.value) for fix in ("--set", "must", "did you mean"))
+
+
+def test_set_override_parsing() -> None:
+    raw = load_config(CONFIGS / "default.yaml", ["streams.0.source.realtime=false", "publish.mqtt.qos=2"])
+    cfg = validate(DaemonConfig, raw)
+    assert cfg.streams[0].source.realtime is False  # type: ignore[union-attr]
+    assert cfg.publish.mqtt.qos == 2
+    with pytest.raises(ConfigError, match="no '='"):
+        load_config(None, ["window_s"])
+    with pytest.raises(ConfigError, match="not an index"):
+        load_config(CONFIGS / "default.yaml", ["streams.5.id=x"])
+
+
+def test_cli_reports_bad_config_and_exits_2(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("windowing:\n  window_s: [1, 2]\n  bogus: 1\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "streamer.cli", "run", "--config", str(bad)], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 2
+    assert "windowing.window_s" in proc.stderr and "windowing.bogus: unknown key" in proc.stderr
+    missing = subprocess.run(
+        [sys.executable, "-m", "streamer.cli", "run", "--config", str(tmp_path / "nope.yaml")],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert missing.returncode == 2 and "does not exist" in missing.stderr
+
+
+def test_help_lists_subcommands() -> None:
+    proc = subprocess.run([sys.executable, "-m", "streamer.cli", "--help"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0
+    for name in ("run", "devices", "bench", "train", "evaluate", "explain"):
+        assert name in proc.stdout

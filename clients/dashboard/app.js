@@ -1,0 +1,556 @@
+/* Emotion Monitor dashboard: plain JS, no build step, no network but the
+ * monitor's own WebSocket.
+ *
+ * URL parameters:
+ *   ?ws=ws://host:port/ws   WebSocket endpoint (default: this page's host, path /ws)
+ *   ?streams=a,b            show only these streams (also set by the stream chips)
+ *
+ * Protocol (see streamer/publishers/websocket.py): the server sends a "hello"
+ * with the known streams and their last status/estimate, then one JSON event
+ * per message; {"type":"subscribe","streams":[...]|null} chooses streams.
+ * Labels are never assumed: bars, legend and timeline are built from the
+ * "scores" keys of the estimates.
+ */
+"use strict";
+
+(() => {
+  const TIMELINE_S = 60;          // seconds of audio shown in the timeline
+  const TRANSITIONS_KEPT = 10;    // entries in each card's transition log
+  const ALERTS_KEPT = 5;          // alerts shown per card
+  const TRAIL_POINTS = 12;        // arousal/valence trail length
+  const BACKOFF_INITIAL_MS = 500; // first reconnect delay; doubles per failure
+  const BACKOFF_MAX_MS = 10000;   // longest reconnect delay
+  const STATES = ["online", "speech", "silence", "offline", "error"];
+
+  // Colours for common emotion labels (several corpora's spellings); any
+  // other label gets a stable colour from a hash of its name.
+  const KNOWN_COLOURS = {
+    neutral: "#9aa7b8", calm: "#5fc9b0", happy: "#f4c430", joy: "#f4c430",
+    excited: "#ffa94d", surprise: "#ff8c42", surprised: "#ff8c42",
+    angry: "#ef4f4f", anger: "#ef4f4f", frustrated: "#e8743b",
+    sad: "#4d9bf0", sadness: "#4d9bf0", fear: "#b26ddf", fearful: "#b26ddf",
+    disgust: "#7dbb42", disgusted: "#7dbb42", contempt: "#c08a5b",
+    boredom: "#8796a8", bored: "#8796a8",
+  };
+  const KNOWN_ORDER = Object.keys(KNOWN_COLOURS);
+
+  function colourOf(label) {
+    const key = String(label).toLowerCase();
+    if (KNOWN_COLOURS[key]) return KNOWN_COLOURS[key];
+    let h = 0;
+    for (let i = 0; i < key.length; i++) h = (h * 31 + key.charCodeAt(i)) >>> 0;
+    return `hsl(${h % 360} 65% 62%)`;
+  }
+
+  // ---------------------------------------------------------------- helpers
+  const $ = (sel, root = document) => root.querySelector(sel);
+  const role = (root, name) => root.querySelector(`[data-role="${name}"]`);
+  const isNum = (x) => typeof x === "number" && Number.isFinite(x);
+  const pct = (x) => (isNum(x) ? `${Math.round(x * 100)}%` : "–");
+  const secs = (ms) => (isNum(ms) ? `${(ms / 1000).toFixed(1)} s` : "–");
+  const signed = (x) => (isNum(x) ? (x >= 0 ? "+" : "−") + Math.abs(x).toFixed(2) : "–");
+  const clamp = (x, lo, hi) => Math.min(hi, Math.max(lo, x));
+  const clock = (d) => d.toLocaleTimeString([], { hour12: false });
+
+  function el(tag, cls, text) {
+    const e = document.createElement(tag);
+    if (cls) e.className = cls;
+    if (text !== undefined) e.textContent = text;
+    return e;
+  }
+
+  function labelChip(label) {
+    const chip = el("span", "lchip");
+    const sw = el("span", "swatch");
+    sw.style.background = colourOf(label);
+    sw.setAttribute("aria-hidden", "true");
+    chip.append(sw, el("span", "lname", label));
+    return chip;
+  }
+
+  // ------------------------------------------------------------ page state
+  const params = new URLSearchParams(location.search);
+  const defaultWs = location.host
+    ? `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`
+    : "ws://127.0.0.1:8765/ws";
+  const wsUrl = params.get("ws") || defaultWs;
+  const initial = (params.get("streams") || "").split(",").map((s) => s.trim()).filter(Boolean);
+
+  const streams = new Map();   // stream id -> view state
+  const labelsSeen = new Set();
+  let selected = initial.length ? new Set(initial) : null; // null: every stream
+  let socket = null;
+  let backoffMs = BACKOFF_INITIAL_MS;
+  let retryAt = 0;
+  let retryTimer = null;
+  let connected = false;
+  let messages = 0;
+  let badMessages = 0;
+  let renderQueued = false;
+
+  // ------------------------------------------------------------ stream cards
+  function streamView(id) {
+    let s = streams.get(id);
+    if (s) return s;
+    const card = $("#card-template").content.firstElementChild.cloneNode(true);
+    card.dataset.stream = id;
+    card.setAttribute("aria-label", `stream ${id}`);
+    role(card, "sid").textContent = id;
+    s = {
+      id, card, estimate: null, status: null, history: [], trail: [],
+      transitions: [], alerts: [], lastUpdate: null, labels: [], untrained: false,
+      dirty: true, timelineDirty: true,
+    };
+    streams.set(id, s);
+    // keep cards ordered by stream id
+    const after = [...streams.keys()].filter((k) => k > id).sort()[0];
+    const main = $("#cards");
+    if (after !== undefined) main.insertBefore(card, streams.get(after).card);
+    else main.appendChild(card);
+    $("#empty").hidden = true;
+    new ResizeObserver(() => { s.timelineDirty = true; queueRender(); }).observe(role(card, "timeline"));
+    applyFilterTo(s);
+    renderChips();
+    return s;
+  }
+
+  function onEstimate(ev) {
+    const s = streamView(ev.stream_id);
+    const prev = s.estimate;
+    if (prev && prev.seq === ev.seq && prev.audio_end_ms === ev.audio_end_ms) return; // replayed by hello
+    s.estimate = ev;
+    s.lastUpdate = new Date();
+    const scores = ev.scores && typeof ev.scores === "object" ? ev.scores : {};
+    const labels = Object.keys(scores);
+    if (labels.join("\u0000") !== s.labels.join("\u0000")) {
+      s.labels = labels;
+      s.history = [];          // a new label set (another model): start afresh
+      s.barsBuilt = false;
+    }
+    labels.forEach((l) => labelsSeen.add(l));
+    const t = isNum(ev.audio_end_ms) ? ev.audio_end_ms : 0;
+    const last = s.history[s.history.length - 1];
+    if (last && t < last.t) s.history = []; // audio clock restarted (daemon restart)
+    s.history.push({ t, speech: ev.speech !== false, scores: { ...scores } });
+    while (s.history.length && s.history[0].t < t - (TIMELINE_S + 5) * 1000) s.history.shift();
+    if (isNum(ev.arousal) && isNum(ev.valence)) {
+      s.trail.push([ev.valence, ev.arousal]);
+      if (s.trail.length > TRAIL_POINTS) s.trail.shift();
+    }
+    s.untrained = Boolean(ev.model && ev.model.random_init);
+    s.dirty = s.timelineDirty = true;
+  }
+
+  function onStatus(ev) {
+    const s = streamView(ev.stream_id);
+    s.status = ev;
+    s.dirty = true;
+  }
+
+  function onTransition(ev) {
+    const s = streamView(ev.stream_id);
+    s.transitions.unshift({ ev, at: new Date() });
+    s.transitions.length = Math.min(s.transitions.length, TRANSITIONS_KEPT);
+    s.transitionsDirty = s.dirty = true;
+  }
+
+  function onAlert(ev) {
+    const s = streamView(ev.stream_id);
+    s.alerts.unshift({ ev, at: new Date() });
+    s.alerts.length = Math.min(s.alerts.length, ALERTS_KEPT);
+    s.alertsDirty = s.dirty = true;
+  }
+
+  function onHello(ev) {
+    const known = new Set(Array.isArray(ev.streams) ? ev.streams : []);
+    known.forEach((id) => streamView(id));
+    for (const s of streams.values()) {
+      if (!known.has(s.id)) {   // e.g. the daemon restarted without this stream
+        s.status = { ...(s.status || {}), state: "offline", detail: "not served by the monitor now" };
+        s.dirty = true;
+      }
+    }
+    for (const st of Object.values(ev.last_status || {})) onStatus(st);
+    for (const es of Object.values(ev.last_estimate || {})) onEstimate(es);
+  }
+
+  const HANDLERS = {
+    "hello": onHello,
+    "emotion.estimate": onEstimate,
+    "emotion.transition": onTransition,
+    "stream.status": onStatus,
+    "alert": onAlert,
+    "subscribed": () => {},
+    "error": (ev) => console.warn("server:", ev.message),
+  };
+
+  function handleMessage(data) {
+    let ev;
+    try {
+      ev = JSON.parse(data);
+    } catch (_) {
+      countBad("not JSON", data);
+      return;
+    }
+    const fn = ev && HANDLERS[ev.type];
+    if (!fn) { countBad("unknown message type", ev && ev.type); return; }
+    if (ev.type !== "hello" && ev.type !== "subscribed" && ev.type !== "error" &&
+        typeof ev.stream_id !== "string") { countBad("event without stream_id", ev.type); return; }
+    messages++;
+    fn(ev);
+    queueRender();
+  }
+
+  function countBad(why, what) {
+    badMessages++;
+    console.warn(`ignoring a message (${why}):`, String(what).slice(0, 80));
+    $("#bad-count").textContent = String(badMessages);
+    $("#bad-count-wrap").hidden = false;
+  }
+
+  // -------------------------------------------------------------- rendering
+  function queueRender() {
+    if (renderQueued) return;
+    renderQueued = true;
+    requestAnimationFrame(render);
+  }
+
+  function render() {
+    renderQueued = false;
+    for (const s of streams.values()) {
+      if (s.dirty) renderCard(s);
+      if (s.timelineDirty && !s.card.hidden) drawTimeline(s);
+    }
+    renderLegend();
+    renderBanner();
+    $("#msg-count").textContent = String(messages);
+  }
+
+  function renderCard(s) {
+    s.dirty = false;
+    const c = s.card;
+    // state badge
+    const st = s.status;
+    const state = st && STATES.includes(st.state) ? st.state : (st ? "error" : "online");
+    c.dataset.state = state;
+    role(c, "state").textContent = st ? st.state : "online";
+    const detail = role(c, "detail");
+    detail.hidden = !(st && st.detail);
+    detail.textContent = st && st.detail ? st.detail : "";
+    if (st && st.counters) {
+      const k = st.counters;
+      role(c, "windows").textContent = `${k.windows ?? "–"} / ${k.inferred ?? "–"}`;
+      role(c, "skipped_stale").textContent = String(k.skipped_stale ?? "–");
+      role(c, "skipped_silence").textContent = String(k.skipped_silence ?? "–");
+      role(c, "dropped").textContent = `${k.dropped_frames ?? "–"} / ${k.bad_samples ?? "–"}`;
+    }
+    role(c, "untrained").hidden = !s.untrained;
+
+    const ev = s.estimate;
+    if (ev) {
+      const lab = role(c, "label");
+      lab.textContent = ev.label;
+      lab.style.color = colourOf(ev.label);
+      role(c, "current").style.setProperty("--accent", colourOf(ev.label));
+      role(c, "confidence").textContent = pct(ev.confidence);
+      role(c, "speech").textContent = ev.speech === false ? "no speech in this window" : "speech";
+      role(c, "audio-pos").textContent = `audio ${secs(ev.audio_end_ms)}`;
+      const m = ev.model || {};
+      role(c, "model").textContent = [m.name, m.frontend].filter(Boolean).join(" · ");
+      role(c, "model").title = m.rev ? `model rev ${m.rev}` : "";
+      const tk = ev.tokens || {};
+      role(c, "tokens").textContent = isNum(tk.kept) && isNum(tk.in)
+        ? `${tk.kept} / ${tk.in} (${tk.in ? Math.round((100 * tk.kept) / tk.in) : 0}%)` : "–";
+      role(c, "latency").textContent = isNum(ev.latency_ms) ? `${ev.latency_ms.toFixed(1)} ms` : "–";
+      renderBars(s);
+      renderCircumplex(s);
+    }
+    renderAgo(s);
+    if (s.transitionsDirty) renderTransitions(s);
+    if (s.alertsDirty) renderAlerts(s);
+  }
+
+  function renderBars(s) {
+    const box = role(s.card, "bars");
+    if (!s.barsBuilt) {
+      box.replaceChildren();
+      for (const l of s.labels) {
+        const row = el("div", "bar-row");
+        row.setAttribute("role", "listitem");
+        row.dataset.label = l;
+        const name = el("span", "bar-name", l);
+        const track = el("span", "bar-track");
+        const fill = el("span", "bar-fill");
+        fill.style.background = colourOf(l);
+        track.append(fill);
+        row.append(name, track, el("span", "bar-value", "–"));
+        box.append(row);
+      }
+      s.barsBuilt = true;
+    }
+    const scores = s.estimate.scores || {};
+    for (const row of box.children) {
+      const v = scores[row.dataset.label];
+      row.querySelector(".bar-fill").style.width = `${clamp(isNum(v) ? v : 0, 0, 1) * 100}%`;
+      row.querySelector(".bar-value").textContent = pct(v);
+      row.classList.toggle("top", row.dataset.label === s.estimate.label);
+    }
+  }
+
+  function renderCircumplex(s) {
+    const ev = s.estimate;
+    const point = role(s.card, "point");
+    const cap = role(s.card, "av");
+    if (!isNum(ev.arousal) || !isNum(ev.valence)) {
+      point.setAttribute("visibility", "hidden");
+      cap.replaceChildren(el("span", null, "arousal –"), el("span", null, "valence –"));
+      return;
+    }
+    const xy = ([v, a]) => [clamp(v, -1, 1) * 100, -clamp(a, -1, 1) * 100];
+    const [x, y] = xy([ev.valence, ev.arousal]);
+    point.setAttribute("cx", x.toFixed(1));
+    point.setAttribute("cy", y.toFixed(1));
+    point.setAttribute("visibility", "visible");
+    point.style.fill = colourOf(ev.label);
+    role(s.card, "trail").setAttribute("points",
+      s.trail.map((p) => xy(p).map((n) => n.toFixed(1)).join(",")).join(" "));
+    cap.replaceChildren(el("span", null, `arousal ${signed(ev.arousal)}`),
+      el("span", null, `valence ${signed(ev.valence)}`));
+    role(s.card, "circumplex").setAttribute("aria-label",
+      `arousal ${signed(ev.arousal)}, valence ${signed(ev.valence)}`);
+  }
+
+  function renderTransitions(s) {
+    s.transitionsDirty = false;
+    const ol = role(s.card, "transitions");
+    ol.replaceChildren();
+    for (const { ev, at } of s.transitions) {
+      const li = el("li", "transition");
+      li.append(el("time", "t-time", secs(ev.audio_ms)), labelChip(String(ev.from)),
+        el("span", "arrow", "→"), labelChip(String(ev.to)),
+        el("span", "t-conf", pct(ev.confidence)));
+      li.title = `received ${clock(at)}`;
+      li.setAttribute("aria-label",
+        `at ${secs(ev.audio_ms)}: ${ev.from} to ${ev.to}, confidence ${pct(ev.confidence)}`);
+      ol.append(li);
+    }
+    if (!s.transitions.length) ol.append(el("li", "placeholder", "none yet"));
+  }
+
+  function renderAlerts(s) {
+    s.alertsDirty = false;
+    const ul = role(s.card, "alerts");
+    ul.replaceChildren();
+    for (const { ev, at } of s.alerts) {
+      const sev = ["info", "warning", "critical"].includes(ev.severity) ? ev.severity : "warning";
+      const li = el("li", `alert sev-${sev}`);
+      li.append(el("span", "sev", sev), el("span", "a-kind", ev.kind || "alert"),
+        el("span", "a-msg", ev.message || ""), el("time", "a-time", `${secs(ev.audio_ms)} · ${clock(at)}`));
+      ul.append(li);
+    }
+  }
+
+  function renderAgo(s) {
+    const out = role(s.card, "updated");
+    if (!s.lastUpdate) { out.textContent = "–"; return; }
+    const ago = Math.max(0, Math.round((Date.now() - s.lastUpdate.getTime()) / 1000));
+    out.textContent = ago < 2 ? "just now" : `${ago} s ago`;
+    out.title = `last estimate received ${clock(s.lastUpdate)}`;
+  }
+
+  function cssVar(name) {
+    return getComputedStyle(document.documentElement).getPropertyValue(name).trim();
+  }
+
+  function drawTimeline(s) {
+    s.timelineDirty = false;
+    const canvas = role(s.card, "timeline");
+    const dpr = window.devicePixelRatio || 1;
+    const w = canvas.clientWidth, h = canvas.clientHeight;
+    if (!w || !h) return;
+    if (canvas.width !== Math.round(w * dpr) || canvas.height !== Math.round(h * dpr)) {
+      canvas.width = Math.round(w * dpr);
+      canvas.height = Math.round(h * dpr);
+    }
+    const g = canvas.getContext("2d");
+    g.setTransform(dpr, 0, 0, dpr, 0, 0);
+    g.clearRect(0, 0, w, h);
+    const padL = 30, padR = 8, padT = 8, padB = 18;
+    const pw = w - padL - padR, ph = h - padT - padB;
+    const hist = s.history;
+    const tEnd = hist.length ? hist[hist.length - 1].t : TIMELINE_S * 1000;
+    const tStart = tEnd - TIMELINE_S * 1000;
+    const X = (t) => padL + ((t - tStart) / (TIMELINE_S * 1000)) * pw;
+    const Y = (v) => padT + (1 - clamp(v, 0, 1)) * ph;
+
+    g.font = `10px ${cssVar("--font-mono") || "monospace"}`;
+    g.fillStyle = cssVar("--muted");
+    g.strokeStyle = cssVar("--grid");
+    g.lineWidth = 1;
+    g.textAlign = "right";
+    g.textBaseline = "middle";
+    for (const v of [0, 0.5, 1]) {
+      g.beginPath(); g.moveTo(padL, Y(v) + 0.5); g.lineTo(w - padR, Y(v) + 0.5); g.stroke();
+      g.fillText(v.toFixed(1), padL - 4, Y(v));
+    }
+    g.textBaseline = "top";
+    for (let k = 0; k <= TIMELINE_S; k += 10) {
+      const x = X(tStart + k * 1000);
+      g.textAlign = k === 0 ? "left" : k === TIMELINE_S ? "right" : "center";
+      g.fillText(k === TIMELINE_S ? "now" : `−${TIMELINE_S - k}s`, x, h - padB + 5);
+    }
+    // shade windows without speech
+    g.fillStyle = cssVar("--nospeech");
+    for (let i = 0; i < hist.length; i++) {
+      if (hist[i].speech) continue;
+      const x0 = X(i ? hist[i - 1].t : hist[i].t - 500);
+      g.fillRect(Math.max(padL, x0), padT, Math.max(1, X(hist[i].t) - Math.max(padL, x0)), ph);
+    }
+    g.lineWidth = 2;
+    g.lineJoin = "round";
+    for (const l of s.labels) {
+      g.strokeStyle = colourOf(l);
+      g.beginPath();
+      let started = false;
+      for (const p of hist) {
+        if (p.t < tStart) continue;
+        const v = p.scores[l];
+        if (!isNum(v)) continue;
+        if (started) g.lineTo(X(p.t), Y(v)); else { g.moveTo(X(p.t), Y(v)); started = true; }
+      }
+      g.stroke();
+    }
+    const top = s.estimate;
+    canvas.setAttribute("aria-label", top
+      ? `smoothed scores over the last ${TIMELINE_S} s of audio; now ${top.label} ${pct(top.confidence)}`
+      : `smoothed scores over the last ${TIMELINE_S} s of audio`);
+  }
+
+  function renderLegend() {
+    const ul = $("#legend");
+    if (ul.childElementCount === labelsSeen.size) return;
+    const rank = (l) => { const i = KNOWN_ORDER.indexOf(l.toLowerCase()); return i < 0 ? 1e9 : i; };
+    const sorted = [...labelsSeen].sort((a, b) => rank(a) - rank(b) || a.localeCompare(b));
+    ul.replaceChildren(...sorted.map((l) => { const li = el("li"); li.append(labelChip(l)); return li; }));
+  }
+
+  function renderBanner() {
+    const bad = [...streams.values()].filter((s) => s.untrained);
+    $("#banner-untrained").hidden = bad.length === 0;
+    if (bad.length) {
+      const m = bad[0].estimate && bad[0].estimate.model ? bad[0].estimate.model : {};
+      $("#banner-untrained-detail").textContent =
+        `The ${m.name || "model"} weights are random (model.random_init) on stream${bad.length > 1 ? "s" : ""} ` +
+        `${bad.map((s) => s.id).join(", ")}. Load a trained checkpoint.`;
+    }
+  }
+
+  // ------------------------------------------------------- stream filter
+  function renderChips() {
+    const box = $("#filter-chips");
+    const ids = [...new Set([...streams.keys(), ...(selected || [])])].sort();
+    const mk = (id, label, pressed) => {
+      const b = el("button", "chip", label);
+      b.type = "button";
+      b.dataset.stream = id;
+      b.setAttribute("aria-pressed", String(pressed));
+      return b;
+    };
+    box.replaceChildren(mk("*", "All", selected === null),
+      ...ids.map((id) => mk(id, id, selected !== null && selected.has(id))));
+  }
+
+  function onChipClick(e) {
+    const b = e.target.closest("button.chip");
+    if (!b) return;
+    const id = b.dataset.stream;
+    if (id === "*") selected = null;
+    else {
+      const next = new Set(selected || []);
+      if (next.has(id)) next.delete(id); else next.add(id);
+      selected = next.size ? next : null;
+    }
+    const p = new URLSearchParams(location.search);
+    if (selected) p.set("streams", [...selected].sort().join(",")); else p.delete("streams");
+    history.replaceState(null, "", `${location.pathname}${p.toString() ? "?" + p : ""}`);
+    sendSubscribe();
+    for (const s of streams.values()) applyFilterTo(s);
+    renderChips();
+    queueRender();
+  }
+
+  function applyFilterTo(s) {
+    const hide = selected !== null && !selected.has(s.id);
+    if (s.card.hidden !== hide) { s.card.hidden = hide; s.timelineDirty = true; }
+  }
+
+  function sendSubscribe() {
+    if (socket && socket.readyState === WebSocket.OPEN) {
+      socket.send(JSON.stringify({ type: "subscribe", streams: selected ? [...selected].sort() : null }));
+    }
+  }
+
+  // ------------------------------------------------------------ connection
+  function setConn(state, text) {
+    const c = $("#conn");
+    c.dataset.state = state;
+    $("#conn-text").textContent = text;
+    document.body.classList.toggle("stale", state !== "connected");
+  }
+
+  function connect() {
+    retryTimer = null;
+    setConn("connecting", "connecting…");
+    let ws;
+    try {
+      ws = new WebSocket(wsUrl);
+    } catch (err) {
+      setConn("disconnected", `cannot connect: bad WebSocket URL ${wsUrl} (fix ?ws=)`);
+      console.warn(err);
+      return;
+    }
+    socket = ws;
+    ws.onopen = () => {
+      connected = true;
+      backoffMs = BACKOFF_INITIAL_MS;
+      setConn("connected", "connected");
+      if (selected) sendSubscribe();
+    };
+    ws.onmessage = (e) => handleMessage(e.data);
+    ws.onclose = () => {
+      if (socket !== ws) return;
+      socket = null;
+      connected = false;
+      const delay = backoffMs * (0.8 + 0.4 * Math.random());
+      backoffMs = Math.min(backoffMs * 2, BACKOFF_MAX_MS);
+      retryAt = Date.now() + delay;
+      retryTimer = setTimeout(connect, delay);
+      showRetry();
+    };
+  }
+
+  function showRetry() {
+    if (connected || !retryTimer) return;
+    const left = Math.max(0, Math.ceil((retryAt - Date.now()) / 1000));
+    setConn("disconnected", `disconnected · reconnecting in ${left} s`);
+  }
+
+  // ------------------------------------------------------------------ start
+  function start() {
+    $("#ws-url").textContent = wsUrl;
+    $("#filter-chips").addEventListener("click", onChipClick);
+    renderChips();
+    setInterval(() => {          // "updated N s ago" and the retry countdown
+      for (const s of streams.values()) renderAgo(s);
+      showRetry();
+    }, 1000);
+    window.addEventListener("resize", () => {
+      for (const s of streams.values()) s.timelineDirty = true;
+      queueRender();
+    });
+    connect();
+  }
+
+  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);
+  else start();
+})();

@@ -1,0 +1,187 @@
+"""The dashboard in a real headless Chromium against a real WebSocketPublisher.
+
+The server runs in the test's event loop and the browser is driven through
+Playwright's async API, so publishing and checking interleave without threads.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.async_api import Browser, ConsoleMessage, Page, async_playwright, expect
+
+from streamer.core.events import EmotionEstimate, EmotionTransition, StreamStatus
+from streamer.publishers.websocket import WebSocketPublisher
+
+CHROMIUM = "/usr/bin/chromium"
+DASHBOARD_DIR = Path(__file__).resolve().parents[2] / "clients" / "dashboard"
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--disable-dev-shm-usage",
+]
+WAIT_MS = 15_000  # generous upper bound for each UI condition (polled, not slept)
+
+FOUR = ("neutral", "happy", "angry", "sad")
+# A MELD-like label set plus a label the dashboard has no colour for.
+SEVEN = ("neutral", "joy", "surprise", "anger", "sadness", "disgust", "frustration")
+
+
+def _scores(labels: tuple[str, ...], top: str, p_top: float) -> dict[str, float]:
+    rest = (1.0 - p_top) / (len(labels) - 1)
+    return {lab: (p_top if lab == top else rest) for lab in labels}
+
+
+def estimate(sid: str, seq: int, label: str, p: float, labels: tuple[str, ...] = FOUR, *,
+             random_init: bool = False, arousal: float = 0.5, valence: float = -0.4) -> dict[str, Any]:
+    scores = _scores(labels, label, p)
+    return EmotionEstimate(
+        stream_id=sid, seq=seq, audio_start_ms=seq * 500, audio_end_ms=seq * 500 + 3000,
+        speech=True, label=label, confidence=p, scores=scores, raw=scores,
+        arousal=arousal, valence=valence, tokens_in=150, tokens_kept=98, latency_ms=38.2,
+        model={"name": "dropformer", "frontend": "logmel80", "rev": "test", "random_init": random_init},
+    ).to_dict()
+
+
+def status(sid: str, state: str, audio_ms: int) -> dict[str, Any]:
+    counters = {"windows": 12, "inferred": 9, "skipped_stale": 2, "skipped_silence": 1,
+                "dropped_frames": 0, "bad_samples": 0}
+    return StreamStatus(sid, state, audio_ms, counters).to_dict()  # type: ignore[arg-type]
+
+
+def card(page: Page, sid: str) -> Any:
+    return page.locator(f'article.card[data-stream="{sid}"]')
+
+
+def chromium_path() -> str:
+    """The Chromium binary; skip (fail under CI) when it is not installed."""
+    path = CHROMIUM if Path(CHROMIUM).exists() else shutil.which("chromium")
+    if path is None:
+        msg = f"{CHROMIUM} is missing; apt-get install -y chromium"
+        if os.environ.get("CI"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return path
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    path = chromium_path()
+    async with async_playwright() as p:
+        b = await p.chromium.launch(executable_path=path, args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            await b.close()
+
+
+async def test_dashboard_shows_streams_transitions_and_reconnects(browser: Browser, tmp_path: Path) -> None:
+    errors: list[str] = []
+    page = await browser.new_page(viewport={"width": 1360, "height": 1000})
+
+    def on_console(msg: ConsoleMessage) -> None:
+        # Chromium reports each refused reconnection attempt as a console error;
+        # those are expected while the server is down. Anything else is a bug.
+        if msg.type == "error" and "WebSocket connection to" not in msg.text:
+            errors.append(f"console: {msg.text}")
+
+    page.on("console", on_console)
+    page.on("pageerror", lambda exc: errors.append(f"pageerror: {exc}"))
+
+    pub = WebSocketPublisher(port=0, static_dir=DASHBOARD_DIR)
+    async with pub:
+        port = pub.port
+        await page.goto(f"http://127.0.0.1:{port}/")
+        conn = page.locator("#conn-text")
+        await expect(conn).to_have_text("connected", timeout=WAIT_MS)
+        await _until(page, lambda: len(pub.clients) == 1)  # the server has registered the page
+        await expect(page.locator("#banner-untrained")).to_be_hidden()
+
+        # Two streams; mic1 uses a 7-class model, published first to check ordering.
+        pub.publish(status("mic1", "online", 0))
+        pub.publish(status("mic0", "speech", 4000))
+        for seq, p in enumerate((0.5, 0.6, 0.7)):
+            pub.publish(estimate("mic0", seq, "neutral", p))
+        for seq, lab in enumerate(("neutral", "neutral", "angry", "angry")):
+            pub.publish(estimate("mic0", 3 + seq, lab, 0.72, arousal=0.62, valence=-0.48))
+        pub.publish(EmotionTransition("mic0", 6, 6000, "neutral", "angry", 0.72).to_dict())
+        pub.publish(estimate("mic1", 0, "frustration", 0.55, SEVEN, random_init=True))
+
+        cards = page.locator("article.card")
+        await expect(cards).to_have_count(2, timeout=WAIT_MS)
+        assert await cards.evaluate_all("els => els.map(e => e.dataset.stream)") == ["mic0", "mic1"]
+
+        mic0, mic1 = card(page, "mic0"), card(page, "mic1")
+        await expect(mic0.locator('[data-role="label"]')).to_have_text("angry", timeout=WAIT_MS)
+        await expect(mic0.locator('[data-role="confidence"]')).to_have_text("72%")
+        await expect(mic0.locator('[data-role="state"]')).to_have_text("speech")
+        await expect(mic0.locator('[data-role="tokens"]')).to_contain_text("98 / 150")
+        await expect(mic0.locator('[data-role="skipped_stale"]')).to_have_text("2")
+        log0 = mic0.locator('[data-role="transitions"] li')
+        await expect(log0).to_have_count(1)
+        await expect(log0.first).to_contain_text("neutral")
+        await expect(log0.first).to_contain_text("angry")
+        await expect(mic0.locator(".bar-row")).to_have_count(4)
+        await expect(mic0.locator('.bar-row[data-label="angry"] .bar-value')).to_have_text("72%")
+        await expect(mic0.locator('[data-role="av"]')).to_contain_text("+0.62")
+
+        # The 7-class stream: bars and legend come from its scores' keys.
+        await expect(mic1.locator('[data-role="label"]')).to_have_text("frustration")
+        await expect(mic1.locator('[data-role="state"]')).to_have_text("online")
+        await expect(mic1.locator(".bar-row")).to_have_count(7)
+        await expect(page.locator("#legend")).to_contain_text("frustration")
+        await expect(page.locator("#legend li")).to_have_count(len(set(FOUR) | set(SEVEN)))
+        # random_init: the warning banner names the stream; mic0 is not marked.
+        banner = page.locator("#banner-untrained")
+        await expect(banner).to_be_visible()
+        await expect(banner).to_contain_text("untrained")
+        await expect(banner).to_contain_text("mic1")
+        await expect(mic1.locator('[data-role="untrained"]')).to_be_visible()
+        await expect(mic0.locator('[data-role="untrained"]')).to_be_hidden()
+
+        await page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
+
+        # Filter: choose mic1 only -> the page subscribes and hides mic0.
+        await page.locator('#filter-chips button[data-stream="mic1"]').click()
+        await expect(mic0).to_be_hidden()
+        await expect(mic1).to_be_visible()
+        await _until(page, lambda: [c["streams"] for c in pub.clients] == [["mic1"]])
+        pub.publish(estimate("mic0", 20, "sad", 0.9))
+        pub.publish(estimate("mic1", 1, "joy", 0.8, SEVEN, random_init=True))
+        await expect(mic1.locator('[data-role="label"]')).to_have_text("joy", timeout=WAIT_MS)
+        assert await mic0.locator('[data-role="label"]').text_content() == "angry"
+        await page.locator('#filter-chips button[data-stream="*"]').click()
+        await expect(mic0).to_be_visible()
+        await _until(page, lambda: [c["streams"] for c in pub.clients] == [None])
+
+    # Server gone: the page says so and keeps retrying.
+    await expect(page.locator("#conn")).to_have_attribute("data-state", "disconnected", timeout=WAIT_MS)
+    await expect(page.locator("#conn-text")).to_contain_text("reconnecting")
+
+    # Same port, a new server (the daemon restarted): the page reconnects.
+    async with WebSocketPublisher(port=port, static_dir=DASHBOARD_DIR) as pub2:
+        await expect(page.locator("#conn-text")).to_have_text("connected", timeout=WAIT_MS)
+        await _until(page, lambda: len(pub2.clients) == 1)
+        pub2.publish(status("mic0", "speech", 1000))
+        pub2.publish(estimate("mic0", 1, "happy", 0.81, arousal=0.4, valence=0.7))
+        await expect(mic0.locator('[data-role="label"]')).to_have_text("happy", timeout=WAIT_MS)
+        await expect(mic0.locator('[data-role="state"]')).to_have_text("speech")
+        # mic1 is not on the restarted server: it is marked offline, not left "online".
+        await expect(mic1.locator('[data-role="state"]')).to_have_text("offline")
+
+    assert errors == []
+
+
+async def _until(page: Page, cond: Any, timeout_ms: int = WAIT_MS) -> None:
+    """Poll a server-side condition while the browser runs (no fixed sleeps)."""
+    waited = 0
+    while not cond():
+        if waited >= timeout_ms:
+            raise AssertionError("condition not met in time")
+        await page.wait_for_timeout(50)
+        waited += 50

@@ -126,7 +126,8 @@ def format_event(
     if kind == "emotion.transition":
         conf = event.get("confidence")
         conf_s = f" ({float(conf):.2f})" if isinstance(conf, (int, float)) else ""
-        return (f"{head}  >> {event.get('from', '?')} {arrow} {event.get('to', '?')}{conf_s}"
+        before = event.get("from") or "(first label)"
+        return (f"{head}  >> {before} {arrow} {event.get('to', '?')}{conf_s}"
                 f" at {_seconds(event.get('audio_ms'))}")
     if kind == "stream.status":
         counters = event.get("counters") or {}

@@ -326,12 +326,13 @@
     ol.replaceChildren();
     for (const { ev, at } of s.transitions) {
       const li = el("li", "transition");
-      li.append(el("time", "t-time", secs(ev.audio_ms)), labelChip(String(ev.from)),
+      const from = ev.from == null ? el("span", "t-first", "first label") : labelChip(String(ev.from));
+      li.append(el("time", "t-time", secs(ev.audio_ms)), from,
         el("span", "arrow", "→"), labelChip(String(ev.to)),
         el("span", "t-conf", pct(ev.confidence)));
       li.title = `received ${clock(at)}`;
       li.setAttribute("aria-label",
-        `at ${secs(ev.audio_ms)}: ${ev.from} to ${ev.to}, confidence ${pct(ev.confidence)}`);
+        `at ${secs(ev.audio_ms)}: ${ev.from == null ? "first label" : ev.from} to ${ev.to}, confidence ${pct(ev.confidence)}`);
       ol.append(li);
     }
     if (!s.transitions.length) ol.append(el("li", "placeholder", "none yet"));

@@ -13,6 +13,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from dropformer.configio import dataclass_from_dict
 from dropformer.errors import ConfigError
 
 # Figure 3 of the paper: offsets |a - b| that the static mask keeps.
@@ -82,11 +83,7 @@ class DropFormerConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DropFormerConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown DropFormerConfig keys {unknown}; known keys: {sorted(known)}")
-        return cls(**data)
+        return dataclass_from_dict(cls, data, "DropFormerConfig")
 
 # Table 1 of the paper, as overrides of the full model.
 PRESETS: dict[str, dict[str, Any]] = {

@@ -8,6 +8,7 @@ names each bad key by its dotted path and says what would fix it.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -24,6 +25,18 @@ class StrictModel(BaseModel):
     """Base for every config section: unknown keys are errors, not ignored."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+D = TypeVar("D")
+
+
+def dataclass_from_dict(cls: type[D], data: Mapping[str, Any], what: str) -> D:
+    """Build dataclass ``cls`` from ``data``; unknown keys raise ConfigError listing the known ones."""
+    known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"unknown {what} keys {unknown}; known keys: {sorted(known)}")
+    return cls(**data)
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:

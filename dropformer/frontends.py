@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from dropformer.configio import dataclass_from_dict
 from dropformer.errors import CheckpointError, ConfigError
 
 log = logging.getLogger(__name__)
@@ -72,11 +73,7 @@ class FrontendConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FrontendConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown frontend keys {unknown}; known keys: {sorted(known)}")
-        return cls(**data)
+        return dataclass_from_dict(cls, data, "frontend")
 
     @property
     def name(self) -> str:

@@ -16,6 +16,9 @@ from dropformer.configio import validate
 from streamer.config import DaemonConfig, config_summary
 
 HELP = "run the live monitor"
+# The built-in defaults as a plain dict, so `--set streams.0.source.path=...`
+# works without a config file (the YAML file and --set are merged on top).
+DEFAULTS: dict[str, Any] = DaemonConfig().model_dump(mode="json")
 log = logging.getLogger(__name__)
 
 

@@ -74,3 +74,12 @@ def test_help_lists_subcommands() -> None:
     assert proc.returncode == 0
     for name in ("run", "devices", "bench", "train", "evaluate", "explain"):
         assert name in proc.stdout
+
+
+def test_set_reaches_into_default_streams_without_a_file() -> None:
+    from streamer.commands.run import DEFAULTS
+
+    raw = load_config(None, ["streams.0.source.realtime=false", "streams.0.id=lobby"], DEFAULTS)
+    cfg = validate(DaemonConfig, raw)
+    assert cfg.streams[0].id == "lobby" and cfg.streams[0].source.realtime is False  # type: ignore[union-attr]
+    assert cfg.streams[0].source.loop is True  # the rest of the default stream is kept  # type: ignore[union-attr]

@@ -209,6 +209,8 @@ class DaemonConfig(StrictModel):
     streams: list[StreamConfig] = Field(default_factory=lambda: [StreamConfig(id="demo", source=FileSourceConfig(loop=True))])
     """The audio streams to monitor (default: the bundled demo audio, looping)."""
     publish: PublishConfig = Field(default_factory=PublishConfig)
+    status_interval_s: float | None = Field(10.0, gt=0)
+    """Publish each stream's status (with fresh counters) at least this often; null = only on changes."""
     duration_s: float | None = Field(None, gt=0)
     """Stop after this many seconds (null = run until SIGINT/SIGTERM or every stream ended)."""
 

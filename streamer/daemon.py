@@ -211,6 +211,7 @@ class Daemon:
         self.publish(core.start())
         pending: set[asyncio.Task[None]] = set()
         error: str | None = None
+        heartbeat = asyncio.create_task(self._heartbeat(core)) if self.cfg.status_interval_s else None
         try:
             source, realtime = self._make_source(sc)
             stale_s = self.cfg.worker.stale_after_s if realtime else None
@@ -235,7 +236,16 @@ class Daemon:
         finally:
             for t in pending:
                 t.cancel()
+            if heartbeat is not None:
+                heartbeat.cancel()
             self.publish(core.stop(error=error))
+
+    async def _heartbeat(self, core: StreamCore) -> None:
+        assert self.cfg.status_interval_s is not None
+        while True:
+            await asyncio.sleep(self.cfg.status_interval_s)
+            async with self._locks[core.stream_id]:
+                self.publish(core.status())
 
     async def _handle(
         self, core: StreamCore, items: list[WindowRequest | CoreEvent], stale_s: float | None,

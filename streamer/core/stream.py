@@ -172,6 +172,12 @@ class StreamCore:
         sample = self.windower.total_samples if at_sample is None else at_sample
         return StreamStatus(self.stream_id, state, self._ms(sample), self.counters, detail)
 
+    def status(self) -> StreamStatus:
+        """The current status with up-to-date counters (a heartbeat; the state is unchanged)."""
+        if self._state is None:
+            raise RuntimeError(f"stream {self.stream_id} has not been started")
+        return StreamStatus(self.stream_id, self._state, self._ms(self.windower.total_samples), self.counters)
+
     def start(self) -> StreamStatus:
         """Begin the stream: returns the ``online`` status."""
         if self._state is not None:

@@ -179,3 +179,16 @@ async def test_random_init_fallback_is_loud(tmp_path: Path, monkeypatch: pytest.
     assert "RANDOMLY INITIALISED" in caplog.text
     est = [e for e in events_of(tmp_path) if e["type"] == "emotion.estimate"]
     assert est and all(e["model"]["random_init"] is True for e in est)
+
+
+async def test_status_heartbeat_carries_fresh_counters(tmp_path: Path, tiny_checkpoint: Path) -> None:
+    wav = long_speech(tmp_path)
+    cfg = config(tmp_path, tiny_checkpoint, [{"id": "hb", "source": {"path": str(wav), "realtime": True}}],
+                 status_interval_s=0.5)
+    async with Daemon(cfg) as daemon:
+        await asyncio.wait_for(daemon.run(), 60)
+    statuses = [e for e in events_of(tmp_path) if e["type"] == "stream.status"]
+    speech_beats = [e for e in statuses if e["state"] == "speech"]
+    assert len(speech_beats) >= 4  # one state change plus heartbeats every 0.5 s of a 5.5 s stream
+    inferred = [e["counters"]["inferred"] for e in speech_beats]
+    assert inferred == sorted(inferred) and inferred[-1] > inferred[0]

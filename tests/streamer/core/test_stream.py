@@ -286,3 +286,13 @@ def test_events_do_not_depend_on_frame_size() -> None:
     small = run(320)
     assert small == run(4000) == run(audio.size)
     assert small[0][1:] == [("silence", 1000), ("speech", 2000), ("silence", 4500)]
+
+
+def test_status_heartbeat_has_current_counters_and_keeps_state() -> None:
+    core = make_core()
+    core.start()
+    with pytest.raises(RuntimeError):
+        make_core().status()
+    core.push(np.zeros(16000 * 4, dtype=np.float32))
+    beat = core.status()
+    assert beat.state == core.state and beat.counters["windows"] == core.counters["windows"] >= 1

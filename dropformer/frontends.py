@@ -53,7 +53,8 @@ class FrontendConfig:
     frame_rate_hz: float = 50.0
     """logmel: output token rate after pooling (must divide 1000/hop_ms)."""
     normalize: str = "utterance"
-    """logmel: 'utterance' (mean/variance per band over valid frames) or 'none'."""
+    """logmel: 'utterance' (mean/variance per band over valid frames), 'level' (one mean/std over
+    all bands and frames: removes the recording level but keeps the spectral tilt) or 'none'."""
 
     def __post_init__(self) -> None:
         if self.kind not in ("wavlm", "logmel"):
@@ -62,8 +63,8 @@ class FrontendConfig:
             raise ConfigError(f"frontend.layer = {self.layer} must be >= 1 (1-based transformer layer)")
         if self.dtype not in ("float32", "bfloat16"):
             raise ConfigError(f"frontend.dtype = {self.dtype!r}; use 'float32' or 'bfloat16'")
-        if self.normalize not in ("utterance", "none"):
-            raise ConfigError(f"frontend.normalize = {self.normalize!r}; use 'utterance' or 'none'")
+        if self.normalize not in ("utterance", "level", "none"):
+            raise ConfigError(f"frontend.normalize = {self.normalize!r}; use 'utterance', 'level' or 'none'")
         base_rate = 1000.0 / self.hop_ms
         if self.frame_rate_hz <= 0 or abs(base_rate / self.frame_rate_hz - round(base_rate / self.frame_rate_hz)) > 1e-6:
             raise ConfigError(f"frontend.frame_rate_hz = {self.frame_rate_hz} must divide 1000/hop_ms = {base_rate}")
@@ -106,6 +107,23 @@ def masked_standardize(x: torch.Tensor, lengths: torch.Tensor, dim: int, eps: fl
     return (x - mean) / torch.sqrt(var + eps) * m
 
 
+def normalize_logmel(feats: torch.Tensor, lengths: torch.Tensor, mode: str) -> torch.Tensor:
+    """Normalise log-mel (B, T, M) over each item's valid frames.
+
+    'utterance': per band (classic CMVN; also removes the spectral shape);
+    'level': one mean and std over all bands and frames (a gain is a constant
+    shift of log-mel, so this removes level exactly, keeping the spectral tilt);
+    'none': unchanged.
+    """
+    if mode == "utterance":
+        return masked_standardize(feats, lengths, dim=1, eps=1e-5)
+    if mode == "level":
+        b, t, m = feats.shape
+        flat = masked_standardize(feats.reshape(b, t * m), lengths * m, dim=1, eps=1e-5)  # (B, T*M)
+        return flat.reshape(b, t, m)
+    return feats
+
+
 class LogMelFrontend(Frontend):
     def __init__(self, config: FrontendConfig) -> None:
         super().__init__()
@@ -143,9 +161,7 @@ class LogMelFrontend(Frontend):
         n_pooled = n // self.pool
         feats = logmel[:, : n_pooled * self.pool].reshape(b, n_pooled, self.pool, m).mean(2)  # (B, T, M)
         out_lengths = self.output_lengths(lengths.to(waveform.device)).clamp(max=n_pooled)
-        if self.config.normalize == "utterance":
-            feats = masked_standardize(feats, out_lengths, dim=1, eps=1e-5)
-        return feats, out_lengths
+        return normalize_logmel(feats, out_lengths, self.config.normalize), out_lengths
 
 
 class WavLMFrontend(Frontend):

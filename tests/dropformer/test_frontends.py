@@ -70,3 +70,18 @@ def test_logmel_short_item_same_alone_and_in_batch() -> None:
     alone, alone_len = fe(wave[1:, :17000], torch.tensor([17000]))
     assert lengths[1] == alone_len[0] == alone.shape[1]
     assert torch.allclose(batch[1, : lengths[1]], alone[0], atol=1e-4)
+
+
+def test_level_normalisation_removes_gain_and_keeps_spectral_tilt() -> None:
+    fe = build_frontend(FrontendConfig(kind="logmel", normalize="level"))
+    torch.manual_seed(2)
+    wave = torch.randn(1, 32000) * torch.linspace(0.2, 1.0, 32000)
+    loud, _ = fe(wave, torch.tensor([32000]))
+    quiet, _ = fe(wave * 0.1, torch.tensor([32000]))
+    assert torch.allclose(loud, quiet, atol=1e-2)
+    # low-passed noise keeps more energy in low bands: per-band CMVN erases that, 'level' keeps it
+    dull = torch.nn.functional.avg_pool1d(wave[None], 9, 1, 4)[0]
+    tilt = fe(dull, torch.tensor([32000]))[0][0]
+    assert tilt[:, :20].mean() - tilt[:, 60:].mean() > 1.0
+    cmvn = build_frontend(FrontendConfig(kind="logmel"))(dull, torch.tensor([32000]))[0][0]
+    assert abs(cmvn[:, :20].mean() - cmvn[:, 60:].mean()) < 0.1

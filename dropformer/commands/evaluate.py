@@ -1,0 +1,87 @@
+"""``emotion-monitor evaluate``: WA, UA, weighted/macro F1 and confusion matrices.
+
+Two modes:
+
+- ``--run DIR``: every finished fold of a training run; each fold's selected
+  checkpoint (``foldNN/best``) is scored on that fold's test speakers, with the
+  run's own config (corpus, folds, front end). Mean ± std over folds.
+- ``--checkpoint C``: one checkpoint on every utterance of the corpus in the
+  config (``data.*``), e.g. a model trained elsewhere on a new corpus.
+
+Writes ``evaluation.json`` and ``evaluation.md`` (to ``--out``, default: the run
+folder or the current folder) and prints the Markdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+HELP = "evaluate checkpoints: WA, UA, F1, confusion matrix (per fold, mean ± std)"
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--run", help="a training run folder (holds config.json and foldNN/)")
+    group.add_argument("--checkpoint", help="one checkpoint folder, scored on the whole corpus of --config")
+    parser.add_argument("--out", default=None, help="folder for evaluation.json and evaluation.md")
+
+
+def main(args: argparse.Namespace, config: dict[str, Any]) -> int:
+    from dropformer.checkpoint import load_checkpoint
+    from dropformer.configio import deep_merge
+    from dropformer.errors import CheckpointError
+    from dropformer.training import (
+        evaluate_items,
+        parse_config,
+        prepare,
+        resolve_device,
+        write_summary,
+    )
+
+    if args.run:
+        run = Path(args.run)
+        saved = run / "config.json"
+        if not saved.is_file():
+            raise CheckpointError(f"{run} has no config.json; pass the folder that `emotion-monitor train` wrote")
+        cfg = parse_config(deep_merge(json.loads(saved.read_text()), config))
+        corpus, folds, feats = prepare(cfg)
+        device = resolve_device(cfg.train.device)
+        results = []
+        for fold in folds:
+            best = run / f"fold{fold.index:02d}" / "best"
+            if not (best / "config.json").is_file():
+                log.warning("fold %d (%s) has no checkpoint yet; left out", fold.index, fold.name)
+                continue
+            ckpt = load_checkpoint(best, map_location=device)
+            res = evaluate_items(ckpt.model, fold.test, feats, list(corpus.labels), ckpt.frontend_config, device,
+                                 cfg.train.eval_window_s)
+            results.append({**res, "fold": fold.index, "name": fold.name})
+        if not results:
+            raise CheckpointError(f"no fold in {run} has a checkpoint; train first")
+        title = f"{corpus.name} {cfg.model.preset}"
+    else:
+        cfg = parse_config(config)
+        ckpt = load_checkpoint(args.checkpoint)
+        cfg = parse_config({**cfg.model_dump(), "frontend": ckpt.frontend_config.to_dict()})
+        corpus, _, feats = prepare(cfg.model_copy(update={"train": cfg.train.model_copy(update={"folds_scheme": "all",
+                                                                                               "selection": "last"})}))
+        if list(corpus.labels) != ckpt.labels:
+            raise CheckpointError(f"checkpoint labels {ckpt.labels} differ from the corpus labels {list(corpus.labels)}; "
+                                  "set data.labels to the checkpoint's")
+        device = resolve_device(cfg.train.device)
+        res = evaluate_items(ckpt.model.to(device), corpus.utterances, feats, ckpt.labels, ckpt.frontend_config,
+                             device, cfg.train.eval_window_s)
+        results = [{**res, "fold": 1, "name": "all"}]
+        title = f"{corpus.name} {Path(args.checkpoint).name}"
+    out = Path(args.out or (args.run or "."))
+    out.mkdir(parents=True, exist_ok=True)
+    doc = write_summary(out, results, title, stem="evaluation")
+    print((out / "evaluation.md").read_text())
+    log.info("wrote %s and %s (UA %.1f%%)", out / "evaluation.json", out / "evaluation.md",
+             100 * doc["utterance"]["mean"]["ua"])
+    return 0

@@ -1,0 +1,50 @@
+"""Corpus readers (IEMOCAP, MELD, EmoDB, CSV manifests), folds and audio loading.
+
+Every reader returns a :class:`Corpus`: the usable :class:`Utterance` list,
+the class names, and a :class:`DataReport` listing each excluded or broken entry.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dropformer.data.report import DataReport, Problem
+
+#: The shared 4-class label set (IEMOCAP protocol); EmoDB maps onto it.
+FOUR_CLASSES: tuple[str, ...] = ("neutral", "happy", "angry", "sad")
+
+
+@dataclass(frozen=True)
+class Utterance:
+    """One labelled recording.
+
+    ``group`` is the corpus' natural partition: the IEMOCAP session
+    (``"1"``..``"5"``), the MELD split (``train``/``dev``/``test``), a manifest's
+    ``split`` column, or ``""``. ``uid`` is unique within the corpus.
+    """
+
+    uid: str
+    path: Path
+    label: str
+    speaker: str
+    group: str = ""
+    duration_s: float | None = None
+    start_s: float | None = None
+    end_s: float | None = None
+
+
+@dataclass
+class Corpus:
+    """Usable utterances, the ordered class names, and the reading report."""
+
+    name: str
+    utterances: list[Utterance]
+    labels: tuple[str, ...]
+    report: DataReport = field(default_factory=lambda: DataReport("?"))
+
+    def label_index(self, label: str) -> int:
+        return self.labels.index(label)
+
+
+__all__ = ["FOUR_CLASSES", "Corpus", "DataReport", "Problem", "Utterance"]

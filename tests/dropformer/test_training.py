@@ -1,0 +1,149 @@
+"""Training on real EmoDB speech (the 12-file fixture): loss falls, checkpoints round-trip, CLI end to end, resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+import dropformer.training as training
+from dropformer.checkpoint import load_checkpoint, save_checkpoint
+from dropformer.data.emodb import read_emodb
+from dropformer.features import extract_features
+from dropformer.frontends import FrontendConfig
+from dropformer.model import DropFormer
+from streamer.cli import main as cli
+
+FIXTURE = Path(__file__).resolve().parents[1] / "data" / "emodb"
+TINY_MODEL = {"d_model": 32, "num_heads": 2, "ffn_dim": 64, "head_hidden": [32], "dropout": 0.0, "head_dropout": 0.0}
+
+
+def _config(tmp: Path, **train: Any) -> dict[str, Any]:
+    lines = ["path,label,speaker"]
+    for u in read_emodb(FIXTURE).utterances:
+        lines.append(f"{u.path},{u.label},{u.speaker}")
+    (tmp / "tiny.csv").write_text("\n".join(lines) + "\n")
+    return {
+        "data": {"corpus": "manifest", "manifest": str(tmp / "tiny.csv")},
+        "frontend": {"kind": "logmel"},
+        "model": {"preset": "dropformer", "overrides": TINY_MODEL},
+        "train": {"epochs": 8, "batch_size": 4, "lr": 3e-3, "warmup_epochs": 1, "folds": [1], "val_count": 1,
+                  "selection": "val", "num_threads": 1, "progress": False, "gain_db": [-20, 0], "freq_masks": 1, **train},
+        "cache_dir": str(tmp / "cache"), "out_dir": str(tmp / "run"),
+    }
+
+
+def test_train_and_evaluate_cli_end_to_end(tmp_path: Path) -> None:
+    (tmp_path / "train.yaml").write_text(yaml.safe_dump(_config(tmp_path)))
+    assert cli(["train", "--config", str(tmp_path / "train.yaml"), "--log-level", "WARNING"]) == 0
+    fold = tmp_path / "run" / "fold01"  # fold 1 tests speaker 03, validates on speaker 10
+    history = json.loads((fold / "history.json").read_text())
+    assert len(history) == 8 and history[-1]["loss"] < history[0]["loss"] - 0.1
+    result = json.loads((fold / "result.json").read_text())
+    assert result["name"] == "03" and result["n_test"] == 4 and result["n_val"] == 4
+    assert sorted(Path(k).stem for k in result["predictions"]) == ["03a01Fa", "03a01Nc", "03a01Wa", "03a02Ta"]
+    assert not (fold / "state.pt").exists()  # finished folds drop their resume state
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert set(summary) == {"utterance", "window"}
+    # evaluate reloads the selected checkpoint in a fresh model: same predictions as at the end of training.
+    assert cli(["evaluate", "--run", str(tmp_path / "run"), "--log-level", "WARNING"]) == 0
+    ev = json.loads((tmp_path / "run" / "evaluation.json").read_text())
+    assert ev["utterance"]["mean"]["ua"] == pytest.approx(summary["utterance"]["mean"]["ua"])
+    assert ev["utterance"]["pooled"]["confusion"] == summary["utterance"]["pooled"]["confusion"]
+    md = (tmp_path / "run" / "evaluation.md").read_text()
+    assert "mean ± std" in md and "| true \\ predicted |" in md
+    # A bad key is a clear error naming it, with exit status 2.
+    assert cli(["train", "--config", str(tmp_path / "train.yaml"), "--set", "train.epochz=3"]) == 2
+
+
+def test_checkpoint_round_trips_to_identical_logits(tmp_path: Path) -> None:
+    fe = FrontendConfig(kind="logmel")
+    utts = read_emodb(FIXTURE).utterances
+    feats = extract_features(utts, fe, tmp_path / "cache", progress=False)
+    labels = ["neutral", "happy", "angry", "sad"]
+    torch.manual_seed(0)
+    model = DropFormer(training.model_config(training.parse_config(_config(tmp_path)), 80, 4))
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    batch = training.make_batch([feats[u.uid] for u in utts], [labels.index(u.label) for u in utts], fe,
+                                torch.device("cpu"))
+    losses = []
+    for _ in range(25):
+        loss = torch.nn.functional.cross_entropy(model(batch.features, batch.lengths).logits, batch.targets)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < 0.5 * losses[0]  # it learns the 12 real utterances
+    save_checkpoint(tmp_path / "ckpt", model, frontend_config=fe, labels=labels, meta={"test": True})
+    ckpt = load_checkpoint(tmp_path / "ckpt")
+    model.eval()
+    with torch.no_grad():
+        a = model(batch.features, batch.lengths).logits
+        b = ckpt.model(batch.features, batch.lengths).logits
+    assert torch.equal(a, b) and ckpt.labels == labels and ckpt.frontend_config == fe
+
+
+def test_interrupted_fold_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = training.parse_config(_config(tmp_path, epochs=5))
+    corpus, folds, feats = training.prepare(cfg)
+    real = training.evaluate_items
+    calls = {"n": 0}
+
+    def interrupt_in_epoch_3(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt  # as if the user pressed Ctrl-C during epoch 3
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(training, "evaluate_items", interrupt_in_epoch_3)
+    with pytest.raises(KeyboardInterrupt):
+        training.train_fold(cfg, folds[0], corpus, feats, Path(cfg.out_dir))
+    state = torch.load(Path(cfg.out_dir) / "fold01" / "state.pt", weights_only=False)
+    assert state["epoch"] == 2
+    monkeypatch.setattr(training, "evaluate_items", real)
+    result = training.train_fold(cfg, folds[0], corpus, feats, Path(cfg.out_dir))
+    history = json.loads((Path(cfg.out_dir) / "fold01" / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4, 5]
+    assert np.isfinite(result["utterance"]["ua"])
+
+
+def test_shipped_default_model_scores_the_fixture(tmp_path: Path) -> None:
+    """The committed model loads and, through `evaluate --checkpoint`, labels the 12 real fixture files.
+
+    The fixture files are part of its training data: this guards the artifact, not held-out accuracy.
+    """
+    folder = Path(training.__file__).parent / "pretrained" / "emodb_logmel"
+    assert (folder / "model.safetensors").stat().st_size < 5_000_000
+    ckpt = load_checkpoint(folder)
+    assert ckpt.labels == ["neutral", "happy", "angry", "sad"] and ckpt.frontend_config.kind == "logmel"
+    assert ckpt.meta["command"].startswith("emotion-monitor train --config configs/train/emodb.yaml")
+    cfg = _config(tmp_path)
+    cfg["frontend"] = ckpt.frontend_config.to_dict()
+    (tmp_path / "eval.yaml").write_text(yaml.safe_dump(cfg))
+    assert cli(["evaluate", "--config", str(tmp_path / "eval.yaml"), "--checkpoint", str(folder),
+                "--out", str(tmp_path / "ev"), "--log-level", "WARNING"]) == 0
+    ev = json.loads((tmp_path / "ev" / "evaluation.json").read_text())
+    assert ev["utterance"]["pooled"]["count"] == 12
+    assert ev["utterance"]["mean"]["wa"] >= 10 / 12
+
+
+def test_ablate_and_sweep_cli(tmp_path: Path) -> None:
+    cfg = _config(tmp_path, epochs=2, selection="last", val_count=0)
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    assert cli(["ablate", "--config", str(tmp_path / "c.yaml"), "--presets", "dropformer,vanilla",
+                "--out", str(tmp_path / "abl"), "--log-level", "WARNING"]) == 0
+    table = (tmp_path / "abl" / "ablation.md").read_text().splitlines()
+    assert table[2].startswith("| DropFormer |") and table[3].startswith("| Vanilla Transformer |")
+    assert cli(["sweep", "--config", str(tmp_path / "c.yaml"), "--keep-rates", "0.1,0.3", "--drop-rates", "0.2",
+                "--out", str(tmp_path / "sw"), "--log-level", "WARNING"]) == 0
+    points = json.loads((tmp_path / "sw" / "sweep.json").read_text())
+    assert [(p["keep_rate"], p["drop_rate"]) for p in points] == [(0.1, 0.2), (0.3, 0.2)]
+    saved = json.loads((tmp_path / "sw" / "kr0.3_dr0.2" / "config.json").read_text())
+    assert saved["model"]["overrides"]["keep_rate"] == 0.3
+    assert (tmp_path / "sw" / "figure5.png").read_bytes()[:4] == b"\x89PNG"
+    assert cli(["ablate", "--config", str(tmp_path / "c.yaml"), "--presets", "nope"]) == 2

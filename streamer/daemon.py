@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from dropformer.errors import AudioError, EmotionMonitorError
+from dropformer.errors import EmotionMonitorError
 from streamer.config import DaemonConfig, StreamConfig, dashboard_dir, demo_audio_path
 from streamer.core.events import Event as CoreEvent
 from streamer.core.gate import EnergyGate, Gate
@@ -301,5 +301,3 @@ async def run_daemon(cfg: DaemonConfig, *, install_signals: bool = True, on_read
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.remove_signal_handler(sig)
 
-
-__all__ = ["AudioError", "Daemon", "run_daemon"]

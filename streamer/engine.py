@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
+import time
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -101,8 +101,6 @@ class Engine:
     @torch.inference_mode()
     def run(self, waves: list[np.ndarray]) -> BatchResult:
         """Classify a batch of 16 kHz mono windows of any lengths."""
-        import time
-
         t0 = time.perf_counter()
         lengths = torch.tensor([len(w) for w in waves], dtype=torch.long)
         batch = torch.zeros(len(waves), int(lengths.max()), dtype=torch.float32)
@@ -123,7 +121,3 @@ def _weights_rev(folder: Path) -> str:
             h.update(chunk)
     return f"{folder.name}@{h.hexdigest()[:12]}"
 
-
-def default_threads() -> int:
-    """One thread per process by default: 2-thread torch slows 3-10x on a shared machine."""
-    return int(os.environ.get("EMOTION_MONITOR_THREADS", "1"))

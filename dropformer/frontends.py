@@ -43,7 +43,8 @@ class FrontendConfig:
     normalize_waveform: bool | None = None
     """wavlm: zero-mean/unit-variance per utterance; None = what the checkpoint's feature extractor says."""
     dtype: str = "float32"
-    """wavlm: 'float32' or 'bfloat16' weights (bf16 is ~2x faster on CPUs with AVX512_BF16/AMX)."""
+    """wavlm: 'float32' or 'bfloat16' weights. bf16 is for GPUs: on the CPU build measured here its
+    convolutions ran ~30x slower and the whole front end 16x slower (BENCHMARKS.md)."""
     n_mels: int = 80
     """logmel: mel bands."""
     win_ms: float = 25.0

@@ -107,6 +107,8 @@ async def test_dashboard_shows_streams_transitions_and_reconnects(browser: Brows
         pub.publish(status("mic0", "speech", 4000))
         for seq, p in enumerate((0.5, 0.6, 0.7)):
             pub.publish(estimate("mic0", seq, "neutral", p))
+            if seq == 0:  # the stream's first label comes as a transition from null
+                pub.publish(EmotionTransition("mic0", 0, 3000, None, "neutral", 0.5).to_dict())
         for seq, lab in enumerate(("neutral", "neutral", "angry", "angry")):
             pub.publish(estimate("mic0", 3 + seq, lab, 0.72, arousal=0.62, valence=-0.48))
         pub.publish(EmotionTransition("mic0", 6, 6000, "neutral", "angry", 0.72).to_dict())
@@ -123,9 +125,14 @@ async def test_dashboard_shows_streams_transitions_and_reconnects(browser: Brows
         await expect(mic0.locator('[data-role="tokens"]')).to_contain_text("98 / 150")
         await expect(mic0.locator('[data-role="skipped_stale"]')).to_have_text("2")
         log0 = mic0.locator('[data-role="transitions"] li')
-        await expect(log0).to_have_count(1)
-        await expect(log0.first).to_contain_text("neutral")
-        await expect(log0.first).to_contain_text("angry")
+        await expect(log0).to_have_count(2)
+        first = log0.filter(has_text="first label")
+        await expect(first).to_have_count(1)
+        await expect(first).to_contain_text("neutral")
+        await expect(first).not_to_contain_text("null")
+        change = log0.filter(has_text="angry")
+        await expect(change).to_have_count(1)
+        await expect(change).to_contain_text("neutral")
         await expect(mic0.locator(".bar-row")).to_have_count(4)
         await expect(mic0.locator('.bar-row[data-label="angry"] .bar-value')).to_have_text("72%")
         await expect(mic0.locator('[data-role="av"]')).to_contain_text("+0.62")

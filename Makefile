@@ -11,7 +11,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 ARGS ?=
 SYSTEM_PACKAGES := mosquitto mosquitto-clients pulseaudio pulseaudio-utils libportaudio2 \
-	libasound2-plugins libsndfile1 espeak-ng sox ffmpeg chromium chromium-driver
+	libasound2-plugins libsndfile1 espeak-ng sox ffmpeg chromium chromium-driver openssl
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: setup run test lint system-deps bench clean

@@ -6,8 +6,6 @@ Playwright's async API, so publishing and checking interleave without threads.
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +15,7 @@ from playwright.async_api import Browser, ConsoleMessage, Page, async_playwright
 
 from streamer.core.events import EmotionEstimate, EmotionTransition, StreamStatus
 from streamer.publishers.websocket import WebSocketPublisher
+from tests.fixtures.services import require_binary
 
 CHROMIUM = "/usr/bin/chromium"
 DASHBOARD_DIR = Path(__file__).resolve().parents[2] / "clients" / "dashboard"
@@ -60,13 +59,7 @@ def card(page: Page, sid: str) -> Any:
 
 def chromium_path() -> str:
     """The Chromium binary; skip (fail under CI) when it is not installed."""
-    path = CHROMIUM if Path(CHROMIUM).exists() else shutil.which("chromium")
-    if path is None:
-        msg = f"{CHROMIUM} is missing; apt-get install -y chromium"
-        if os.environ.get("CI"):
-            pytest.fail(msg)
-        pytest.skip(msg)
-    return path
+    return CHROMIUM if Path(CHROMIUM).exists() else require_binary("chromium", "chromium")
 
 
 @pytest.fixture

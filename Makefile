@@ -21,6 +21,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
 	$(PY) -m pip install -q -e ".[all]"
+	$(VENV)/bin/emotion-monitor convert-whisper --log-level WARNING
 	touch $@
 
 setup: $(VENV)/.installed

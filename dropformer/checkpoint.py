@@ -1,9 +1,17 @@
-"""Checkpoints: one folder holding everything needed to rebuild a model.
+"""Checkpoints: one folder holding everything needed to rebuild a model and serve it exactly.
 
-    <folder>/config.json        {"format": "dropformer-checkpoint", "version": 1,
+    <folder>/config.json        {"format": "dropformer-checkpoint", "version": 2,
                                  "model": DropFormerConfig, "frontend": FrontendConfig,
+                                 "stream_norm": StreamNormConfig, "temperature": T,
                                  "labels": [...], "meta": {...}}
-    <folder>/model.safetensors  the DropFormer weights
+    <folder>/model.safetensors  the DropFormer weights, plus ``stream_norm.prior_mean`` and
+                                ``stream_norm.prior_var`` (D,) when features are normalised per stream
+
+``stream_norm`` says how the features must be normalised before the model
+(per stream, from the stored prior); ``temperature`` divides the logits
+(calibration on held-out speakers; 1.0 = none). The engine serves exactly
+what the checkpoint records. Version-1 folders (no stream normalisation)
+still load.
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -20,9 +29,11 @@ from dropformer.config import DropFormerConfig
 from dropformer.errors import CheckpointError, EmotionMonitorError
 from dropformer.frontends import Frontend, FrontendConfig, build_frontend
 from dropformer.model import DropFormer
+from dropformer.normalization import StreamNormalizer, StreamNormConfig
 
 FORMAT = "dropformer-checkpoint"
-VERSION = 1
+VERSION = 2
+PRIOR_KEYS = ("stream_norm.prior_mean", "stream_norm.prior_var")
 
 
 @dataclass
@@ -33,26 +44,47 @@ class Checkpoint:
     labels: list[str]
     meta: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
+    stream_norm: StreamNormConfig = field(default_factory=StreamNormConfig)
+    norm_prior: tuple[np.ndarray, np.ndarray] | None = None  # (mean, var), each (D,)
+    temperature: float = 1.0
 
     def build_frontend(self) -> Frontend:
         return build_frontend(self.frontend_config)
 
+    def new_normalizer(self) -> StreamNormalizer | None:
+        """A fresh per-stream normaliser as this checkpoint expects, or None when it expects none."""
+        if not self.stream_norm.enabled:
+            return None
+        assert self.norm_prior is not None
+        return StreamNormalizer(self.norm_prior[0], self.norm_prior[1], self.stream_norm)
+
 
 def save_checkpoint(
-    path: str | Path, model: DropFormer, *, frontend_config: FrontendConfig, labels: list[str], meta: dict[str, Any] | None = None
+    path: str | Path, model: DropFormer, *, frontend_config: FrontendConfig, labels: list[str],
+    meta: dict[str, Any] | None = None, stream_norm: StreamNormConfig | None = None,
+    norm_prior: tuple[np.ndarray, np.ndarray] | None = None, temperature: float = 1.0,
 ) -> Path:
-    """Write ``model`` and everything needed to rebuild it into the folder ``path``."""
+    """Write ``model`` and everything needed to rebuild and serve it into the folder ``path``."""
     if len(labels) != model.cfg.num_classes:
         raise CheckpointError(f"{len(labels)} labels given for a model with {model.cfg.num_classes} classes")
+    stream_norm = stream_norm or StreamNormConfig()
+    if stream_norm.enabled and norm_prior is None:
+        raise CheckpointError("stream_norm.kind=stream needs the training prior (norm_prior)")
+    if not temperature > 0:
+        raise CheckpointError(f"temperature = {temperature} must be > 0")
     folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    if stream_norm.enabled and norm_prior is not None:
+        for key, arr in zip(PRIOR_KEYS, norm_prior, strict=True):
+            state[key] = torch.as_tensor(np.asarray(arr), dtype=torch.float32).contiguous()
     tmp = folder / "model.safetensors.tmp"
     save_file(state, str(tmp), metadata={"format": FORMAT})
     tmp.replace(folder / "model.safetensors")
     doc = {
         "format": FORMAT, "version": VERSION, "model": model.cfg.to_dict(),
-        "frontend": frontend_config.to_dict(), "labels": list(labels), "meta": meta or {},
+        "frontend": frontend_config.to_dict(), "stream_norm": stream_norm.to_dict(), "temperature": float(temperature),
+        "labels": list(labels), "meta": meta or {},
     }
     (folder / "config.json").write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
     return folder
@@ -77,14 +109,29 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         cfg = DropFormerConfig.from_dict(doc["model"])
         fe = FrontendConfig.from_dict(doc["frontend"])
         labels = [str(x) for x in doc["labels"]]
-    except (KeyError, TypeError, EmotionMonitorError) as exc:
+        norm = StreamNormConfig.from_dict(doc.get("stream_norm") or {})
+        temperature = float(doc.get("temperature", 1.0))
+    except (KeyError, TypeError, ValueError, EmotionMonitorError) as exc:
         raise CheckpointError(f"{cfg_file} is malformed: {exc}") from exc
+    meta = dict(doc.get("meta", {}))
+    if not norm.enabled and isinstance(meta.get("stream_norm"), dict):
+        raise CheckpointError(
+            f"{cfg_file} was trained with per-stream normalisation ({meta['stream_norm'].get('kind')!r}) that this "
+            "version cannot serve exactly; retrain it with train.feature_norm=stream"
+        )
     if len(labels) != cfg.num_classes:
         raise CheckpointError(f"{cfg_file}: {len(labels)} labels for {cfg.num_classes} classes")
+    if not temperature > 0:
+        raise CheckpointError(f"{cfg_file}: temperature = {temperature} must be > 0")
     model = DropFormer(cfg)
     try:
-        model.load_state_dict(load_file(str(weights), device="cpu"))
+        state = load_file(str(weights), device="cpu")
+        prior = tuple(state.pop(k).double().numpy() for k in PRIOR_KEYS if k in state)
+        model.load_state_dict(state)
     except (RuntimeError, OSError) as exc:
         raise CheckpointError(f"weights in {weights} do not match the config: {exc}") from exc
+    if norm.enabled and len(prior) != 2:
+        raise CheckpointError(f"{weights} lacks the stream-normalisation prior ({', '.join(PRIOR_KEYS)})")
     model.to(map_location).eval()
-    return Checkpoint(model, cfg, fe, labels, dict(doc.get("meta", {})), folder)
+    return Checkpoint(model, cfg, fe, labels, meta, folder, norm,
+                      (prior[0], prior[1]) if norm.enabled else None, temperature)

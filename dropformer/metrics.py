@@ -108,3 +108,44 @@ def confusion_markdown(scores: Scores) -> str:
         rec = f"{100.0 * row[scores.labels.index(name)] / total:.1f}" if total else "-"
         lines.append(f"| {name} | " + " | ".join(str(v) for v in row) + f" | {rec} |")
     return "\n".join(lines)
+
+
+def expected_calibration_error(probs: np.ndarray, y_true: Sequence[int] | np.ndarray, n_bins: int = 15) -> float:
+    """ECE: |accuracy - confidence| of the top class, averaged over equal-width confidence bins by their share."""
+    p = np.asarray(probs, dtype=np.float64)
+    t = np.asarray(y_true, dtype=int)
+    if p.size == 0:
+        return float("nan")
+    conf, pred = p.max(1), p.argmax(1)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    which = np.clip(np.digitize(conf, edges[1:-1], right=True), 0, n_bins - 1)
+    ece = 0.0
+    for b in range(n_bins):
+        sel = which == b
+        if sel.any():
+            ece += sel.mean() * abs(float((pred[sel] == t[sel]).mean()) - float(conf[sel].mean()))
+    return float(ece)
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    z = np.asarray(logits, dtype=np.float64) / temperature
+    z = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return np.asarray(e / e.sum(axis=-1, keepdims=True))
+
+
+def fit_temperature(logits: np.ndarray, y_true: Sequence[int] | np.ndarray) -> float:
+    """Temperature scaling (Guo et al., 2017): the T > 0 minimising the NLL of softmax(logits / T)."""
+    from scipy.optimize import minimize_scalar
+
+    z = np.asarray(logits, dtype=np.float64)
+    t = np.asarray(y_true, dtype=int)
+    if z.size == 0:
+        return 1.0
+
+    def nll(log_t: float) -> float:
+        p = softmax(z, float(np.exp(log_t)))
+        return float(-np.log(p[np.arange(len(t)), t] + 1e-12).mean())
+
+    res = minimize_scalar(nll, bounds=(np.log(0.05), np.log(20.0)), method="bounded")
+    return float(np.exp(res.x))

@@ -61,7 +61,7 @@ class DropFormerBlock(nn.Module):
             drop=cfg.use_drop_attention,
             use_dynamic=cfg.use_dynamic_mask,
             use_static=cfg.use_static_mask,
-            dropout=cfg.dropout,
+            dropout=cfg.dropout if cfg.attention_dropout is None else cfg.attention_dropout,
         )
         self.norm1 = nn.LayerNorm(cfg.d_model)
         self.ffn = nn.Sequential(

@@ -1,100 +1,199 @@
-"""Online per-stream normalisation of log-mel features (numpy only, usable live).
+"""Per-stream feature normalisation: running statistics that start from the training prior.
 
-The log-mel front end normalises each input (utterance or live window) by its
-own per-band mean and variance. :class:`OnlineNormalizer` instead keeps a
-running per-band mean and variance for one *stream* (one microphone, one call
-leg), so a window is normalised by the speaker's and channel's longer-term
-statistics: the stream's level and channel colouring are removed, while what
-makes this window differ from the speaker's usual voice is kept.
+A live stream is one voice on one channel for minutes. Standardising each
+feature dimension by that stream's own statistics removes what belongs to the
+speaker and the channel (pitch range, timbre, microphone, room, level) and
+keeps what makes this moment differ from the speaker's usual voice: the
+emotion. An utterance classifier cannot do this; a monitor gets it for free.
 
-The daemon would keep one instance per stream, feed it the un-normalised
-log-mel frames of each speech window (``FrontendConfig(normalize="none")``), and
-pass the normalised frames to the model. Statistics are an exponential moving
-average with time constant ``time_constant_s``; until that much audio has been
-seen they are the plain cumulative average (no start-up bias).
+:class:`StreamNormalizer` (numpy only: it lives in the daemon's sans-I/O
+per-stream core, and the same class replays each training speaker as a stream)
+keeps exponentially forgetting sums of the stream's speech frames and blends
+them with the training data's statistics (the prior)::
+
+    mean = (w0 * prior_mean + S1) / (w0 + S0)          S0: frames seen, decayed (at most ~H)
+    var  = (w0 * (prior_var + prior_mean^2) + S2) / (w0 + S0) - mean^2
+
+``w0`` is the prior's weight in frames (``prior_s`` seconds) and the sums
+forget with ``time_constant_s``, so the stream's share is bounded by
+``time_constant_s / (prior_s + time_constant_s)``. That bound is the guard
+against the trap of per-stream statistics: a voice that stays angry for
+minutes must not be normalised into neutral.
+
+Causality: a window is normalised with the statistics *before* it, then its
+frames are folded in. Training replays each speaker's utterances in a random
+order from a random warm-up state (:func:`replay_streams`), so the model sees
+exactly the normalisation the daemon will apply, from a stream's first second
+to its hundredth minute.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from dropformer.data import Utterance
+from dropformer.errors import ConfigError
 
 
 @dataclass
-class OnlineNormConfig:
-    """Settings of the per-stream running normalisation."""
+class StreamNormConfig:
+    """How a checkpoint's features are normalised per stream (recorded in the checkpoint)."""
 
-    time_constant_s: float = 30.0
-    """EMA time constant in seconds of (speech) audio fed to the normaliser."""
+    kind: str = "none"
+    """'stream' (running per-stream statistics blended with the training prior) or 'none'."""
+    prior_s: float = 10.0
+    """Weight of the training prior, in seconds of speech: after this much speech the stream counts as much."""
+    time_constant_s: float = 60.0
+    """The stream's running sums forget with this time constant, in seconds of speech."""
+    variance: bool = True
+    """Also divide by the blended standard deviation (False: subtract the blended mean only)."""
     frame_rate_hz: float = 50.0
-    """Feature frames per second (the log-mel front end: 50)."""
+    """Feature frames per second of audio."""
     eps: float = 1e-5
     """Added to the variance before the square root."""
 
+    def __post_init__(self) -> None:
+        if self.kind not in ("stream", "none"):
+            raise ConfigError(f"stream_norm.kind = {self.kind!r}; use 'stream' or 'none'")
+        for name in ("prior_s", "time_constant_s", "frame_rate_hz", "eps"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"stream_norm.{name} = {getattr(self, name)} must be > 0")
 
-class OnlineNormalizer:
-    """Running per-band mean/variance of one stream's features; stateful, numpy only."""
+    @property
+    def enabled(self) -> bool:
+        return self.kind == "stream"
 
-    def __init__(self, num_bands: int, config: OnlineNormConfig | None = None) -> None:
-        self.config = config or OnlineNormConfig()
-        self.num_bands = num_bands
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> StreamNormConfig:
+        from dropformer.configio import (
+            dataclass_from_dict,  # lazily: the sans-I/O core imports this module
+        )
+
+        return dataclass_from_dict(cls, dict(data), "stream_norm")
+
+
+@dataclass(frozen=True)
+class Moments:
+    """Frame count, per-dimension mean and mean square of a block of feature frames."""
+
+    count: float
+    mean: np.ndarray  # (D,)
+    second: np.ndarray  # (D,)
+
+    @classmethod
+    def of(cls, frames: np.ndarray) -> Moments:
+        x = np.asarray(frames, dtype=np.float64)  # (T, D)
+        return cls(float(len(x)), x.mean(0), (x**2).mean(0))
+
+
+class StreamNormalizer:
+    """Running statistics of one stream's features, blended with the training prior (numpy only)."""
+
+    def __init__(self, prior_mean: np.ndarray, prior_var: np.ndarray, config: StreamNormConfig) -> None:
+        self.config = config
+        self.prior_mean = np.asarray(prior_mean, dtype=np.float64)  # (D,)
+        self.prior_second = np.asarray(prior_var, dtype=np.float64) + self.prior_mean**2
+        self.prior_frames = config.prior_s * config.frame_rate_hz
+        self.horizon_frames = config.time_constant_s * config.frame_rate_hz
         self.reset()
 
     def reset(self) -> None:
-        """Forget the stream (e.g. a new caller on the same line)."""
-        self.frames_seen = 0
-        self.mean = np.zeros(self.num_bands, dtype=np.float64)
-        self.second = np.ones(self.num_bands, dtype=np.float64)
+        """Forget the stream (a new caller on the same line): back to the prior."""
+        self.frames = 0.0  # S0: decayed frame count
+        self.sum1 = np.zeros_like(self.prior_mean)  # S1
+        self.sum2 = np.zeros_like(self.prior_mean)  # S2
+        self.speech_s = 0.0  # seconds of speech folded in (not decayed)
 
-    def update(self, frames: np.ndarray) -> None:
-        """Fold ``frames`` (T, D) into the running statistics (one block update)."""
-        x = np.asarray(frames, dtype=np.float64)
-        n = len(x)
-        if n == 0:
+    def update(self, block: Moments | np.ndarray) -> None:
+        """Fold a block of speech frames (T, D), or its :class:`Moments`, into the running sums."""
+        m = block if isinstance(block, Moments) else Moments.of(block)
+        if m.count <= 0:
             return
-        horizon = self.config.time_constant_s * self.config.frame_rate_hz
-        # weight of the new block: cumulative average at first, then EMA with the time constant
-        w = max(n / (self.frames_seen + n), 1.0 - (1.0 - 1.0 / horizon) ** n)
-        self.mean = (1 - w) * self.mean + w * x.mean(0)
-        self.second = (1 - w) * self.second + w * (x**2).mean(0)
-        self.frames_seen += n
+        decay = float(np.exp(-m.count / self.horizon_frames))
+        weight = (1.0 - decay) / (1.0 - float(np.exp(-1.0 / self.horizon_frames)))  # a per-frame EMA's, any block size
+        self.frames = self.frames * decay + weight
+        self.sum1 = self.sum1 * decay + weight * m.mean
+        self.sum2 = self.sum2 * decay + weight * m.second
+        self.speech_s += m.count / self.config.frame_rate_hz
+
+    def stats(self) -> tuple[np.ndarray, np.ndarray]:
+        """Current ``(mean, std)`` (float32, (D,)) to standardise the next window with."""
+        w = self.prior_frames + self.frames
+        mean = (self.prior_frames * self.prior_mean + self.sum1) / w
+        if self.config.variance:
+            second = (self.prior_frames * self.prior_second + self.sum2) / w
+        else:
+            second = self.prior_second - self.prior_mean**2 + mean**2  # prior variance around the blended mean
+        std = np.sqrt(np.maximum(second - mean**2, 0.0) + self.config.eps)
+        return mean.astype(np.float32), std.astype(np.float32)
 
     @property
-    def std(self) -> np.ndarray:
-        return np.sqrt(np.maximum(self.second - self.mean**2, 0.0) + self.config.eps)
+    def stream_share(self) -> float:
+        """How much the stream (vs the prior) weighs in the statistics now, in [0, 1)."""
+        return self.frames / (self.prior_frames + self.frames)
 
     def normalize(self, frames: np.ndarray) -> np.ndarray:
-        """``frames`` standardised by the current statistics (float32)."""
-        return ((np.asarray(frames, dtype=np.float64) - self.mean) / self.std).astype(np.float32)
+        """``frames`` (T, D) standardised by the current statistics (float32)."""
+        mean, std = self.stats()
+        return ((np.asarray(frames, dtype=np.float32) - mean) / std).astype(np.float32)
 
     def __call__(self, frames: np.ndarray) -> np.ndarray:
-        """Update with ``frames``, then normalise them (what the live path does per window)."""
+        """Normalise ``frames`` with the statistics before them, then fold them in (the live order)."""
+        out = self.normalize(frames)
         self.update(frames)
-        return self.normalize(frames)
+        return out
 
 
-def simulate_streams(utterances: Sequence[Utterance], feats: dict[str, np.ndarray], config: OnlineNormConfig,
-                     seed: int = 0) -> dict[str, np.ndarray]:
-    """Normalise corpus features as if each speaker were one live stream.
+def prior_from(features: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Pooled per-dimension mean and variance over every frame of ``features`` (each (T, D))."""
+    count, s1, s2 = 0.0, 0.0, 0.0
+    for f in features:
+        x = np.asarray(f, dtype=np.float64)
+        count += len(x)
+        s1 = s1 + x.sum(0)
+        s2 = s2 + (x**2).sum(0)
+    if count == 0:
+        raise ConfigError("no feature frames to compute the normalisation prior from")
+    mean = np.asarray(s1) / count
+    return mean, np.maximum(np.asarray(s2) / count - mean**2, 0.0)
 
-    Each speaker's utterances are played in a seeded random order through one
-    :class:`OnlineNormalizer`; an utterance is normalised with the statistics
-    right after it was fed (the live behaviour, causal within the stream).
+
+def replay_streams(
+    streams: Mapping[str, Sequence[str]],
+    features: Mapping[str, np.ndarray],
+    prior: tuple[np.ndarray, np.ndarray],
+    config: StreamNormConfig,
+    rng: random.Random,
+    warmup: bool = True,
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The ``(mean, std)`` each utterance is normalised with when its speaker is replayed as a stream.
+
+    ``streams`` maps a stream (a speaker) to its utterance ids. Each stream's
+    utterances are played in an order drawn from ``rng``; with ``warmup`` the
+    replay starts at a random point of a longer random history (each
+    utterance may come early, with little adaptation, or late), so that
+    training covers every state the live normaliser passes through.
     """
-    by_speaker: dict[str, list[Utterance]] = {}
-    for u in utterances:
-        if u.uid in feats:
-            by_speaker.setdefault(u.speaker, []).append(u)
-    out: dict[str, np.ndarray] = {}
-    for speaker, utts in sorted(by_speaker.items()):
-        order = sorted(utts, key=lambda u: u.uid)
-        random.Random(f"{seed}:{speaker}").shuffle(order)
-        norm = OnlineNormalizer(next(iter(feats.values())).shape[1], config)
-        for u in order:
-            out[u.uid] = norm(feats[u.uid].astype(np.float32)).astype(np.float16)
+    out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for _, uids in sorted(streams.items()):
+        order = [u for u in uids if u in features]
+        rng.shuffle(order)
+        norm = StreamNormalizer(prior[0], prior[1], config)
+        if warmup and order:
+            history = rng.sample(order, rng.randrange(len(order) + 1))  # speech heard before this replay
+            for uid in history:
+                norm.update(features[uid])
+            if rng.random() < 0.25:
+                norm.reset()  # some streams start cold
+        for uid in order:
+            out[uid] = norm.stats()
+            norm.update(features[uid])
     return out

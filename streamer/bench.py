@@ -7,6 +7,12 @@ measured in the same run.
   3 s window, batch 1), against the vanilla Transformer of the same size.
 - ``wavlm``: the WavLM-Large layer-12 front end (random weights, real
   architecture, loaded through from_pretrained), fp32 (baseline) vs bf16.
+- ``model``: each bundled model (the Whisper default, the log-mel option as
+  the baseline) on one 3 s window of real speech: front end, per-stream
+  normalisation + head, and the whole, batch 1.
+- ``rss``: the daemon's peak resident memory (``emotion-monitor run`` on the
+  bundled demo, VmHWM of the process) with the default model and, as the
+  baseline, with the log-mel model.
 - ``latency``: the whole daemon on real-time file streams of real speech:
   audio-to-publish latency (window end to estimate published), median and p99,
   for 1 stream (baseline) and for N streams sharing the worker.
@@ -20,6 +26,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable, Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +93,67 @@ def bench_window(device: torch.device, repeats: int, checkpoint: str | None) -> 
         r = time_calls(lambda: engine.run([wave]), repeats, desc=name)
         engine.model = original
         rows.append({"what": f"{name}: {engine.info['frontend']} + head, 3 s window, batch 1", **r})
+    return rows
+
+
+@torch.inference_mode()
+def bench_models(repeats: int, audio: Path) -> list[dict[str, Any]]:
+    """Front end, head and whole model per 3 s window of real speech, for each bundled model."""
+    from dropformer.data.audio import load_audio
+    from streamer.engine import Engine, NormStats, bundled_checkpoint
+
+    wave = np.resize(load_audio(audio), 48000).astype(np.float32)
+    x, n = torch.from_numpy(wave)[None], torch.tensor([48000])
+    rows = []
+    for name in ("emodb_logmel", None):
+        engine = Engine.load(str(bundled_checkpoint(name)), device="cpu")
+        tag = f"{engine.info['rev']} ({engine.info['frontend']})" + (" (baseline)" if name else " (default)")
+        feats, lengths = engine.frontend(x, n)
+        norm = engine.new_normalizer()
+        stats: list[NormStats | None] | None = [norm.stats()] if norm is not None else None
+        fe = time_calls(partial(engine.frontend, x, n), repeats, desc=f"{tag} front end")
+        head = time_calls(partial(engine.model, feats, lengths), repeats, desc=f"{tag} head")
+        whole = time_calls(partial(engine.run, [wave], stats), repeats, desc=f"{tag} whole")
+        params = sum(p.numel() for p in engine.model.parameters())
+        fe_params = sum(p.numel() for p in engine.frontend.parameters())
+        rows += [
+            {"what": f"{tag}: front end, 3 s window", **fe, "parameters": fe_params},
+            {"what": f"{tag}: head, {int(lengths[0])} tokens", **head, "parameters": params},
+            {"what": f"{tag}: whole model (front end + normalisation + head)", **whole},
+        ]
+    return rows
+
+
+def bench_rss(seconds: float) -> list[dict[str, Any]]:
+    """Peak RSS of ``emotion-monitor run`` (the bundled demo, real time) with each bundled model."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from streamer.engine import bundled_checkpoint
+
+    rows = []
+    for name in ("emodb_logmel", None):
+        folder = bundled_checkpoint(name)
+        cmd = [sys.executable, "-m", "streamer.cli", "run", "--log-level", "WARNING", "--set",
+               f"model.checkpoint={folder}", "--set", "publish.websocket.port=0", "--set", f"duration_s={seconds}"]
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        peak_kb = 0
+        t_end = time.monotonic() + seconds + 60
+        while proc.poll() is None and time.monotonic() < t_end:
+            try:
+                status = Path(f"/proc/{proc.pid}/status").read_text()
+                peak_kb = max(peak_kb, int(next(ln.split()[1] for ln in status.splitlines() if ln.startswith("VmHWM"))))
+            except (OSError, StopIteration, ValueError):
+                pass
+            time.sleep(0.2)
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGTERM)
+        proc.wait(30)
+        label = f"daemon peak RSS, {folder.name if folder else '?'}" + (" (baseline)" if name else " (default)")
+        rows.append({"what": label, "median_ms": float("nan"), "p99_ms": float("nan"), "n": 1,
+                     "peak_rss_mb": round(peak_kb / 1024.0, 1), "seconds": seconds, "exit": proc.returncode})
     return rows
 
 
@@ -168,5 +236,6 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     lines = ["| measurement | median ms | p99 ms | n | notes |", "|---|---:|---:|---:|---|"]
     for r in rows:
         notes = ", ".join(f"{k}={v}" for k, v in r.items() if k not in ("what", "median_ms", "p99_ms", "n"))
-        lines.append(f"| {r['what']} | {r['median_ms']:.1f} | {r['p99_ms']:.1f} | {r['n']} | {notes} |")
+        med, p99 = (f"{r[k]:.1f}" if np.isfinite(r[k]) else "-" for k in ("median_ms", "p99_ms"))
+        lines.append(f"| {r['what']} | {med} | {p99} | {r['n']} | {notes} |")
     return "\n".join(lines)

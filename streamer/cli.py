@@ -39,6 +39,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "ablate": ("dropformer.commands.ablate", "train and evaluate the paper's ablation presets (Table 1)"),
     "sweep": ("dropformer.commands.sweep", "KR/DR sweep and the Figure 5 plot"),
     "explain": ("dropformer.commands.explain", "plot token importance and dropped tokens for one utterance"),
+    "convert-whisper": ("dropformer.commands.convert_whisper",
+                        "convert Whisper-base's encoder from the pinned PyPI packages (offline, once)"),
 }
 
 

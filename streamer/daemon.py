@@ -167,6 +167,7 @@ class Daemon:
             ),
             model_info=self.backend.model_info,
             silent_estimates=c.smoothing.silent_estimates,
+            normalizer=self.backend.new_normalizer(),
         )
 
     def _make_source(self, sc: StreamConfig) -> tuple[Source, bool]:
@@ -275,7 +276,8 @@ class Daemon:
             events = core.on_skipped(req.seq, outcome.skipped or "error")
         else:
             latency_ms = (time.monotonic() - t0) * 1000.0
-            events = core.on_result(req.seq, outcome.probs, outcome.tokens_in, outcome.tokens_kept, latency_ms)
+            events = core.on_result(req.seq, outcome.probs, outcome.tokens_in, outcome.tokens_kept, latency_ms,
+                                    outcome.moments)
         return events
 
 

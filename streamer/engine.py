@@ -10,34 +10,36 @@ import hashlib
 import logging
 import time
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from dropformer import Checkpoint, DropFormer, FrontendConfig, load_checkpoint, preset
+from dropformer import Checkpoint, DropFormer, FrontendConfig, load_checkpoint, preset, pretrained
 from dropformer.errors import ConfigError
+from dropformer.normalization import Moments, StreamNormalizer
+
+#: Per-stream normalisation statistics handed in with a window: (mean, std), each (D,) float32.
+NormStats = tuple[np.ndarray, np.ndarray]
 
 log = logging.getLogger(__name__)
 
-BUNDLED_MODEL = "emodb_logmel"
 DEFAULT_LABELS = ["neutral", "happy", "angry", "sad"]
 
 
-def bundled_checkpoint() -> Path | None:
-    """The trained default model shipped inside the package, if present."""
-    folder = Path(str(resources.files("dropformer"))) / "pretrained" / BUNDLED_MODEL
-    return folder if (folder / "config.json").is_file() else None
+def bundled_checkpoint(name: str | None = None) -> Path | None:
+    """A trained model shipped inside the package (default: the daemon's default model), if present."""
+    return pretrained.bundled(name)
 
 
 @dataclass
 class BatchResult:
-    probs: np.ndarray  # (B, C) softmax probabilities
+    probs: np.ndarray  # (B, C) softmax probabilities (calibrated by the checkpoint's temperature)
     tokens_in: np.ndarray  # (B,) tokens entering the first block
     tokens_kept: np.ndarray  # (B,) tokens left after the last block
     compute_ms: float
+    moments: list[Moments] | None = None  # per window: its raw features' moments (per-stream normalisation)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -60,6 +62,11 @@ class Engine:
         self.model = checkpoint.model.to(device).eval()
         self.frontend = checkpoint.build_frontend().to(device).eval()
         self.random_init = random_init
+        self.checkpoint = checkpoint
+        self.temperature = checkpoint.temperature
+        self.stream_norm = checkpoint.stream_norm
+        prior = checkpoint.new_normalizer()
+        self._cold: NormStats | None = prior.stats() if prior is not None else None
         rev = _weights_rev(checkpoint.path) if checkpoint.path else "random"
         self.info: dict[str, Any] = {
             "name": "dropformer",
@@ -67,20 +74,30 @@ class Engine:
             "rev": rev,
             "random_init": random_init,
         }
-        if "trained_on" in checkpoint.meta:
-            self.info["trained_on"] = checkpoint.meta["trained_on"]
+        if checkpoint.stream_norm.enabled:
+            self.info["stream_norm"] = checkpoint.stream_norm.kind
+        if checkpoint.temperature != 1.0:
+            self.info["temperature"] = round(checkpoint.temperature, 4)
+        for key in ("trained_on", "licence"):
+            if key in checkpoint.meta:
+                self.info[key] = checkpoint.meta[key]
+
+    def new_normalizer(self) -> StreamNormalizer | None:
+        """A fresh per-stream normaliser of the kind the checkpoint was trained with (None: it needs none)."""
+        return self.checkpoint.new_normalizer()
 
     @classmethod
     def load(
         cls, checkpoint: str | Path | None, *, device: str = "auto", frontend_model: str | None = None,
         threads: int | None = None,
     ) -> Engine:
-        """Load ``checkpoint`` (None: the bundled model, else a random log-mel model, loudly)."""
+        """Load ``checkpoint`` (a folder or a shipped model's name; None: the bundled default model, else a random
+        log-mel model, loudly)."""
         if threads:
             torch.set_num_threads(threads)
         dev = resolve_device(device)
         random_init = False
-        path = Path(checkpoint) if checkpoint else bundled_checkpoint()
+        path = pretrained.resolve(checkpoint) if checkpoint else bundled_checkpoint()
         if path is None:
             log.warning(
                 "!!! No trained model is available: using a RANDOMLY INITIALISED DropFormer. "
@@ -99,18 +116,43 @@ class Engine:
         return engine
 
     @torch.inference_mode()
-    def run(self, waves: list[np.ndarray]) -> BatchResult:
-        """Classify a batch of 16 kHz mono windows of any lengths."""
+    def run(self, waves: list[np.ndarray], norms: list[NormStats | None] | None = None) -> BatchResult:
+        """Classify a batch of 16 kHz mono windows of any lengths.
+
+        When the checkpoint normalises features per stream, ``norms[i]`` is
+        the (mean, std) window i's stream hands in (None: the training prior,
+        as a stream's first window gets); the result then carries each
+        window's raw feature moments for the stream to fold in.
+        """
         t0 = time.perf_counter()
         lengths = torch.tensor([len(w) for w in waves], dtype=torch.long)
         batch = torch.zeros(len(waves), int(lengths.max()), dtype=torch.float32)
         for i, w in enumerate(waves):
             batch[i, : len(w)] = torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32))
         feats, feat_lengths = self.frontend(batch.to(self.device), lengths.to(self.device))  # (B, T, D), (B,)
+        moments = None
+        if self._cold is not None:
+            feats, moments = self._normalize(feats, feat_lengths, norms or [None] * len(waves))
         out = self.model(feats, feat_lengths)
-        probs = torch.softmax(out.logits.float(), dim=-1).cpu().numpy()  # (B, C)
+        probs = torch.softmax(out.logits.float() / self.temperature, dim=-1).cpu().numpy()  # (B, C)
         kept = out.kept_tokens.cpu().numpy()  # (B, L + 1)
-        return BatchResult(probs, kept[:, 0], kept[:, -1], (time.perf_counter() - t0) * 1000.0)
+        return BatchResult(probs, kept[:, 0], kept[:, -1], (time.perf_counter() - t0) * 1000.0, moments)
+
+    def _normalize(self, feats: torch.Tensor, lengths: torch.Tensor, norms: list[NormStats | None]
+                   ) -> tuple[torch.Tensor, list[Moments]]:
+        """Standardise each item's valid frames by its stream's statistics; return its raw moments too."""
+        assert self._cold is not None
+        if len(norms) != feats.shape[0]:
+            raise ValueError(f"{len(norms)} normalisation entries for a batch of {feats.shape[0]} windows")
+        moments = []
+        out = torch.zeros_like(feats)
+        for i, stats in enumerate(norms):
+            n = int(lengths[i])
+            x = feats[i, : max(n, 1)].double()  # (T, D); an empty item yields a zero-count block
+            moments.append(Moments(float(n), x.mean(0).cpu().numpy(), (x * x).mean(0).cpu().numpy()))
+            mean, std = stats if stats is not None else self._cold
+            out[i, :n] = (feats[i, :n] - torch.from_numpy(mean).to(feats)) / torch.from_numpy(std).to(feats)
+        return out, moments
 
 
 def _weights_rev(folder: Path) -> str:

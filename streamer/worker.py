@@ -32,6 +32,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from dropformer.errors import ConfigError
+from dropformer.normalization import Moments, StreamNormalizer
 from streamer.core.stream import WindowRequest
 from streamer.engine import Engine
 
@@ -49,6 +50,7 @@ class InferenceOutcome:
     skipped: str | None = None  # "stale" (too old / evicted) or "error"
     compute_ms: float = 0.0
     batch_size: int = 0
+    moments: Moments | None = None  # the window's raw feature moments, for per-stream normalisation
 
 
 class InferenceBackend(Protocol):
@@ -57,6 +59,10 @@ class InferenceBackend(Protocol):
 
     @property
     def model_info(self) -> dict[str, Any]: ...
+
+    def new_normalizer(self) -> StreamNormalizer | None:
+        """A fresh per-stream feature normaliser as the model expects (None: it needs none)."""
+        ...
 
     async def __aenter__(self) -> InferenceBackend: ...
 
@@ -120,6 +126,10 @@ class InferenceWorker:
     def model_info(self) -> dict[str, Any]:
         assert self.engine is not None, "worker not started"
         return self.engine.info
+
+    def new_normalizer(self) -> StreamNormalizer | None:
+        assert self.engine is not None, "worker not started"
+        return self.engine.new_normalizer()
 
     async def __aenter__(self) -> InferenceWorker:
         loop = asyncio.get_running_loop()
@@ -204,7 +214,7 @@ class InferenceWorker:
         if not fresh:
             return
         try:
-            res = self.engine.run([it.request.samples for it in fresh])
+            res = self.engine.run([it.request.samples for it in fresh], [it.request.norm for it in fresh])
         except Exception:
             log.exception("inference failed on a batch of %d windows; they are skipped", len(fresh))
             self.stats.errors += len(fresh)
@@ -217,7 +227,7 @@ class InferenceWorker:
         for i, it in enumerate(fresh):
             _resolve(it, InferenceOutcome(
                 it.request, res.probs[i], int(res.tokens_in[i]), int(res.tokens_kept[i]),
-                None, res.compute_ms, len(fresh),
+                None, res.compute_ms, len(fresh), None if res.moments is None else res.moments[i],
             ))
 
 

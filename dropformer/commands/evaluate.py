@@ -8,6 +8,13 @@ Two modes:
 - ``--checkpoint C``: one checkpoint on every utterance of the corpus in the
   config (``data.*``), e.g. a model trained elsewhere on a new corpus.
 
+Both normalise features per speaker-stream when the checkpoint asks for it
+(each speaker replayed as a stream from a cold start). ``--streaming`` adds
+the streaming protocol (:mod:`streamer.replay`): each test speaker becomes one
+stream of one-emotion episodes analysed by the daemon itself, scored by the
+share of speech time on which the smoothed label is right
+(``streaming.json``/``streaming.md``).
+
 Writes ``evaluation.json`` and ``evaluation.md`` (to ``--out``, default: the run
 folder or the current folder) and prints the Markdown.
 """
@@ -29,6 +36,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--run", help="a training run folder (holds config.json and foldNN/)")
     group.add_argument("--checkpoint", help="one checkpoint folder, scored on the whole corpus of --config")
     parser.add_argument("--out", default=None, help="folder for evaluation.json and evaluation.md")
+    parser.add_argument("--streaming", action="store_true",
+                        help="also run each test speaker as one live stream through the daemon (streaming protocol)")
+    parser.add_argument("--episode-s", type=float, default=12.0,
+                        help="streaming: seconds of one emotion before the next episode (default 12)")
 
 
 def main(args: argparse.Namespace, config: dict[str, Any]) -> int:
@@ -36,12 +47,18 @@ def main(args: argparse.Namespace, config: dict[str, Any]) -> int:
     from dropformer.configio import deep_merge
     from dropformer.errors import CheckpointError
     from dropformer.training import (
+        StreamNorm,
         evaluate_items,
         parse_config,
         prepare,
         resolve_device,
         write_summary,
     )
+
+    def norm_of(ckpt: Any) -> StreamNorm | None:
+        return StreamNorm(ckpt.stream_norm, ckpt.norm_prior) if ckpt.norm_prior is not None else None
+
+    streams: list[tuple[str, Path, list[Any]]] = []
 
     if args.run:
         run = Path(args.run)
@@ -59,8 +76,9 @@ def main(args: argparse.Namespace, config: dict[str, Any]) -> int:
                 continue
             ckpt = load_checkpoint(best, map_location=device)
             res = evaluate_items(ckpt.model, fold.test, feats, list(corpus.labels), ckpt.frontend_config, device,
-                                 cfg.train.eval_window_s)
+                                 cfg.train.eval_window_s, norm_of(ckpt))
             results.append({**res, "fold": fold.index, "name": fold.name})
+            streams.append((f"fold{fold.index:02d}", best, fold.test))
         if not results:
             raise CheckpointError(f"no fold in {run} has a checkpoint; train first")
         title = f"{corpus.name} {cfg.model.preset}"
@@ -75,7 +93,12 @@ def main(args: argparse.Namespace, config: dict[str, Any]) -> int:
                                   "set data.labels to the checkpoint's")
         device = resolve_device(cfg.train.device)
         res = evaluate_items(ckpt.model.to(device), corpus.utterances, feats, ckpt.labels, ckpt.frontend_config,
-                             device, cfg.train.eval_window_s)
+                             device, cfg.train.eval_window_s, norm_of(ckpt))
+        by_speaker: dict[str, list[Any]] = {}
+        for u in corpus.utterances:
+            by_speaker.setdefault(u.speaker, []).append(u)
+        streams += [(f"speaker-{spk.replace('/', '-')}", Path(args.checkpoint), utts)
+                    for spk, utts in sorted(by_speaker.items())]
         results = [{**res, "fold": 1, "name": "all"}]
         title = f"{corpus.name} {Path(args.checkpoint).name}"
     out = Path(args.out or (args.run or "."))
@@ -84,4 +107,15 @@ def main(args: argparse.Namespace, config: dict[str, Any]) -> int:
     print((out / "evaluation.md").read_text())
     log.info("wrote %s and %s (UA %.1f%%)", out / "evaluation.json", out / "evaluation.md",
              100 * doc["utterance"]["mean"]["ua"])
+    if args.streaming:
+        from streamer.replay import evaluate_stream, streaming_table
+
+        labels = list(corpus.labels)
+        rows = [evaluate_stream(ckpt_dir, utts, out / "streams", name, labels, episode_s=args.episode_s)
+                for name, ckpt_dir, utts in streams]
+        table = streaming_table(rows, labels)
+        (out / "streaming.json").write_text(json.dumps(rows, indent=1))
+        (out / "streaming.md").write_text(f"### {title}: streaming protocol (smoothed label over speech time)\n\n"
+                                          f"{table}\n")
+        print(table)
     return 0

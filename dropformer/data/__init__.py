@@ -21,7 +21,9 @@ class Utterance:
 
     ``group`` is the corpus' natural partition: the IEMOCAP session
     (``"1"``..``"5"``), the MELD split (``train``/``dev``/``test``), a manifest's
-    ``split`` column, or ``""``. ``uid`` is unique within the corpus.
+    ``split`` column, or ``""``. ``uid`` is unique within the corpus; when
+    several corpora are combined (``data.sources``) ``uid`` and ``speaker``
+    are prefixed with the source name and ``corpus`` names the source.
     """
 
     uid: str
@@ -32,6 +34,7 @@ class Utterance:
     duration_s: float | None = None
     start_s: float | None = None
     end_s: float | None = None
+    corpus: str = ""
 
 
 @dataclass

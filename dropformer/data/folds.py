@@ -9,6 +9,11 @@ Schemes:
   final model to ship, selected by its last epoch.
 - ``split``: the corpus' own split (MELD / manifest ``split`` column): one fold,
   train = ``train``, validation = ``dev``/``val``, test = ``test``.
+- ``corpus``: leave one corpus out (``data.sources``): train on the others, test
+  on the one left out.
+
+With several corpora, ``test_sources`` limits the test folds of ``speaker`` and
+``kfold`` to those corpora's speakers; every other corpus always trains.
 
 Validation (for model selection) holds out ``val_count`` groups of the same kind
 as the test fold, taken from the training side (the next ones after the test
@@ -27,7 +32,7 @@ from sklearn.model_selection import GroupKFold
 from dropformer.data import Utterance
 from dropformer.errors import ConfigError, DataError
 
-Scheme = Literal["speaker", "group", "kfold", "split", "all"]
+Scheme = Literal["speaker", "group", "kfold", "split", "all", "corpus"]
 
 
 @dataclass
@@ -42,11 +47,11 @@ class Fold:
 
 
 def _key(u: Utterance, scheme: Scheme) -> str:
-    return u.group if scheme == "group" else u.speaker
+    return u.group if scheme == "group" else u.corpus if scheme == "corpus" else u.speaker
 
 
 def make_folds(utts: Sequence[Utterance], scheme: Scheme = "speaker", num_folds: int = 5,
-               val_count: int = 1) -> list[Fold]:
+               val_count: int = 1, test_sources: Sequence[str] | None = None) -> list[Fold]:
     """Build the folds of ``scheme`` (see the module docstring)."""
     if not utts:
         raise DataError("no utterances to split into folds; check data.root")
@@ -54,15 +59,19 @@ def make_folds(utts: Sequence[Utterance], scheme: Scheme = "speaker", num_folds:
         return [_split_fold(utts)]
     if scheme == "all":
         return [Fold(1, "all", list(utts), [], [])]
-    if scheme not in ("speaker", "group", "kfold"):
-        raise ConfigError(f"train.folds_scheme={scheme!r} is unknown; use speaker, group, kfold, split or all")
-    key_scheme: Scheme = "group" if scheme == "group" else "speaker"
-    keys = sorted({_key(u, key_scheme) for u in utts})
+    if scheme not in ("speaker", "group", "kfold", "corpus"):
+        raise ConfigError(f"train.folds_scheme={scheme!r} is unknown; use speaker, group, kfold, split, all or corpus")
+    key_scheme: Scheme = scheme if scheme in ("group", "corpus") else "speaker"
+    testable = [u for u in utts if not test_sources or u.corpus in test_sources]
+    if not testable:
+        raise ConfigError(f"train.test_sources={list(test_sources or [])} match no utterance; use data.sources names")
+    keys = sorted({_key(u, key_scheme) for u in testable})
     if scheme == "kfold":
         if not 2 <= num_folds <= len(keys):
             raise ConfigError(f"train.num_folds={num_folds} must lie in 2..{len(keys)} (number of speakers)")
-        groups = [_key(u, key_scheme) for u in utts]
-        parts = [sorted({groups[i] for i in test}) for _, test in GroupKFold(num_folds).split(utts, groups=groups)]
+        groups = [_key(u, key_scheme) for u in testable]
+        parts = [sorted({groups[i] for i in test})
+                 for _, test in GroupKFold(num_folds).split(testable, groups=groups)]
     else:
         if len(keys) < 2:
             raise DataError(f"leave-one-{key_scheme}-out needs at least 2 {key_scheme}s, found {keys}")

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import csv
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from dropformer.data import FOUR_CLASSES, Corpus, Utterance
 from dropformer.data.report import DataReport
 from dropformer.errors import DataError
 
 
-def read_manifest(path: str | Path, labels: Sequence[str] | None = None) -> Corpus:
+def read_manifest(path: str | Path, labels: Sequence[str] | None = None,
+                  label_map: Mapping[str, Any] | None = None) -> Corpus:
     """Read a manifest; ``labels`` fixes the class order (others are excluded).
+
+    ``label_map`` renames the manifest's labels first (``None`` as a value excludes one).
 
     Without ``labels``: the 4 shared classes in their usual order if the
     manifest only uses those, else the sorted set of labels found.
@@ -27,15 +31,24 @@ def read_manifest(path: str | Path, labels: Sequence[str] | None = None) -> Corp
         if missing:
             raise DataError(f"manifest {str(p)!r} lacks column(s) {missing}; the header must be path,label,speaker[,split]")
         rows = list(enumerate(reader, 2))
-    found = sorted({(r["label"] or "").strip() for _, r in rows} - {""})
+    mapping = dict(label_map or {})
+
+    def mapped(raw: str) -> str | None:
+        return mapping.get(raw, raw) if raw in mapping else raw
+
+    found = sorted({m for _, r in rows if (m := mapped((r["label"] or "").strip()))} - {""})
     if labels is None:
         labels = tuple(c for c in FOUR_CLASSES if c in found) if set(found) <= set(FOUR_CLASSES) else tuple(found)
     utts: list[Utterance] = []
     for lineno, row in rows:
         where = f"{p}:{lineno}"
-        rel, label, speaker = (row["path"] or "").strip(), (row["label"] or "").strip(), (row["speaker"] or "").strip()
-        if not rel or not label or not speaker:
+        rel, raw, speaker = (row["path"] or "").strip(), (row["label"] or "").strip(), (row["speaker"] or "").strip()
+        if not rel or not raw or not speaker:
             report.problem(where, "empty path, label or speaker")
+            continue
+        label = mapped(raw)
+        if label is None:
+            report.exclude(raw)
             continue
         if label not in labels:
             report.exclude(label)

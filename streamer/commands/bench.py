@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 class BenchConfig(StrictModel):
     parts: list[str] = Field(default_factory=lambda: ["head", "window", "latency"])
-    """Which benchmarks: head, window, wavlm, latency."""
+    """Which benchmarks: head, window, model, rss, wavlm, latency."""
     device: str = "auto"
     """auto | cpu | cuda."""
     threads: int = Field(1, ge=1)
@@ -40,16 +40,17 @@ class BenchConfig(StrictModel):
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--parts", default=None, help="comma-separated: head,window,wavlm,latency")
+    parser.add_argument("--parts", default=None, help="comma-separated: head,window,model,rss,wavlm,latency")
 
 
 def main(args: argparse.Namespace, config: dict[str, Any]) -> int:
     if args.parts:
         config = {**config, "parts": args.parts.split(",")}
     cfg = validate(BenchConfig, config, source="bench config")
-    unknown = set(cfg.parts) - {"head", "window", "wavlm", "latency"}
+    known = {"head", "window", "model", "rss", "wavlm", "latency"}
+    unknown = set(cfg.parts) - known
     if unknown:
-        raise ConfigError(f"parts has unknown entries {sorted(unknown)}; choose from head, window, wavlm, latency")
+        raise ConfigError(f"parts has unknown entries {sorted(unknown)}; choose from {', '.join(sorted(known))}")
     import torch
 
     from streamer import bench
@@ -63,6 +64,10 @@ def main(args: argparse.Namespace, config: dict[str, Any]) -> int:
         rows += bench.bench_head(device, cfg.repeats)
     if "window" in cfg.parts:
         rows += bench.bench_window(device, cfg.repeats, cfg.checkpoint)
+    if "model" in cfg.parts:
+        rows += bench.bench_models(cfg.repeats, demo_audio_path())
+    if "rss" in cfg.parts:
+        rows += bench.bench_rss(cfg.duration_s)
     if "wavlm" in cfg.parts:
         rows += bench.bench_wavlm(device, cfg.repeats)
     if "latency" in cfg.parts:

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from dropformer.errors import AudioError, ConfigError
+from dropformer.normalization import Moments, StreamNormalizer
 from streamer.core.affect import arousal_valence
 from streamer.core.events import (
     COUNTER_NAMES,
@@ -68,6 +69,8 @@ class WindowRequest:
     end_sample: int
     samples: np.ndarray = field(repr=False)
     sample_rate_hz: int = 16000
+    norm: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
+    """The stream's feature statistics (mean, std) to normalise this window with; None = none kept."""
 
 
 @dataclass
@@ -80,6 +83,7 @@ class _Slot:
     tokens_in: int = 0
     tokens_kept: int = 0
     latency_ms: float = 0.0
+    moments: Moments | None = None
 
 
 class StreamCore:
@@ -95,6 +99,10 @@ class StreamCore:
             for silent windows once the first speech result is in (default True),
             so subscribers see holding or decaying scores.
         max_pending: most windows waiting in the reorder buffer (default 32).
+        normalizer: the stream's feature normaliser when the model expects one: each
+            speech window is requested with its current statistics, and each result's
+            feature moments are folded in, in ``seq`` order, counting only the audio
+            the window adds to the one before (overlapping windows are not counted twice).
     """
 
     def __init__(
@@ -109,6 +117,7 @@ class StreamCore:
         model_info: dict[str, Any],
         silent_estimates: bool = True,
         max_pending: int = 32,
+        normalizer: StreamNormalizer | None = None,
     ) -> None:
         if not isinstance(stream_id, str) or not STREAM_ID_PATTERN.match(stream_id):
             raise ConfigError(
@@ -138,6 +147,8 @@ class StreamCore:
         self.model_info = dict(model_info)
         self.silent_estimates = silent_estimates
         self.max_pending = max_pending
+        self.normalizer = normalizer
+        self._norm_until_sample = 0  # audio up to here is folded into the normaliser
         self._counters = dict.fromkeys((*COUNTER_NAMES, *EXTRA_COUNTERS), 0)
         self._pending: OrderedDict[int, _Slot] = OrderedDict()
         self._next_seq = 0
@@ -289,6 +300,7 @@ class StreamCore:
                     w.end_sample,
                     w.samples,
                     self.sample_rate_hz,
+                    None if self.normalizer is None else self.normalizer.stats(),
                 )
             )
         else:
@@ -318,9 +330,18 @@ class StreamCore:
         return slot
 
     def on_result(
-        self, seq: int, probs: np.ndarray, tokens_in: int, tokens_kept: int, latency_ms: float
+        self,
+        seq: int,
+        probs: np.ndarray,
+        tokens_in: int,
+        tokens_kept: int,
+        latency_ms: float,
+        moments: Moments | None = None,
     ) -> list[Event]:
         """The model's probabilities for window ``seq``; returns the events now due.
+
+        ``moments`` (the window's raw feature moments) feed the stream's
+        normaliser when the result is applied.
 
         Invalid probabilities (wrong shape, non-finite, not summing to 1) are
         counted in ``bad_results`` (the first one also reported in a status
@@ -343,6 +364,7 @@ class StreamCore:
                 out.append(self._status(self._state, detail))
         slot.tokens_in, slot.tokens_kept = int(tokens_in), int(tokens_kept)
         slot.latency_ms = float(latency_ms)
+        slot.moments = moments
         return out + self._drain()
 
     def on_skipped(self, seq: int, reason: str = "stale") -> list[Event]:
@@ -369,6 +391,7 @@ class StreamCore:
                 if slot.probs is None:
                     continue  # skipped or rejected: already counted
                 self._counters["inferred"] += 1
+                self._fold(slot)
                 upd = self.smoother.update(slot.probs, slot.end_sample)
                 raw = dict(zip(self.labels, (float(p) for p in slot.probs), strict=True))
             else:
@@ -392,6 +415,18 @@ class StreamCore:
                     )
                 )
         return out
+
+    def _fold(self, slot: _Slot) -> None:
+        """Fold a speech window's feature moments into the normaliser, for the audio it adds."""
+        if self.normalizer is None or slot.moments is None:
+            return
+        span = slot.end_sample - slot.start_sample
+        new = slot.end_sample - max(slot.start_sample, self._norm_until_sample)
+        if span <= 0 or new <= 0:
+            return
+        m = slot.moments
+        self.normalizer.update(Moments(m.count * new / span, m.mean, m.second))
+        self._norm_until_sample = slot.end_sample
 
     def _estimate(
         self, seq: int, slot: _Slot, upd: SmootherUpdate, raw: dict[str, float]

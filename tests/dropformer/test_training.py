@@ -49,7 +49,8 @@ def test_train_and_evaluate_cli_end_to_end(tmp_path: Path) -> None:
     assert sorted(Path(k).stem for k in result["predictions"]) == ["03a01Fa", "03a01Nc", "03a01Wa", "03a02Ta"]
     assert not (fold / "state.pt").exists()  # finished folds drop their resume state
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert set(summary) == {"utterance", "window"}
+    assert set(summary) == {"utterance", "window", "calibration"}
+    assert summary["calibration"]["held_out_folds"] == 1 and summary["calibration"]["temperature"] > 0
     # evaluate reloads the selected checkpoint in a fresh model: same predictions as at the end of training.
     assert cli(["evaluate", "--run", str(tmp_path / "run"), "--log-level", "WARNING"]) == 0
     ev = json.loads((tmp_path / "run" / "evaluation.json").read_text())
@@ -147,3 +148,44 @@ def test_ablate_and_sweep_cli(tmp_path: Path) -> None:
     assert saved["model"]["overrides"]["keep_rate"] == 0.3
     assert (tmp_path / "sw" / "figure5.png").read_bytes()[:4] == b"\x89PNG"
     assert cli(["ablate", "--config", str(tmp_path / "c.yaml"), "--presets", "nope"]) == 2
+
+
+def test_stream_normalisation_trains_and_is_served_the_same_in_evaluate_and_the_daemon(tmp_path: Path) -> None:
+    """train.feature_norm=stream: the checkpoint records it, `evaluate` replays it, and the streaming
+    protocol (the daemon in-process) and `emotion-monitor run` on the same audio publish identical estimates."""
+    import subprocess
+    import sys
+
+    cfg = _config(tmp_path, epochs=3, val_count=0, selection="last", gain_db=None, feature_norm="stream",
+                  stream_norm={"prior_s": 2.0, "time_constant_s": 20.0})
+    (tmp_path / "train.yaml").write_text(yaml.safe_dump(cfg))
+    assert cli(["train", "--config", str(tmp_path / "train.yaml"), "--log-level", "WARNING"]) == 0
+    best = tmp_path / "run" / "fold01" / "best"
+    ckpt = load_checkpoint(best)
+    assert ckpt.stream_norm.kind == "stream" and ckpt.stream_norm.prior_s == 2.0
+    assert ckpt.norm_prior is not None and ckpt.norm_prior[0].shape == (80,)
+    assert ckpt.frontend_config.normalize == "none"  # the stream's statistics replace per-window normalisation
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert cli(["evaluate", "--run", str(tmp_path / "run"), "--streaming", "--episode-s", "4",
+                "--log-level", "WARNING"]) == 0
+    ev = json.loads((tmp_path / "run" / "evaluation.json").read_text())
+    assert ev["utterance"]["pooled"]["confusion"] == summary["utterance"]["pooled"]["confusion"]
+    streams = json.loads((tmp_path / "run" / "streaming.json").read_text())
+    assert len(streams) == 1 and 0.0 <= streams[0]["accuracy"] <= 1.0 and streams[0]["speech_s"] > 5
+    folder = tmp_path / "run" / "streams"
+    replayed = [json.loads(x) for x in (folder / "fold01.events.jsonl").read_text().splitlines()]
+    est = [e for e in replayed if e["type"] == "emotion.estimate"]
+    assert est and all(e["model"]["stream_norm"] == "stream" for e in est)
+    # the same checkpoint and audio through the command a user runs
+    out = tmp_path / "daemon.jsonl"
+    subprocess.run([sys.executable, "-m", "streamer.cli", "run", "--log-level", "WARNING",
+                    "--set", f"model.checkpoint={best}", "--set", "publish.websocket.enabled=false",
+                    "--set", "publish.jsonl.enabled=true", "--set", f"publish.jsonl.path={out}",
+                    "--set", f"streams=[{{id: eval, source: {{path: {folder / 'fold01.wav'}, realtime: false}}}}]"],
+                   check=True, timeout=240)
+    live = [json.loads(x) for x in out.read_text().splitlines()]
+    live_est = [e for e in live if e["type"] == "emotion.estimate"]
+    assert [(e["seq"], e["label"], e["speech"]) for e in live_est] == [(e["seq"], e["label"], e["speech"]) for e in est]
+    for a, b in zip(live_est, est, strict=True):
+        assert a["raw"].keys() == b["raw"].keys()
+        assert all(abs(a["raw"][k] - b["raw"][k]) < 1e-6 for k in a["raw"])

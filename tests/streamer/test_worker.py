@@ -34,9 +34,9 @@ async def test_batches_across_streams_with_identical_results(tiny_checkpoint: Pa
     threads: set[str] = set()
     original = engine.run
 
-    def spy(waves: list[np.ndarray]):  # type: ignore[no-untyped-def]
+    def spy(waves: list[np.ndarray], norms=None):  # type: ignore[no-untyped-def]
         threads.add(threading.current_thread().name)
-        return original(waves)
+        return original(waves, norms)
 
     engine.run = spy  # type: ignore[method-assign]
     async with InferenceWorker(lambda: engine, max_batch=8, max_wait_ms=200) as worker:
@@ -54,9 +54,9 @@ async def test_full_queue_evicts_oldest_as_stale(tiny_checkpoint: Path) -> None:
     gate = threading.Event()
     original = engine.run
 
-    def blocked(waves: list[np.ndarray]):  # type: ignore[no-untyped-def]
+    def blocked(waves: list[np.ndarray], norms=None):  # type: ignore[no-untyped-def]
         gate.wait(10)
-        return original(waves)
+        return original(waves, norms)
 
     engine.run = blocked  # type: ignore[method-assign]
     reqs = requests()
@@ -83,12 +83,12 @@ async def test_batch_failure_answers_every_caller(tiny_checkpoint: Path) -> None
     calls = 0
     original = engine.run
 
-    def flaky(waves: list[np.ndarray]):  # type: ignore[no-untyped-def]
+    def flaky(waves: list[np.ndarray], norms=None):  # type: ignore[no-untyped-def]
         nonlocal calls
         calls += 1
         if calls == 1:
             raise RuntimeError("simulated device failure")
-        return original(waves)
+        return original(waves, norms)
 
     engine.run = flaky  # type: ignore[method-assign]
     reqs = requests()

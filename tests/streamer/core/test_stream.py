@@ -296,3 +296,28 @@ def test_status_heartbeat_has_current_counters_and_keeps_state() -> None:
     core.push(np.zeros(16000 * 4, dtype=np.float32))
     beat = core.status()
     assert beat.state == core.state and beat.counters["windows"] == core.counters["windows"] >= 1
+
+
+def test_normaliser_statistics_travel_with_requests_and_fold_in_seq_order() -> None:
+    """Each window is requested with the stream's statistics; results fold in only the audio they add."""
+    from dropformer.normalization import Moments, StreamNormalizer, StreamNormConfig
+
+    norm = StreamNormalizer(np.zeros(3), np.ones(3), StreamNormConfig(kind="stream", prior_s=1.0,
+                                                                      time_constant_s=1000.0))
+    core = make_core(gate=False, normalizer=norm)
+    reqs = requests(push_frames(core, speech("03a01Wa.wav")[: int(1.5 * SR)]))  # windows of 1 s, hop 0.5 s
+    assert len(reqs) == 2 and all(r.norm is not None for r in reqs)
+    np.testing.assert_allclose(reqs[0].norm[0], 0.0)  # the prior: nothing folded in yet
+    block = Moments(50.0, np.full(3, 2.0), np.full(3, 5.0))  # 1 s of features at 50 Hz
+    # the second result arrives first: nothing is folded until window 0 is applied (seq order)
+    core.on_result(reqs[1].seq, ANGRY, 50, 40, 5.0, moments=block)
+    assert norm.frames == 0
+    core.on_result(reqs[0].seq, ANGRY, 50, 40, 5.0, moments=block)
+    # window 0 adds its whole second, window 1 only the half second it does not share with window 0
+    assert norm.frames == pytest.approx(50 + 25, rel=0.01)
+    nxt = requests(core.push(speech("03a01Wa.wav")[int(1.5 * SR) : int(1.8 * SR)]))
+    nxt += requests(core.push(silence(0.2)))
+    assert len(nxt) == 1 and np.all(nxt[0].norm[0] > 1.0)  # pulled towards the stream's mean of 2
+    # a skipped window folds nothing in
+    core.on_skipped(nxt[0].seq)
+    assert norm.frames == pytest.approx(75, rel=0.01)

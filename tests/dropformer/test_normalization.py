@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 
 from dropformer.errors import ConfigError
-from dropformer.normalization import Moments, StreamNormConfig, StreamNormalizer, prior_from, replay_streams
+from dropformer.normalization import (
+    Moments,
+    StreamNormalizer,
+    StreamNormConfig,
+    prior_from,
+    replay_streams,
+)
 
 D = 6
 CFG = StreamNormConfig(kind="stream", prior_s=10.0, time_constant_s=60.0)

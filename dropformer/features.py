@@ -1,7 +1,8 @@
 """On-disk feature cache: run the front end once per utterance, reuse it across runs.
 
 Layout: ``<cache_root>/<key>/<uid hash>.npy`` (float16, shape (T, D)) plus
-``info.json``. The key hashes the front end's config, the listening condition
+``info.json``; once extracted, the files are packed into one ``packed.npy`` with
+a ``packed.json`` index (rows per file). The key hashes the front end's config, the listening condition
 (clean, or a corruption of :mod:`dropformer.augment`, drawn with a seed per
 utterance) and the corpus' file list, so a changed front end or data set never
 reads stale features. Every file is written atomically (temporary name, then
@@ -78,7 +79,9 @@ def extract_features(utterances: Sequence[Utterance], cfg: FrontendConfig, cache
         _atomic_write_text(info, json.dumps({"frontend": raw_frontend_config(cfg).to_dict(),
                                              "condition": condition.to_dict() if condition else None,
                                              "utterances": len(utterances)}, indent=2))
-    todo = [u for u in utterances if not (folder / _file_name(u.uid)).exists()]
+    index_file = folder / "packed.json"
+    done = set(json.loads(index_file.read_text())) if index_file.exists() else set()
+    todo = [u for u in utterances if _file_name(u.uid) not in done and not (folder / _file_name(u.uid)).exists()]
     if todo:
         what = f"{cfg.name}" + (f" [{condition.name}]" if condition else "")
         log.info("extracting %s features for %d of %d utterances into %s", what, len(todo), len(utterances), folder)
@@ -100,14 +103,49 @@ def extract_features(utterances: Sequence[Utterance], cfg: FrontendConfig, cache
                 for done in pool.map(_extract_many, chunks):
                     bar.update(done)
         bar.close()
-    out: dict[str, np.ndarray] = {}
-    for u in utterances:
-        f = folder / _file_name(u.uid)
-        if f.exists():
-            out[u.uid] = np.load(f, mmap_mode="r")
+    out = _load_packed(folder, utterances)
     missing = len(utterances) - len(out)
     if missing:
         log.warning("%d of %d utterances have no features (see the errors above)", missing, len(utterances))
+    return out
+
+
+def _load_packed(folder: Path, utterances: Sequence[Utterance]) -> dict[str, np.ndarray]:
+    """Every cached utterance as a view into one memory-mapped array (packed once from the per-utterance files).
+
+    One mapping per cache folder: thousands of per-file mappings would each
+    hold a file descriptor. The per-utterance files are removed once packed;
+    ``packed.json`` maps each file name to its rows.
+    """
+    packed, index_file = folder / "packed.npy", folder / "packed.json"
+    index: dict[str, list[int]] = json.loads(index_file.read_text()) if index_file.exists() else {}
+    loose = sorted(p for p in folder.glob("*.npy") if p.name != "packed.npy")
+    if loose:  # new files since the last packing: pack again, old rows included
+        arrays = {}
+        if packed.exists():
+            old = np.load(packed, mmap_mode="r")
+            arrays = {name: np.asarray(old[a : a + n]) for name, (a, n) in index.items()}
+            del old
+        arrays.update({p.name: np.load(p) for p in loose})
+        rows, index, start = [], {}, 0
+        for name in sorted(arrays):
+            rows.append(arrays[name])
+            index[name] = [start, len(arrays[name])]
+            start += len(arrays[name])
+        tmp = folder / f"packed.{os.getpid()}.tmp.npy"
+        np.save(tmp, np.concatenate(rows) if rows else np.zeros((0, 0), dtype=np.float16))
+        tmp.replace(packed)
+        _atomic_write_text(index_file, json.dumps(index))
+        for p in loose:
+            p.unlink(missing_ok=True)
+    if not packed.exists():
+        return {}
+    data = np.load(packed, mmap_mode="r")
+    out: dict[str, np.ndarray] = {}
+    for u in utterances:
+        where = index.get(_file_name(u.uid))
+        if where is not None:
+            out[u.uid] = data[where[0] : where[0] + where[1]]
     return out
 
 

@@ -124,12 +124,18 @@ def timeline_accuracy(estimates: Sequence[dict[str, Any]], segments: Sequence[Se
     shown = [e["label"] for e in estimates]
     right = {c: 0 for c in labels}
     total = {c: 0 for c in labels}
-    for seg in segments:
-        t = np.arange(seg.start_sample * 1000 // SAMPLE_RATE_HZ, seg.end_sample * 1000 // SAMPLE_RATE_HZ, step_ms)
+    halves = np.zeros((2, 2))  # [first, second half of each episode] x [right, total]
+    for episode in episodes(segments):
+        spans = [np.arange(s.start_sample * 1000 // SAMPLE_RATE_HZ, s.end_sample * 1000 // SAMPLE_RATE_HZ, step_ms)
+                 for s in episode]
+        t = np.concatenate(spans)
         idx = np.searchsorted(ends, t, side="right") - 1  # latest estimate published by time t
-        ok = sum(1 for i in idx if i >= 0 and shown[i] == seg.label)
-        right[seg.label] += ok
-        total[seg.label] += len(t)
+        ok = np.array([i >= 0 and shown[i] == episode[0].label for i in idx], dtype=bool)
+        right[episode[0].label] += int(ok.sum())
+        total[episode[0].label] += len(t)
+        half = len(t) // 2
+        halves[0] += (ok[:half].sum(), half)
+        halves[1] += (ok[half:].sum(), len(t) - half)
     speech = sum(total.values())
     per_class = {c: right[c] / total[c] for c in labels if total[c]}
     return {
@@ -137,8 +143,21 @@ def timeline_accuracy(estimates: Sequence[dict[str, Any]], segments: Sequence[Se
         "accuracy": sum(right.values()) / speech if speech else float("nan"),
         "per_class": per_class,
         "balanced_accuracy": float(np.mean(list(per_class.values()))) if per_class else float("nan"),
+        "episode_first_half": float(halves[0, 0] / halves[0, 1]) if halves[0, 1] else float("nan"),
+        "episode_second_half": float(halves[1, 0] / halves[1, 1]) if halves[1, 1] else float("nan"),
         "estimates": len(estimates),
     }
+
+
+def episodes(segments: Sequence[Segment]) -> list[list[Segment]]:
+    """Consecutive segments of the same label (the stream's episodes of one emotion)."""
+    out: list[list[Segment]] = []
+    for seg in segments:
+        if out and out[-1][-1].label == seg.label:
+            out[-1].append(seg)
+        else:
+            out.append([seg])
+    return out
 
 
 def evaluate_stream(checkpoint: str | Path, utts: Sequence[Utterance], out_dir: Path, name: str,
@@ -165,14 +184,15 @@ def evaluate_stream(checkpoint: str | Path, utts: Sequence[Utterance], out_dir: 
 
 def streaming_table(results: Sequence[dict[str, Any]], labels: Sequence[str]) -> str:
     """Markdown: one row per stream, then the mean and the speech-time-weighted total."""
-    lines = ["| stream | speech s | label right % | " + " | ".join(f"{c} %" for c in labels) + " |",
-             "|---|---|---|" + "---|" * len(labels)]
+    lines = ["| stream | speech s | label right % | " + " | ".join(f"{c} %" for c in labels)
+             + " | 1st half of episodes % | 2nd half % |", "|---|---|---|" + "---|" * (len(labels) + 2)]
     for r in results:
         cells = [f"{100 * r['per_class'][c]:.1f}" if c in r["per_class"] else "-" for c in labels]
+        cells += [f"{100 * r[k]:.1f}" for k in ("episode_first_half", "episode_second_half")]
         lines.append(f"| {r['name']} | {r['speech_s']:.0f} | {100 * r['accuracy']:.1f} | " + " | ".join(cells) + " |")
     weight = sum(r["speech_s"] for r in results)
     pooled = sum(r["accuracy"] * r["speech_s"] for r in results) / weight if weight else float("nan")
     mean = float(np.mean([r["accuracy"] for r in results])) if results else float("nan")
-    lines.append(f"| **mean over streams** | | **{100 * mean:.1f}** |" + " |" * len(labels))
-    lines.append(f"| **all speech time** | {weight:.0f} | **{100 * pooled:.1f}** |" + " |" * len(labels))
+    lines.append(f"| **mean over streams** | | **{100 * mean:.1f}** |" + " |" * (len(labels) + 2))
+    lines.append(f"| **all speech time** | {weight:.0f} | **{100 * pooled:.1f}** |" + " |" * (len(labels) + 2))
     return "\n".join(lines)

@@ -39,7 +39,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--streaming", action="store_true",
                         help="also run each test speaker as one live stream through the daemon (streaming protocol)")
     parser.add_argument("--episode-s", type=float, default=12.0,
-                        help="streaming: seconds of one emotion before the next episode (default 12)")
+                        help="streaming: seconds of one emotion before the next episode (default 12; a large value "
+                             "plays all of a speaker's utterances of one emotion in a row, the long one-emotion test)")
+    parser.add_argument("--stream-name", default="streaming", metavar="NAME",
+                        help="streaming: results go to NAME.json, NAME.md and NAME/ (default streaming)")
+    parser.add_argument("--stream-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="streaming: daemon config override, e.g. smoothing.time_constant_s=1 (repeatable)")
 
 
 def main(args: argparse.Namespace, config: dict[str, Any]) -> int:
@@ -110,12 +115,16 @@ def main(args: argparse.Namespace, config: dict[str, Any]) -> int:
     if args.streaming:
         from streamer.replay import evaluate_stream, streaming_table
 
+        from dropformer.configio import apply_overrides
+
         labels = list(corpus.labels)
-        rows = [evaluate_stream(ckpt_dir, utts, out / "streams", name, labels, episode_s=args.episode_s)
-                for name, ckpt_dir, utts in streams]
+        daemon_overrides = apply_overrides({}, args.stream_set)
+        rows = [evaluate_stream(ckpt_dir, utts, out / args.stream_name, name, labels, episode_s=args.episode_s,
+                                overrides=daemon_overrides) for name, ckpt_dir, utts in streams]
         table = streaming_table(rows, labels)
-        (out / "streaming.json").write_text(json.dumps(rows, indent=1))
-        (out / "streaming.md").write_text(f"### {title}: streaming protocol (smoothed label over speech time)\n\n"
-                                          f"{table}\n")
+        (out / f"{args.stream_name}.json").write_text(json.dumps(rows, indent=1))
+        (out / f"{args.stream_name}.md").write_text(
+            f"### {title}: streaming protocol (smoothed label over speech time; episodes of {args.episode_s:g} s"
+            + (f"; daemon {' '.join(args.stream_set)}" if args.stream_set else "") + f")\n\n{table}\n")
         print(table)
     return 0

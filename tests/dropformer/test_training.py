@@ -172,7 +172,7 @@ def test_stream_normalisation_trains_and_is_served_the_same_in_evaluate_and_the_
     assert ev["utterance"]["pooled"]["confusion"] == summary["utterance"]["pooled"]["confusion"]
     streams = json.loads((tmp_path / "run" / "streaming.json").read_text())
     assert len(streams) == 1 and 0.0 <= streams[0]["accuracy"] <= 1.0 and streams[0]["speech_s"] > 5
-    folder = tmp_path / "run" / "streams"
+    folder = tmp_path / "run" / "streaming"
     replayed = [json.loads(x) for x in (folder / "fold01.events.jsonl").read_text().splitlines()]
     est = [e for e in replayed if e["type"] == "emotion.estimate"]
     assert est and all(e["model"]["stream_norm"] == "stream" for e in est)

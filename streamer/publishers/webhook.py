@@ -128,7 +128,11 @@ class WebhookPublisher:
                 self._idle.set()
             await self._queue.wait()
             body = self._queue.get_nowait()
-            await self._deliver(body)
+            try:
+                await self._deliver(body)
+            except asyncio.CancelledError:
+                self.stats.dropped += 1  # in flight when the publisher closed
+                raise
 
     async def _deliver(self, body: str) -> None:
         delay_s = self.retry_backoff_s

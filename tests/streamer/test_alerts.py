@@ -45,8 +45,15 @@ async def test_one_alert_per_episode_everywhere(mosquitto_broker: MosquittoBroke
             gate={"kind": "energy"},
             windowing={"first_window": "full"},
             alerts={"rules": rules(), "webhook": {"url": hook.url, "retry_backoff_s": 0.05}},
-            publish={"mqtt": {"enabled": True, "host": b.host, "port": b.port, "username": "daemon",
-                              "password": b.users["daemon"]}},  # fmt: skip
+            publish={
+                "mqtt": {
+                    "enabled": True,
+                    "host": b.host,
+                    "port": b.port,
+                    "username": "daemon",
+                    "password": b.users["daemon"],
+                }
+            },  # fmt: skip
         )
         mqtt_alerts: list[dict[str, Any]] = []
         ws_alerts: list[dict[str, Any]] = []
@@ -88,7 +95,11 @@ async def test_one_alert_per_episode_everywhere(mosquitto_broker: MosquittoBroke
     kinds = [a["kind"] for a in alerts]
     # "talking": one alert per episode (two episodes); "talking_rarely": the second
     # episode falls in its 60 s cool-down; "other_streams" watches *.agent only
-    assert kinds.count("talking") == 2 and kinds.count("talking_rarely") == 1 and "other_streams" not in kinds
+    assert (
+        kinds.count("talking") == 2
+        and kinds.count("talking_rarely") == 1
+        and "other_streams" not in kinds
+    )
     first, second = (a for a in alerts if a["kind"] == "talking")
     assert first["audio_ms"] < 5000 < 9000 < second["episode_start_ms"]
     assert second["audio_ms"] - second["episode_start_ms"] >= 1000

@@ -42,7 +42,9 @@ async def test_send_a_file_to_a_remote_daemon(tmp_path: Path) -> None:
         assert tap.final_status("edge1")["state"] == "offline"
 
         # a wrong token: the daemon refuses, the sender says why and exits 1
-        rc, out, err = await run_send(str(wav), "--url", f"{url}/ingest", "--token", "wrong-token-0123456789")
+        rc, out, err = await run_send(
+            str(wav), "--url", f"{url}/ingest", "--token", "wrong-token-0123456789"
+        )
         assert rc == 1 and "4401" in err and "token" in err
     # nobody listening
     rc, _, err = await run_send(str(wav), "--url", f"{url}/ingest")
@@ -52,7 +54,16 @@ async def test_send_a_file_to_a_remote_daemon(tmp_path: Path) -> None:
 def test_send_help_lists_its_own_arguments() -> None:
     out = subprocess.run([sys.executable, "-m", "streamer.cli", "send", "--help"],
                          capture_output=True, text=True, check=True).stdout  # fmt: skip
-    for flag in ("--url", "--stream", "--encoding", "--realtime", "--no-realtime", "--token", "--config", "--set"):
+    for flag in (
+        "--url",
+        "--stream",
+        "--encoding",
+        "--realtime",
+        "--no-realtime",
+        "--token",
+        "--config",
+        "--set",
+    ):
         assert flag in out
     bad = subprocess.run([sys.executable, "-m", "streamer.cli", "send", "x.wav", "--set", "encoding=opus"],
                          capture_output=True, text=True)  # fmt: skip

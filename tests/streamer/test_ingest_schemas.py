@@ -28,8 +28,20 @@ def schema(name: str) -> jsonschema.Draft202012Validator:
 
 VALID_STARTS: list[dict[str, Any]] = [
     *json.loads((SCHEMAS / "ingest-start.schema.json").read_text())["examples"],
-    {"type": "start", "stream_id": "a", "sample_rate_hz": 192000, "encoding": "pcm_f32le", "channels": 2},
-    {"type": "start", "stream_id": "x" * 128, "sample_rate_hz": 8000, "encoding": "mulaw", "metadata": {}},
+    {
+        "type": "start",
+        "stream_id": "a",
+        "sample_rate_hz": 192000,
+        "encoding": "pcm_f32le",
+        "channels": 2,
+    },
+    {
+        "type": "start",
+        "stream_id": "x" * 128,
+        "sample_rate_hz": 8000,
+        "encoding": "mulaw",
+        "metadata": {},
+    },
 ]
 INVALID_STARTS: list[dict[str, Any]] = [
     {"type": "start", "stream_id": "a b", "sample_rate_hz": 16000, "encoding": "pcm_s16le"},
@@ -37,11 +49,35 @@ INVALID_STARTS: list[dict[str, Any]] = [
     {"type": "start", "stream_id": "a", "sample_rate_hz": 16000.5, "encoding": "pcm_s16le"},
     {"type": "start", "stream_id": "a", "sample_rate_hz": 7999, "encoding": "pcm_s16le"},
     {"type": "start", "stream_id": "a", "sample_rate_hz": 16000, "encoding": "opus"},
-    {"type": "start", "stream_id": "a", "sample_rate_hz": 16000, "encoding": "mulaw", "channels": 0},
+    {
+        "type": "start",
+        "stream_id": "a",
+        "sample_rate_hz": 16000,
+        "encoding": "mulaw",
+        "channels": 0,
+    },
     {"type": "start", "stream_id": "a", "sample_rate_hz": 16000, "encoding": "mulaw", "v": 2},
-    {"type": "start", "stream_id": "a", "sample_rate_hz": 16000, "encoding": "mulaw", "extra": True},
-    {"type": "start", "stream_id": "a", "sample_rate_hz": 16000, "encoding": "mulaw", "metadata": {"role": 1}},
-    {"type": "start", "stream_id": "a", "sample_rate_hz": 16000, "encoding": "mulaw", "metadata": {"a b": "x"}},
+    {
+        "type": "start",
+        "stream_id": "a",
+        "sample_rate_hz": 16000,
+        "encoding": "mulaw",
+        "extra": True,
+    },
+    {
+        "type": "start",
+        "stream_id": "a",
+        "sample_rate_hz": 16000,
+        "encoding": "mulaw",
+        "metadata": {"role": 1},
+    },
+    {
+        "type": "start",
+        "stream_id": "a",
+        "sample_rate_hz": 16000,
+        "encoding": "mulaw",
+        "metadata": {"a b": "x"},
+    },
     {"type": "start", "sample_rate_hz": 16000, "encoding": "mulaw"},
 ]
 
@@ -62,7 +98,11 @@ def test_what_the_schema_refuses_the_server_refuses(msg: dict[str, Any]) -> None
 
 def test_error_codes_are_all_in_the_schema_and_the_docs() -> None:
     codes = schema("error").schema["properties"]["code"]["enum"]
-    ours = {c for c in (*FATAL, *NON_FATAL) if c not in ("bad_payload", "unknown_track", "unknown_event")}
+    ours = {
+        c
+        for c in (*FATAL, *NON_FATAL)
+        if c not in ("bad_payload", "unknown_track", "unknown_event")
+    }
     assert set(codes) == ours  # the three Twilio-only codes are never sent (Twilio reads nothing)
     docs = (SCHEMAS.parent / "ingest.md").read_text()
     for code in codes:
@@ -84,7 +124,11 @@ async def test_every_server_message_validates() -> None:
             await ws.send(json.dumps({"type": "stop"}))
             got += [json.loads(m) async for m in ws]
         async with connect(f"{url}/ingest") as ws:
-            await ws.send(json.dumps({"type": "start", "stream_id": "s", "sample_rate_hz": 16000, "encoding": "opus"}))
+            await ws.send(
+                json.dumps(
+                    {"type": "start", "stream_id": "s", "sample_rate_hz": 16000, "encoding": "opus"}
+                )
+            )
             got.append(json.loads(await ws.recv()))
     kinds = [m["type"] for m in got]
     assert kinds == ["started", "error", "stopped", "error"]

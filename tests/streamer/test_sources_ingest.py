@@ -28,12 +28,19 @@ async def test_each_encoding_and_s16_equals_f32() -> None:
     async with running(daemon_config()) as (daemon, tap, url):
         s16 = await ingest_session(url, "enc.s16", SPEECH, encoding="pcm_s16le")
         f32 = await ingest_session(url, "enc.f32", SPEECH, encoding="pcm_f32le")
-        mulaw = await ingest_session(url, "enc.mulaw", at_8k(SPEECH), encoding="mulaw", rate_hz=8000)
+        mulaw = await ingest_session(
+            url, "enc.mulaw", at_8k(SPEECH), encoding="mulaw", rate_hz=8000
+        )
         at_48k = at_rate(SPEECH, 48000)
         stereo = np.stack([at_48k, 0.5 * at_48k], axis=1)
         f32_48k = await ingest_session(url, "enc.f32x2", stereo, encoding="pcm_f32le", rate_hz=48000,
                                        frame_ms=50, channels=2)  # fmt: skip
-    for sid, result in (("enc.s16", s16), ("enc.f32", f32), ("enc.mulaw", mulaw), ("enc.f32x2", f32_48k)):
+    for sid, result in (
+        ("enc.s16", s16),
+        ("enc.f32", f32),
+        ("enc.mulaw", mulaw),
+        ("enc.f32x2", f32_48k),
+    ):
         assert result["close_code"] == 1000, result
         [stopped] = result["replies"]
         assert stopped["type"] == "stopped" and stopped["stream_id"] == sid
@@ -56,16 +63,29 @@ async def test_each_encoding_and_s16_equals_f32() -> None:
 
 
 async def test_bad_input_gets_its_documented_outcome_and_others_carry_on() -> None:
-    cfg = daemon_config(ingest={"start_timeout_s": 1.0, "max_frame_bytes": 8192, "max_speed": 3.0, "burst_s": 2.0})
+    cfg = daemon_config(
+        ingest={"start_timeout_s": 1.0, "max_frame_bytes": 8192, "max_speed": 3.0, "burst_s": 2.0}
+    )
     async with running(cfg) as (daemon, tap, url):
         good_audio = speech("03a01Wa.wav", "03a01Fa.wav", "03a02Ta.wav")
         good = asyncio.create_task(ingest_session(url, "good", good_audio, speed=2.0))
         await tap.wait(lambda: tap.of("stream.status", "good"))
 
-        async def session(first: list[str | bytes], *, start: bool = True) -> tuple[list[dict[str, Any]], int | None, str | None]:
+        async def session(
+            first: list[str | bytes], *, start: bool = True
+        ) -> tuple[list[dict[str, Any]], int | None, str | None]:
             async with connect(f"{url}/ingest") as ws:
                 if start:
-                    await ws.send(json.dumps({"type": "start", "stream_id": f"bad{id(first)}", "sample_rate_hz": 16000, "encoding": "pcm_s16le"}))
+                    await ws.send(
+                        json.dumps(
+                            {
+                                "type": "start",
+                                "stream_id": f"bad{id(first)}",
+                                "sample_rate_hz": 16000,
+                                "encoding": "pcm_s16le",
+                            }
+                        )
+                    )
                     assert json.loads(await ws.recv())["type"] == "started"
                 got = []
                 with contextlib.suppress(ConnectionClosed):  # the server may close while we send
@@ -83,15 +103,53 @@ async def test_bad_input_gets_its_documented_outcome_and_others_carry_on() -> No
         one_second = encode(SPEECH[:16000], "pcm_s16le")
         results = await asyncio.gather(
             session(["{this is not json"], start=False),
-            session([json.dumps({"type": "start", "stream_id": "x", "sample_rate_hz": 16000, "encoding": "opus"})], start=False),
-            session([json.dumps({"type": "start", "stream_id": "good", "sample_rate_hz": 16000, "encoding": "pcm_s16le"})], start=False),
+            session(
+                [
+                    json.dumps(
+                        {
+                            "type": "start",
+                            "stream_id": "x",
+                            "sample_rate_hz": 16000,
+                            "encoding": "opus",
+                        }
+                    )
+                ],
+                start=False,
+            ),
+            session(
+                [
+                    json.dumps(
+                        {
+                            "type": "start",
+                            "stream_id": "good",
+                            "sample_rate_hz": 16000,
+                            "encoding": "pcm_s16le",
+                        }
+                    )
+                ],
+                start=False,
+            ),
             session([b"\x00" * 10000]),  # oversized frame
-            session([one_second[i : i + 3200] for i in range(0, len(one_second), 3200)] * 8),  # 8 s at once
+            session(
+                [one_second[i : i + 3200] for i in range(0, len(one_second), 3200)] * 8
+            ),  # 8 s at once
             session([], start=False),  # connects, never starts
-            session([b"\x00\x01\x02", b"\x00" * 320, "{bad", json.dumps({"type": "pause"}), json.dumps({"type": "stop"})]),
+            session(
+                [
+                    b"\x00\x01\x02",
+                    b"\x00" * 320,
+                    "{bad",
+                    json.dumps({"type": "pause"}),
+                    json.dumps({"type": "stop"}),
+                ]
+            ),
         )
         (bad_json, opus, in_use, big, flood, idle, odd) = results
-        assert bad_json[1] == 4400 and bad_json[0][0]["code"] == "bad_start" and bad_json[0][0]["fatal"] is True
+        assert (
+            bad_json[1] == 4400
+            and bad_json[0][0]["code"] == "bad_start"
+            and bad_json[0][0]["fatal"] is True
+        )
         assert opus[1] == 4415 and "opus" in opus[0][0]["message"]
         assert in_use[1] == 4409 and in_use[0][0]["code"] == "stream_in_use"
         assert big[1] == 1009 and big[0][0]["code"] == "too_large"
@@ -102,11 +160,24 @@ async def test_bad_input_gets_its_documented_outcome_and_others_carry_on() -> No
         assert codes == ["odd_length", "bad_message", "unknown_type", None] and odd[1] == 1000
         stopped = odd[0][-1]
         assert stopped["type"] == "stopped" and stopped["counters"]["dropped_frames"] == 1
-        assert stopped["session"]["errors"] == {"odd_length": 1, "bad_message": 1, "unknown_type": 1}
+        assert stopped["session"]["errors"] == {
+            "odd_length": 1,
+            "bad_message": 1,
+            "unknown_type": 1,
+        }
 
         # a client that vanishes mid-call: its stream goes offline and is released
         ws = await connect(f"{url}/ingest")
-        await ws.send(json.dumps({"type": "start", "stream_id": "vanish", "sample_rate_hz": 16000, "encoding": "pcm_s16le"}))
+        await ws.send(
+            json.dumps(
+                {
+                    "type": "start",
+                    "stream_id": "vanish",
+                    "sample_rate_hz": 16000,
+                    "encoding": "pcm_s16le",
+                }
+            )
+        )
         await ws.recv()
         for i in range(0, 32000, 3200):
             await ws.send(one_second[i : i + 3200])
@@ -118,11 +189,16 @@ async def test_bad_input_gets_its_documented_outcome_and_others_carry_on() -> No
         result = await good
         assert good.done() and result["close_code"] == 1000
         final = result["replies"][-1]["counters"]
-        assert final["inferred"] >= 4 and final["dropped_frames"] == 0 and final["skipped_stale"] == 0
+        assert (
+            final["inferred"] >= 4 and final["dropped_frames"] == 0 and final["skipped_stale"] == 0
+        )
         net = daemon.health()["network"]
         assert net["closed"] == {"bad_start": 1, "unsupported_format": 1, "stream_in_use": 1, "too_large": 1,
                                  "too_fast": 1, "start_timeout": 1}  # fmt: skip
-        assert net["errors"] == {"odd_length": 1, "bad_message": 1, "unknown_type": 1} and net["active"] == 0
+        assert (
+            net["errors"] == {"odd_length": 1, "bad_message": 1, "unknown_type": 1}
+            and net["active"] == 0
+        )
     assert all(tap.final_status(s)["state"] == "offline" for s in ("good", "vanish"))
 
 
@@ -130,7 +206,11 @@ async def test_token_and_origin() -> None:
     token = "s3cret-token-0123456789"
     audio = SPEECH[:24000]
     async with running(daemon_config(ingest={"token": token})) as (daemon, tap, url):
-        for query, headers in (("", {}), ("?token=wrong-token-0123456789", {}), ("", {"Authorization": "Bearer nope"})):
+        for query, headers in (
+            ("", {}),
+            ("?token=wrong-token-0123456789", {}),
+            ("", {"Authorization": "Bearer nope"}),
+        ):
             async with connect(f"{url}/ingest{query}", additional_headers=headers) as ws:
                 reply = json.loads(await ws.recv())
                 await ws.wait_closed()
@@ -139,7 +219,16 @@ async def test_token_and_origin() -> None:
         assert ok_query["close_code"] == 1000
         async with connect(f"{url}/ingest", additional_headers={"Authorization": f"Bearer {token}"},
                            origin="http://evil.example") as ws:  # fmt: skip
-            await ws.send(json.dumps({"type": "start", "stream_id": "tok.h", "sample_rate_hz": 16000, "encoding": "mulaw"}))
+            await ws.send(
+                json.dumps(
+                    {
+                        "type": "start",
+                        "stream_id": "tok.h",
+                        "sample_rate_hz": 16000,
+                        "encoding": "mulaw",
+                    }
+                )
+            )
             assert json.loads(await ws.recv())["type"] == "started"
         assert daemon.health()["network"]["closed"] == {"unauthorized": 3}
     async with running(daemon_config()) as (daemon, tap, url):
@@ -150,7 +239,16 @@ async def test_token_and_origin() -> None:
         assert ws.close_code == 4403 and reply["code"] == "forbidden"
         host = url.removeprefix("ws://")
         async with connect(f"{url}/ingest", origin=f"http://{host}") as ws:
-            await ws.send(json.dumps({"type": "start", "stream_id": "same", "sample_rate_hz": 16000, "encoding": "mulaw"}))
+            await ws.send(
+                json.dumps(
+                    {
+                        "type": "start",
+                        "stream_id": "same",
+                        "sample_rate_hz": 16000,
+                        "encoding": "mulaw",
+                    }
+                )
+            )
             assert json.loads(await ws.recv())["type"] == "started"
         # plain HTTP on the ingest path is not served as a file
         with pytest.raises(InvalidStatus):
@@ -177,6 +275,7 @@ async def test_session_limit() -> None:
 async def test_200_sessions_leave_nothing_behind(tmp_path: Path) -> None:
     audio = SPEECH[:12000]  # 0.75 s: one early window per session
     async with running(daemon_config(ingest={"max_speed": 50.0})) as (daemon, tap, url):
+
         async def one(i: int) -> None:
             r = await ingest_session(url, f"loop{i % 7}", audio, speed=50.0, frame_ms=250,
                                      metadata={"call_id": f"c{i}", "role": "caller"})  # fmt: skip
@@ -203,5 +302,7 @@ async def test_200_sessions_leave_nothing_behind(tmp_path: Path) -> None:
         assert daemon.hub.snapshot() == {"streams": [], "last_status": {}, "last_estimate": {}}
         assert health["network"]["active"] == 0 and health["ended_streams"]["streams"] == 220
         assert health["ended_streams"]["inferred"] == 220
-        assert sum(grown.values()) < 300, f"more live objects after 200 sessions: {grown.most_common(10)}"
+        assert sum(grown.values()) < 300, (
+            f"more live objects after 200 sessions: {grown.most_common(10)}"
+        )
         tap.events.clear()

@@ -10,8 +10,17 @@ from streamer.core.events import EmotionEstimate, validate_event
 LABELS = ("neutral", "happy", "angry", "sad")
 
 
-def est(sid: str, t_ms: int, label: str, conf: float = 0.8, *, speech: bool = True,
-        arousal: float = 0.5, valence: float = -0.4, seq: int = 0) -> EmotionEstimate:
+def est(
+    sid: str,
+    t_ms: int,
+    label: str,
+    conf: float = 0.8,
+    *,
+    speech: bool = True,
+    arousal: float = 0.5,
+    valence: float = -0.4,
+    seq: int = 0,
+) -> EmotionEstimate:
     rest = (1 - conf) / 3
     scores = {lab: (conf if lab == label else rest) for lab in LABELS}
     return EmotionEstimate(sid, seq, max(0, t_ms - 3000), t_ms, speech, label, conf, scores,
@@ -19,8 +28,16 @@ def est(sid: str, t_ms: int, label: str, conf: float = 0.8, *, speech: bool = Tr
                            {"name": "dropformer", "frontend": "logmel80", "rev": "t"})  # fmt: skip
 
 
-def run(ev: AlertEvaluator, sid: str, labels: list[str], *, start_ms: int = 3000, hop_ms: int = 1000,
-        speech: list[bool] | None = None, conf: float = 0.8) -> list[tuple[int, str]]:
+def run(
+    ev: AlertEvaluator,
+    sid: str,
+    labels: list[str],
+    *,
+    start_ms: int = 3000,
+    hop_ms: int = 1000,
+    speech: list[bool] | None = None,
+    conf: float = 0.8,
+) -> list[tuple[int, str]]:
     out = []
     for i, lab in enumerate(labels):
         s = speech[i] if speech else True
@@ -36,20 +53,29 @@ ANGER = AlertRule("sustained_anger", streams="*.caller", label="angry", min_conf
 
 def test_one_alert_per_episode_after_the_minimum_duration() -> None:
     ev = AlertEvaluator([ANGER])
-    got = run(ev, "c1.caller", ["neutral", "angry", "angry", "angry", "angry", "angry", "angry", "angry"])
+    got = run(
+        ev, "c1.caller", ["neutral", "angry", "angry", "angry", "angry", "angry", "angry", "angry"]
+    )
     # first angry estimate at 4 s; 3 s later (7 s) it has lasted long enough; once only
     assert got == [(7000, "sustained_anger")]
 
 
 def test_short_bursts_never_alert() -> None:
     ev = AlertEvaluator([ANGER])
-    assert run(ev, "c1.caller", ["angry", "angry", "neutral", "angry", "angry", "angry", "neutral"] * 3) == []
+    assert (
+        run(
+            ev, "c1.caller", ["angry", "angry", "neutral", "angry", "angry", "angry", "neutral"] * 3
+        )
+        == []
+    )
 
 
 def test_confidence_threshold() -> None:
     ev = AlertEvaluator([ANGER])
     assert run(ev, "c1.caller", ["angry"] * 10, conf=0.5) == []
-    assert run(AlertEvaluator([ANGER]), "c1.caller", ["angry"] * 10, conf=0.6) == [(6000, "sustained_anger")]
+    assert run(AlertEvaluator([ANGER]), "c1.caller", ["angry"] * 10, conf=0.6) == [
+        (6000, "sustained_anger")
+    ]
 
 
 def test_a_new_episode_alerts_again_only_after_the_cooldown() -> None:
@@ -68,7 +94,15 @@ def test_silence_neither_extends_nor_breaks_but_a_long_gap_does() -> None:
     assert run(ev, "a.caller", labels, speech=speech) == [(7000, "sustained_anger")]
     # held "angry" through silence is no evidence: only two speech estimates 6 s apart
     ev = AlertEvaluator([ANGER])
-    assert run(ev, "b.caller", ["angry"] + ["angry"] * 5 + ["angry"], speech=[True] + [False] * 5 + [True]) == []
+    assert (
+        run(
+            ev,
+            "b.caller",
+            ["angry"] + ["angry"] * 5 + ["angry"],
+            speech=[True] + [False] * 5 + [True],
+        )
+        == []
+    )
 
 
 def test_streams_glob_and_role() -> None:
@@ -108,7 +142,12 @@ def test_message_template_and_payload() -> None:
     d = alert.to_dict()
     validate_event(d)
     assert d["message"] == "call9.caller: angry at 90% for 0 s"
-    assert (d["severity"], d["seq"], d["confidence"], d["episode_start_ms"]) == ("critical", 7, 0.9, 4000)
+    assert (d["severity"], d["seq"], d["confidence"], d["episode_start_ms"]) == (
+        "critical",
+        7,
+        0.9,
+        4000,
+    )
 
 
 def test_rules_are_checked() -> None:

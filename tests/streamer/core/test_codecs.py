@@ -71,4 +71,6 @@ def test_bad_lengths_and_encodings_are_refused() -> None:
 
 
 def test_float_to_int16_clips() -> None:
-    np.testing.assert_array_equal(float_to_int16([-2.0, -1.0, 0.0, 1.0, 2.0]), [-32768, -32768, 0, 32767, 32767])
+    np.testing.assert_array_equal(
+        float_to_int16([-2.0, -1.0, 0.0, 1.0, 2.0]), [-32768, -32768, 0, 32767, 32767]
+    )

@@ -27,7 +27,12 @@ from streamer.core.ingest import (
 
 
 def start_msg(**over: Any) -> str:
-    msg = {"type": "start", "stream_id": "call7.caller", "sample_rate_hz": 16000, "encoding": "pcm_s16le"}
+    msg = {
+        "type": "start",
+        "stream_id": "call7.caller",
+        "sample_rate_hz": 16000,
+        "encoding": "pcm_s16le",
+    }
     msg.update(over)
     return json.dumps({k: v for k, v in msg.items() if v is not None})
 
@@ -46,11 +51,17 @@ def only_problem(out: list[Any]) -> Problem:
 
 def test_start_then_audio_then_stop() -> None:
     p = IngestProtocol("s1")
-    [start] = p.receive_text(start_msg(channels=2, metadata={"call_id": "c-1", "role": "caller"}), 0.0)
+    [start] = p.receive_text(
+        start_msg(channels=2, metadata={"call_id": "c-1", "role": "caller"}), 0.0
+    )
     assert isinstance(start, Start)
     assert (start.stream_id, start.format.channels, start.role) == ("call7.caller", 2, "caller")
     reply = start.started_message(p.limits)
-    assert reply["type"] == "started" and reply["session_id"] == "s1" and reply["limits"]["max_frame_bytes"] == 65536
+    assert (
+        reply["type"] == "started"
+        and reply["session_id"] == "s1"
+        and reply["limits"]["max_frame_bytes"] == 65536
+    )
     pcm = np.zeros((160, 2), np.float32)
     [audio] = p.receive_bytes(encode(pcm, "pcm_s16le"), 0.01)
     assert isinstance(audio, Audio) and audio.samples.shape == (160, 2)
@@ -74,7 +85,11 @@ def test_start_then_audio_then_stop() -> None:
         (start_msg(encoding="opus"), "unsupported_format", CLOSE_UNSUPPORTED_FORMAT),
         (start_msg(sample_rate_hz=4000), "unsupported_format", CLOSE_UNSUPPORTED_FORMAT),
         (start_msg(channels=9), "unsupported_format", CLOSE_UNSUPPORTED_FORMAT),
-        (start_msg(sample_rate_hz=192000, channels=8, encoding="pcm_f32le"), "unsupported_format", CLOSE_UNSUPPORTED_FORMAT),
+        (
+            start_msg(sample_rate_hz=192000, channels=8, encoding="pcm_f32le"),
+            "unsupported_format",
+            CLOSE_UNSUPPORTED_FORMAT,
+        ),
         (start_msg(metadata={"role": "agent"}), "forbidden", CLOSE_FORBIDDEN),
         ("x" * 5000, "too_large", CLOSE_TOO_BIG),
     ],
@@ -109,7 +124,14 @@ def test_non_fatal_problems_are_counted_and_the_session_goes_on() -> None:
     assert isinstance(p.receive_bytes(b"\x00\x00" * 10, 0.2)[0], Audio)
     s = p.summary()
     assert s["dropped_frames"] == 1 and s["frames"] == 1
-    assert s["errors"] == {"not_started": 1, "bad_message": 2, "unknown_type": 1, "already_started": 1, "odd_length": 1, "empty_frame": 1}
+    assert s["errors"] == {
+        "not_started": 1,
+        "bad_message": 2,
+        "unknown_type": 1,
+        "already_started": 1,
+        "odd_length": 1,
+        "empty_frame": 1,
+    }
 
 
 def test_too_many_errors_closes_the_session() -> None:

@@ -9,7 +9,13 @@ from typing import Any
 import numpy as np
 
 from streamer.core.codecs import encode
-from streamer.core.ingest import CLOSE_BAD_START, CLOSE_TOO_FAST, CLOSE_UNSUPPORTED_FORMAT, IngestLimits, Problem
+from streamer.core.ingest import (
+    CLOSE_BAD_START,
+    CLOSE_TOO_FAST,
+    CLOSE_UNSUPPORTED_FORMAT,
+    IngestLimits,
+    Problem,
+)
 from streamer.core.twilio import CallStart, CallStop, TrackAudio, TrackNames, TwilioProtocol
 
 CALL = "CA" + "0123456789abcdef" * 2
@@ -35,17 +41,31 @@ def media(track: str, payload: str | None = None, seq: int = 2) -> str:
 
 def test_caller_only_by_default() -> None:
     p = TwilioProtocol()
-    assert p.receive_text(json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"}), 0) == []
+    assert (
+        p.receive_text(
+            json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"}), 0
+        )
+        == []
+    )
     [s] = p.receive_text(start(), 0)
     assert isinstance(s, CallStart)
     assert s.streams == {"inbound": f"{CALL}.caller"} and s.roles == {"inbound": "caller"}
     assert s.custom_parameters == {"token": "t"} and s.sample_rate_hz == 8000
     [a] = p.receive_text(media("inbound"), 0.02)
-    assert isinstance(a, TrackAudio) and a.stream_id == f"{CALL}.caller" and a.samples.shape == (160,)
+    assert (
+        isinstance(a, TrackAudio) and a.stream_id == f"{CALL}.caller" and a.samples.shape == (160,)
+    )
     assert p.receive_text(media("outbound"), 0.02) == []  # the agent is not analysed, not an error
     assert p.ignored["outbound"] == 1 and not p.errors.by_code
-    assert p.receive_text(json.dumps({"event": "mark", "streamSid": STREAM, "mark": {"name": "x"}}), 0.03) == []
-    assert p.receive_text(json.dumps({"event": "stop", "stop": {"callSid": CALL}}), 0.04) == [CallStop()]
+    assert (
+        p.receive_text(
+            json.dumps({"event": "mark", "streamSid": STREAM, "mark": {"name": "x"}}), 0.03
+        )
+        == []
+    )
+    assert p.receive_text(json.dumps({"event": "stop", "stop": {"callSid": CALL}}), 0.04) == [
+        CallStop()
+    ]
     assert p.state == "ended"
 
 

@@ -236,7 +236,8 @@ class TwilioConfig(StrictModel):
 
 class IngestConfig(StrictModel):
     enabled: bool = True
-    """Accept audio over the network on `path` (docs/ingest.md); loopback only unless a token is set."""
+    """Accept audio over the network on `path` (docs/ingest.md); loopback only unless a token is set.
+    Served on publish.websocket's port: off when that server is disabled."""
     path: str = Field("/ingest", pattern=r"^/[A-Za-z0-9_./-]*$")
     """URL path of the ingest WebSocket (on publish.websocket's port)."""
     token: str | None = Field(None, min_length=16)
@@ -375,15 +376,22 @@ class DaemonConfig(StrictModel):
             raise ValueError(f"stream ids must be unique; repeated: {dupes}")
         return streams
 
+    @property
+    def network_enabled(self) -> bool:
+        """Whether network audio is served (it needs the WebSocket server's port)."""
+        return self.publish.websocket.enabled and self.ingest.any_enabled
+
     @model_validator(mode="after")
     def _check_network(self) -> DaemonConfig:
         ing, ws = self.ingest, self.publish.websocket
-        if not self.streams and not ing.any_enabled:
+        if not ws.enabled and ing.twilio.enabled:
+            raise ValueError(
+                "ingest.twilio serves on the WebSocket port: set publish.websocket.enabled=true or disable ingest.twilio"
+            )
+        if not self.streams and not self.network_enabled:
             raise ValueError("at least one stream is needed (streams), or enable ingest or ingest.twilio")
-        if not ing.any_enabled:
-            return self
-        if not ws.enabled:
-            raise ValueError("ingest serves on the WebSocket port: set publish.websocket.enabled=true or disable ingest")
+        if not self.network_enabled:
+            return self  # (the default ingest.enabled has no port to serve on: nothing to check)
         paths = [ws.path, "/healthz"] + ([ing.path] if ing.enabled else []) + ([ing.twilio.path] if ing.twilio.enabled else [])
         if len(set(paths)) != len(paths):
             raise ValueError(f"ingest.path, ingest.twilio.path, publish.websocket.path and /healthz must differ; got {paths}")

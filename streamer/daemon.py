@@ -283,7 +283,9 @@ class Daemon:
             self.hub.add(webhook, "webhook")
 
     def _add_network(self) -> None:
-        if self.cfg.ingest.any_enabled and self.websocket is not None:
+        if self.cfg.ingest.enabled and not self.cfg.publish.websocket.enabled:
+            log.info("no /ingest endpoint: publish.websocket is disabled")
+        if self.cfg.network_enabled and self.websocket is not None:
             from streamer.sources.ingest import install_endpoints
 
             self.network = install_endpoints(self, self.cfg.ingest, self.websocket)

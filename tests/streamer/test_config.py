@@ -95,7 +95,8 @@ def test_set_reaches_into_default_streams_without_a_file() -> None:
         (["ingest.token=short"], "ingest.token"),
         (["ingest.path=/ws"], "must differ"),
         (["ingest.twilio.enabled=true", "ingest.twilio.path=/healthz"], "must differ"),
-        (["publish.websocket.enabled=false"], "publish.websocket.enabled=true"),
+        (["publish.websocket.enabled=false", "ingest.twilio.enabled=true"], "publish.websocket.enabled=true"),
+        (["publish.websocket.enabled=false", "streams=[]"], "at least one stream is needed"),
         (["ingest.twilio.inbound_name=agent"], "must differ"),
         (["ingest.max_speed=0.5"], "ingest.max_speed"),
         (["alerts.rules=[{name: r1}]"], "has no condition"),
@@ -115,6 +116,9 @@ def test_network_only_daemon_and_token_from_the_environment(monkeypatch: pytest.
     monkeypatch.delenv("EMOTION_MONITOR_INGEST_TOKEN", raising=False)
     cfg = validate(DaemonConfig, load_config(None, ["streams=[]"]))
     assert cfg.streams == [] and cfg.ingest.enabled and cfg.ingest.bearer_token() is None
+    # without the WebSocket server the default ingest has no port: not an error, just off
+    cfg = validate(DaemonConfig, load_config(None, ["publish.websocket.enabled=false"]))
+    assert not cfg.network_enabled
     monkeypatch.setenv("EMOTION_MONITOR_INGEST_TOKEN", "from-the-environment-123")
     cfg = validate(DaemonConfig, load_config(None, ["streams=[]", "publish.websocket.host=0.0.0.0"]))
     assert cfg.ingest.bearer_token() == "from-the-environment-123"

@@ -29,6 +29,7 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -291,6 +292,11 @@ async def ramp(
         s.bind(("127.0.0.1", 0))
         port = int(s.getsockname()[1])
     token = secrets.token_hex(16)
+    loop = asyncio.get_running_loop()
+    me = asyncio.current_task()
+    if me is not None:  # SIGTERM (e.g. `timeout`) cancels the ramp, so the daemon is stopped too
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signal.SIGTERM, me.cancel)
     proc = start_daemon(port, checkpoint, device, threads, daemon_overrides, token)
     http_url, base_url = f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}"
     rows: list[dict[str, Any]] = []

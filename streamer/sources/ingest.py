@@ -335,8 +335,7 @@ class IngestServer:
             self.stats.count(problem)
             await close_with(conn, problem)
             return
-        source: NetworkSource | None = None
-        task: asyncio.Task[dict[str, int]] | None = None
+        session = _Session()  # filled in by _serve, ended here whatever happens
         stopped = False
         try:
             denied = access_problem(proto.fail, conn.request, self.token)
@@ -344,7 +343,7 @@ class IngestServer:
                 self.stats.count(denied)
                 await close_with(conn, denied)
                 return
-            stopped, source, task = await self._serve(conn, proto)
+            stopped = await self._serve(conn, proto, session)
         except ConnectionClosed:
             pass
         except Exception:  # a bug here must end this session only
@@ -354,10 +353,10 @@ class IngestServer:
             await close_with(conn, problem)
         finally:
             counters: dict[str, int] | None = None
-            if source is not None:
-                source.end()
-            if task is not None:
-                counters = await finish_stream(task)
+            if session.source is not None:
+                session.source.end()
+            if session.task is not None:
+                counters = await finish_stream(session.task)
             self.gate.leave()
             if proto.start is not None:
                 log.info(
@@ -384,12 +383,11 @@ class IngestServer:
                 await conn.close(CLOSE_NORMAL, "stopped")
 
     async def _serve(
-        self, conn: ServerConnection, proto: IngestProtocol
-    ) -> tuple[bool, NetworkSource | None, asyncio.Task[dict[str, int]] | None]:
+        self, conn: ServerConnection, proto: IngestProtocol, session: _Session
+    ) -> bool:
+        """Receive until the session ends; True when it ended with a ``stop``."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.start_timeout_s
-        source: NetworkSource | None = None
-        task: asyncio.Task[dict[str, int]] | None = None
         while True:
             try:
                 if proto.state == "new":
@@ -401,9 +399,9 @@ class IngestServer:
                 problem = proto.fail("start_timeout", f"no start within {self.start_timeout_s:g} s")
                 self.stats.count(problem)
                 await close_with(conn, problem)
-                return False, source, task
+                return False
             except ConnectionClosed:
-                return False, source, task  # the client went away: end the stream
+                return False  # the client went away: end the stream
             now = loop.time()
             if isinstance(msg, bytes):
                 outputs = proto.receive_bytes(msg, now)
@@ -411,8 +409,8 @@ class IngestServer:
                 outputs = proto.receive_text(msg, now)
             for out in outputs:
                 if isinstance(out, Audio):
-                    assert source is not None
-                    source.feed(out.samples)
+                    assert session.source is not None
+                    session.source.feed(out.samples)
                 elif isinstance(out, Start):
                     source = NetworkSource(
                         out.stream_id,
@@ -422,13 +420,13 @@ class IngestServer:
                     )
                     task = self.host.open_network_stream(out.stream_id, source, role=out.role)
                     if task is None:
-                        source = None
                         problem = proto.fail(
                             "stream_in_use", f"stream id {out.stream_id!r} is in use; pick another"
                         )
                         self.stats.count(problem)
                         await close_with(conn, problem)
-                        return False, None, None
+                        return False
+                    session.source, session.task = source, task
                     task.add_done_callback(functools.partial(close_on_stream_end, conn=conn))
                     log.info(
                         "ingest session %s: stream %s, %d Hz %s x%d%s",
@@ -441,15 +439,23 @@ class IngestServer:
                     )
                     await conn.send(json.dumps(out.started_message(self.limits)))
                 elif isinstance(out, Stop):
-                    return proto.start is not None, source, task
+                    return proto.start is not None
                 else:
                     self.stats.count(out)
-                    if out.code == "odd_length" and source is not None:
-                        source.count_dropped()
+                    if out.code == "odd_length" and session.source is not None:
+                        session.source.count_dropped()
                     if out.fatal:
                         await close_with(conn, out)
-                        return False, source, task
+                        return False
                     await conn.send(json.dumps(out.to_message()))
+
+
+@dataclass
+class _Session:
+    """The stream of one /ingest session, once it started."""
+
+    source: NetworkSource | None = None
+    task: asyncio.Task[dict[str, int]] | None = None
 
 
 def close_on_stream_end(task: asyncio.Task[Any], conn: ServerConnection) -> None:

@@ -186,6 +186,26 @@ async def test_bad_input_gets_its_documented_outcome_and_others_carry_on() -> No
         await tap.wait(lambda: tap.of("stream.status", "vanish")[-1]["state"] == "offline", 10)
         await tap.wait(lambda: "vanish" not in daemon.cores, 10)
 
+        # clients that start and vanish at once (the server may be sending "started"):
+        # every stream is still ended and released
+        for i in range(20):
+            ws = await connect(f"{url}/ingest")
+            await ws.send(
+                json.dumps(
+                    {
+                        "type": "start",
+                        "stream_id": f"gone{i}",
+                        "sample_rate_hz": 16000,
+                        "encoding": "mulaw",
+                    }
+                )
+            )
+            await ws.send(one_second[:1600])
+            ws.transport.abort()
+        await tap.wait(lambda: all(tap.of("stream.status", f"gone{i}") for i in range(20)), 10)
+        await tap.wait(lambda: set(daemon.cores) <= {"good"}, 10)
+        assert all(tap.final_status(f"gone{i}")["state"] == "offline" for i in range(20))
+
         result = await good
         assert good.done() and result["close_code"] == 1000
         final = result["replies"][-1]["counters"]

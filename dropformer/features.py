@@ -100,8 +100,8 @@ def extract_features(utterances: Sequence[Utterance], cfg: FrontendConfig, cache
             job.threads = 1
             with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_job_init,
                                      initargs=(job,)) as pool:
-                for done in pool.map(_extract_many, chunks):
-                    bar.update(done)
+                for count in pool.map(_extract_many, chunks):
+                    bar.update(count)
         bar.close()
     out = _load_packed(folder, utterances)
     missing = len(utterances) - len(out)

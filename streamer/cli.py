@@ -33,6 +33,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "run": ("streamer.commands.run", "run the live monitor (default: bundled sample audio + dashboard)"),
     "devices": ("streamer.commands.devices", "list audio input devices and their native sample rates"),
     "watch": ("streamer.commands.watch", "print live estimates from a running monitor"),
+    "send": ("streamer.commands.send", "stream a file or the microphone to a remote monitor"),
     "bench": ("streamer.commands.bench", "measure inference time and audio-to-publish latency"),
     "train": ("dropformer.commands.train", "extract features and train DropFormer on a corpus"),
     "evaluate": ("dropformer.commands.evaluate", "evaluate checkpoints: WA, UA, F1, confusion matrix"),
@@ -82,15 +83,18 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    # First pass: find the subcommand, then let its module add its arguments.
-    pre, _ = parser.parse_known_args(argv)
-    if not getattr(pre, "command", None):
+    # The subcommand is the first word that is not an option; its module adds its
+    # arguments before parsing, so that `emotion-monitor CMD --help` lists them.
+    command = next((a for a in argv if not a.startswith("-")), None)
+    sub_action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    if command in sub_action.choices:
+        module = importlib.import_module(SUBCOMMANDS[command][0])
+        module.add_arguments(sub_action.choices[command])
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
         parser.print_help()
         return 0
-    module = importlib.import_module(pre._module)
-    sub_action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    module.add_arguments(sub_action.choices[pre.command])
-    args = parser.parse_args(argv)
+    module = importlib.import_module(args._module)
     logging.basicConfig(
         level=getattr(logging, str(args.log_level).upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

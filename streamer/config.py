@@ -8,6 +8,8 @@ through the default model, published on the WebSocket with the dashboard.
 
 from __future__ import annotations
 
+import ipaddress
+import os
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -200,6 +202,153 @@ class PublishConfig(StrictModel):
     jsonl: JsonlConfig = Field(default_factory=JsonlConfig)
 
 
+INGEST_TOKEN_ENV = "EMOTION_MONITOR_INGEST_TOKEN"
+WEBHOOK_TOKEN_ENV = "EMOTION_MONITOR_WEBHOOK_TOKEN"
+TRACK_NAME = r"^[A-Za-z0-9_-]{1,32}$"
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is a loopback address (or ``localhost``)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class TwilioConfig(StrictModel):
+    enabled: bool = False
+    """Serve Twilio Media Streams on `path` (docs/twilio.md)."""
+    path: str = Field("/twilio", pattern=r"^/[A-Za-z0-9_./-]*$")
+    """URL path Twilio's <Stream url> points at."""
+    inbound_name: str = Field("caller", pattern=TRACK_NAME)
+    """Stream id suffix of the inbound track (the caller / customer): <callSid>.caller."""
+    outbound_name: str = Field("agent", pattern=TRACK_NAME)
+    """Stream id suffix of the outbound track (the agent / voice bot): <callSid>.agent."""
+
+    @model_validator(mode="after")
+    def _check(self) -> TwilioConfig:
+        if self.inbound_name == self.outbound_name:
+            raise ValueError("inbound_name and outbound_name must differ, or the two voices would mix")
+        return self
+
+
+class IngestConfig(StrictModel):
+    enabled: bool = True
+    """Accept audio over the network on `path` (docs/ingest.md); loopback only unless a token is set.
+    Served on publish.websocket's port: off when that server is disabled."""
+    path: str = Field("/ingest", pattern=r"^/[A-Za-z0-9_./-]*$")
+    """URL path of the ingest WebSocket (on publish.websocket's port)."""
+    token: str | None = Field(None, min_length=16)
+    """Bearer token clients must send (Authorization header or ?token=); prefer the
+    EMOTION_MONITOR_INGEST_TOKEN environment variable. Required when the port is not loopback."""
+    require_token: bool = False
+    """Refuse to start without a token even on loopback (behind a reverse proxy, set true)."""
+    max_sessions: int = Field(100, ge=1, le=100000)
+    """Concurrent network sessions (ingest and Twilio); more are closed with 1013."""
+    max_frame_bytes: int = Field(65536, ge=64, le=16 * 1024 * 1024)
+    """Largest binary audio frame, bytes; larger closes the session with 1009."""
+    max_control_bytes: int = Field(4096, ge=256, le=1024 * 1024)
+    """Largest JSON message (ingest control or Twilio message), bytes, checked before parsing."""
+    max_bytes_per_s: int = Field(400_000, ge=8000)
+    """Largest declared data rate of one session (rate x channels x sample bytes), bytes/s."""
+    max_speed: float = Field(1.5, ge=1.0, le=1000.0)
+    """Audio may arrive at most this many times faster than real time (after the burst)."""
+    burst_s: float = Field(5.0, gt=0, le=3600)
+    """Seconds of audio a client may send ahead of real time (catching up after a stall)."""
+    max_errors: int = Field(100, ge=1)
+    """Non-fatal errors (malformed messages) a session may make before it is closed."""
+    start_timeout_s: float = Field(10.0, gt=0)
+    """A session that has not started (or authenticated) within this many seconds is closed."""
+    queue_s: float = Field(10.0, gt=0, le=600)
+    """Audio buffered per stream between the socket and analysis, seconds; beyond it the
+    oldest is dropped and counted (dropped_frames)."""
+    analyse_agent: bool = False
+    """Analyse agents' voices (Twilio outbound track, ingest role 'agent'). Emotion
+    recognition of workers is prohibited in the EU (AI Act Art. 5(1)(f)): off by default."""
+    twilio: TwilioConfig = Field(default_factory=TwilioConfig)
+
+    @property
+    def any_enabled(self) -> bool:
+        return self.enabled or self.twilio.enabled
+
+    def bearer_token(self) -> str | None:
+        """The token from the config, else from EMOTION_MONITOR_INGEST_TOKEN; None = no auth."""
+        return self.token or os.environ.get(INGEST_TOKEN_ENV) or None
+
+
+class AlertRuleConfig(StrictModel):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
+    """The alert's kind, e.g. sustained_anger (unique among rules)."""
+    streams: str = "*"
+    """Glob on the stream id, e.g. '*.caller' (default: every stream)."""
+    role: str | None = None
+    """Only streams with this role (ingest metadata.role, or the Twilio track name); null = any."""
+    label: str | None = None
+    """The smoothed label must be this (one of the model's labels); null = any label."""
+    min_confidence: float = Field(0.0, ge=0, le=1)
+    """The smoothed score of the label must be at least this (default 0)."""
+    arousal_min: float | None = Field(None, ge=-1, le=1)
+    arousal_max: float | None = Field(None, ge=-1, le=1)
+    valence_min: float | None = Field(None, ge=-1, le=1)
+    valence_max: float | None = Field(None, ge=-1, le=1)
+    min_duration_s: float = Field(5.0, ge=0)
+    """The condition must hold this many seconds of audio before the alert fires."""
+    cooldown_s: float = Field(60.0, ge=0)
+    """At least this many seconds of audio between two alerts of this rule on one stream."""
+    max_gap_s: float = Field(5.0, gt=0)
+    """A pause longer than this between matching speech estimates ends the episode."""
+    severity: Literal["info", "warning", "critical"] = "warning"
+    message: str | None = None
+    """Alert text; {stream_id} {label} {confidence} {duration_s} are filled in; null = generated."""
+
+    @model_validator(mode="after")
+    def _check(self) -> AlertRuleConfig:
+        bounds = (self.arousal_min, self.arousal_max, self.valence_min, self.valence_max)
+        if self.label is None and self.min_confidence == 0 and all(b is None for b in bounds):
+            raise ValueError(
+                f"rule {self.name!r} has no condition; set label, min_confidence or an arousal/valence bound"
+            )
+        for low, high, what in ((self.arousal_min, self.arousal_max, "arousal"), (self.valence_min, self.valence_max, "valence")):
+            if low is not None and high is not None and low > high:
+                raise ValueError(f"rule {self.name!r}: {what}_min ({low}) exceeds {what}_max ({high})")
+        return self
+
+
+class WebhookConfig(StrictModel):
+    url: str | None = Field(None, pattern=r"^https?://")
+    """POST every alert (JSON) to this URL; null = no webhook."""
+    timeout_s: float = Field(5.0, gt=0, le=120)
+    """Time limit of one POST, seconds."""
+    max_retries: int = Field(3, ge=0, le=20)
+    """Retries after a failed POST (network error, 408, 429 or 5xx), with doubling back-off."""
+    retry_backoff_s: float = Field(1.0, gt=0)
+    """First back-off between retries, seconds (doubles each retry)."""
+    max_queue: int = Field(100, ge=1)
+    """Alerts waiting to be posted; when full the oldest is dropped and counted."""
+    token: str | None = None
+    """Sent as 'Authorization: Bearer ...'; prefer EMOTION_MONITOR_WEBHOOK_TOKEN."""
+
+    def bearer_token(self) -> str | None:
+        return self.token or os.environ.get(WEBHOOK_TOKEN_ENV) or None
+
+
+class AlertsConfig(StrictModel):
+    rules: list[AlertRuleConfig] = Field(default_factory=list)
+    """Alert rules, evaluated on every smoothed estimate (docs/alerts.md)."""
+    webhook: WebhookConfig = Field(default_factory=WebhookConfig)
+
+    @field_validator("rules")
+    @classmethod
+    def _unique_names(cls, rules: list[AlertRuleConfig]) -> list[AlertRuleConfig]:
+        names = [r.name for r in rules]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"alert rule names must be unique; repeated: {dupes}")
+        return rules
+
+
 class DaemonConfig(StrictModel):
     model: ModelConfig = Field(default_factory=ModelConfig)
     worker: WorkerConfig = Field(default_factory=WorkerConfig)
@@ -209,6 +358,10 @@ class DaemonConfig(StrictModel):
     streams: list[StreamConfig] = Field(default_factory=lambda: [StreamConfig(id="demo", source=FileSourceConfig(loop=True))])
     """The audio streams to monitor (default: the bundled demo audio, looping)."""
     publish: PublishConfig = Field(default_factory=PublishConfig)
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
+    """Audio over the network: /ingest, Twilio Media Streams (docs/ingest.md, docs/twilio.md)."""
+    alerts: AlertsConfig = Field(default_factory=AlertsConfig)
+    """Alert rules and the optional webhook (docs/alerts.md)."""
     status_interval_s: float | None = Field(10.0, gt=0)
     """Publish each stream's status (with fresh counters) at least this often; null = only on changes."""
     duration_s: float | None = Field(None, gt=0)
@@ -217,14 +370,45 @@ class DaemonConfig(StrictModel):
     @field_validator("streams")
     @classmethod
     def _unique_ids(cls, streams: list[StreamConfig]) -> list[StreamConfig]:
-        if not streams:
-            raise ValueError("at least one stream is needed")
         ids = [s.id for s in streams]
         dupes = sorted({i for i in ids if ids.count(i) > 1})
         if dupes:
             raise ValueError(f"stream ids must be unique; repeated: {dupes}")
         return streams
 
+    @property
+    def network_enabled(self) -> bool:
+        """Whether network audio is served (it needs the WebSocket server's port)."""
+        return self.publish.websocket.enabled and self.ingest.any_enabled
+
+    @model_validator(mode="after")
+    def _check_network(self) -> DaemonConfig:
+        ing, ws = self.ingest, self.publish.websocket
+        if not ws.enabled and ing.twilio.enabled:
+            raise ValueError(
+                "ingest.twilio serves on the WebSocket port: set publish.websocket.enabled=true or disable ingest.twilio"
+            )
+        if not self.streams and not self.network_enabled:
+            raise ValueError("at least one stream is needed (streams), or enable ingest or ingest.twilio")
+        if not self.network_enabled:
+            return self  # (the default ingest.enabled has no port to serve on: nothing to check)
+        paths = [ws.path, "/healthz"] + ([ing.path] if ing.enabled else []) + ([ing.twilio.path] if ing.twilio.enabled else [])
+        if len(set(paths)) != len(paths):
+            raise ValueError(f"ingest.path, ingest.twilio.path, publish.websocket.path and /healthz must differ; got {paths}")
+        token = ing.bearer_token()
+        if token is None and (ing.require_token or not is_loopback(ws.host)):
+            why = "ingest.require_token is set" if ing.require_token else f"publish.websocket.host={ws.host} is not loopback"
+            raise ValueError(
+                f"ingest needs a token: {why}. Set the {INGEST_TOKEN_ENV} environment variable "
+                "(e.g. to the output of `openssl rand -hex 24`) or ingest.token, or disable ingest"
+            )
+        if token is not None and len(token) < 16:
+            raise ValueError(f"the ingest token from {INGEST_TOKEN_ENV} must be at least 16 characters")
+        return self
+
 
 def config_summary(cfg: DaemonConfig) -> dict[str, Any]:
-    return cfg.model_dump(mode="json", exclude={"publish": {"mqtt": {"password"}}})
+    return cfg.model_dump(
+        mode="json",
+        exclude={"publish": {"mqtt": {"password"}}, "ingest": {"token"}, "alerts": {"webhook": {"token"}}},
+    )

@@ -4,9 +4,17 @@ the publishers from a :class:`DaemonConfig`.
 Each stream runs in its own task. A stream that fails (a device that vanishes,
 a file that is not audio) publishes ``stream.status`` = ``error`` and, where a
 retry can help (microphones), starts again after a back-off; the other streams
-never notice. Shutdown (SIGINT/SIGTERM, ``duration_s``, or every stream ended)
-publishes each stream's final ``offline`` status, then closes the publishers,
-which flush files and mark MQTT topics offline.
+never notice. Shutdown (SIGINT/SIGTERM, ``duration_s``, or every configured
+stream ended) publishes each stream's final ``offline`` status, then closes the
+publishers, which flush files and mark MQTT topics offline.
+
+Network streams (``/ingest`` sessions, the legs of Twilio calls) are created at
+run time through :meth:`Daemon.open_network_stream` and take the same path as
+configured ones (:meth:`Daemon._run_stream`). When one ends, its ``offline``
+status is published and every piece of its state is released (core, lock,
+snapshot, alert state, retained-topic cache); its counters are added to
+``ended_streams`` in ``/healthz``. With no configured streams the daemon runs
+until it is stopped.
 """
 
 from __future__ import annotations
@@ -20,6 +28,8 @@ from typing import Any
 
 from dropformer.errors import EmotionMonitorError
 from streamer.config import DaemonConfig, StreamConfig, dashboard_dir, demo_audio_path
+from streamer.core.alerts import AlertEvaluator
+from streamer.core.events import EmotionEstimate
 from streamer.core.events import Event as CoreEvent
 from streamer.core.gate import EnergyGate, Gate
 from streamer.core.smoother import Smoother
@@ -47,6 +57,10 @@ class Daemon:
         self.websocket: Any = None
         self._stack: contextlib.AsyncExitStack | None = None
         self.started_at = time.monotonic()
+        self.alerts: AlertEvaluator | None = None
+        self.network: Any = None  # NetworkStats once the network endpoints are set up
+        self.ended_streams: dict[str, int] = {"streams": 0}  # summed counters of released streams
+        self._network_tasks: dict[str, asyncio.Task[dict[str, int]]] = {}
 
     # ---------------------------------------------------------------- set-up
     def _make_worker(self) -> InferenceWorker:
@@ -98,6 +112,8 @@ class Daemon:
             if self.backend.model_info.get("random_init"):
                 log.warning("!!! estimates come from an UNTRAINED model (model.random_init=true in every event) !!!")
             self._add_publishers()
+            self._add_alerts()
+            self._add_network()
             await stack.enter_async_context(self.hub)
             self._stack = stack.pop_all()
         if self.websocket is not None:
@@ -107,6 +123,7 @@ class Daemon:
         return self
 
     async def __aexit__(self, *exc_info: Any) -> None:
+        await self._stop_network_streams()
         stack, self._stack = self._stack, None
         if stack is not None:
             await stack.aclose()
@@ -119,6 +136,9 @@ class Daemon:
             "worker": worker_stats.as_dict() if worker_stats is not None else {},
             "streams": {sid: core.counters for sid, core in self.cores.items()},
             "hub": self.hub.stats(),
+            **({"network": self.network.as_dict()} if self.network is not None else {}),
+            "ended_streams": dict(self.ended_streams),
+            **({"alerts": {"fired": self.alerts.fired, "streams": self.alerts.streams}} if self.alerts else {}),
         }
 
     # ----------------------------------------------------------------- running
@@ -129,15 +149,21 @@ class Daemon:
         waiter = asyncio.create_task(stop.wait())
         try:
             all_done: asyncio.Future[Any] = asyncio.gather(*tasks, return_exceptions=True)
-            await asyncio.wait({waiter, all_done}, timeout=self.cfg.duration_s, return_when=asyncio.FIRST_COMPLETED)
+            ends = {waiter, all_done} if tasks else {waiter}  # network only: run until stopped
+            await asyncio.wait(ends, timeout=self.cfg.duration_s, return_when=asyncio.FIRST_COMPLETED)
         finally:
             waiter.cancel()
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            await self._stop_network_streams()
 
     def publish(self, event: CoreEvent) -> None:
         self.hub.publish(event.to_dict())
+        if self.alerts is not None and isinstance(event, EmotionEstimate):
+            for alert in self.alerts.update(event):
+                log.info("alert %s on %s: %s", alert.kind, alert.stream_id, alert.message)
+                self.hub.publish(alert.to_dict())
 
     def _make_core(self, sc: StreamConfig) -> StreamCore:
         c = self.cfg
@@ -202,7 +228,8 @@ class Daemon:
                 await asyncio.sleep(delay)
                 delay = min(max(delay * 2, 1.0), MAX_RESTART_S)
 
-    async def _run_stream(self, sc: StreamConfig) -> None:
+    async def _run_stream(self, sc: StreamConfig, network_source: Source | None = None) -> None:
+        """Run one stream: its configured source, or ``network_source`` (live, from a session)."""
         core = self._make_core(sc)
         self.cores[sc.id] = core
         # Silero VAD costs ~45 ms per window: gate on a thread, never on the loop. The
@@ -214,18 +241,24 @@ class Daemon:
         error: str | None = None
         heartbeat = asyncio.create_task(self._heartbeat(core)) if self.cfg.status_interval_s else None
         try:
-            source, realtime = self._make_source(sc)
+            source, realtime = self._make_source(sc) if network_source is None else (network_source, True)
             stale_s = self.cfg.worker.stale_after_s if realtime else None
             async with source:
                 dropped_seen = 0
-                async for frames in source:
+
+                def count_dropped() -> None:
+                    nonlocal dropped_seen
                     dropped = source.stats.dropped_frames + source.stats.overflows
                     if dropped > dropped_seen:
                         core.count_dropped_frames(dropped - dropped_seen)
                         dropped_seen = dropped
+
+                async for frames in source:
+                    count_dropped()
                     async with lock:
                         items = await asyncio.to_thread(core.push, frames) if off_loop else core.push(frames)
                     await self._handle(core, items, stale_s, pending)
+                count_dropped()
                 await self._handle(core, core.flush(), stale_s, pending)
             if pending:
                 await asyncio.gather(*pending)
@@ -240,6 +273,66 @@ class Daemon:
             if heartbeat is not None:
                 heartbeat.cancel()
             self.publish(core.stop(error=error))
+
+    # ------------------------------------------------------- network streams
+    def _add_alerts(self) -> None:
+        from streamer.alerts import make_evaluator, make_webhook
+
+        self.alerts = make_evaluator(self.cfg.alerts, self.backend.labels)
+        webhook = make_webhook(self.cfg.alerts.webhook)
+        if webhook is not None:
+            self.hub.add(webhook, "webhook")
+
+    def _add_network(self) -> None:
+        if self.cfg.ingest.enabled and not self.cfg.publish.websocket.enabled:
+            log.info("no /ingest endpoint: publish.websocket is disabled")
+        if self.cfg.network_enabled and self.websocket is not None:
+            from streamer.sources.ingest import install_endpoints
+
+            self.network = install_endpoints(self, self.cfg.ingest, self.websocket)
+
+    def open_network_stream(
+        self, stream_id: str, source: Source, *, role: str | None = None
+    ) -> asyncio.Task[dict[str, int]] | None:
+        """Start a stream fed by a network session; ``None`` when ``stream_id`` is in use.
+
+        The task returns the stream's final counters once the source ended, the
+        ``offline`` status went out and the stream's state was released.
+        """
+        if stream_id in self.cores or stream_id in self._network_tasks or any(s.id == stream_id for s in self.cfg.streams):
+            return None
+        task = asyncio.create_task(self._run_network_stream(StreamConfig(id=stream_id), source, role),
+                                   name=f"stream:{stream_id}")
+        self._network_tasks[stream_id] = task
+        return task
+
+    async def _run_network_stream(self, sc: StreamConfig, source: Source, role: str | None) -> dict[str, int]:
+        if self.alerts is not None:
+            self.alerts.open(sc.id, role)
+        try:
+            await self._run_stream(sc, source)
+        except Exception as exc:
+            log.error("network stream %s failed: %s", sc.id, exc)
+            raise
+        finally:
+            core = self.cores.pop(sc.id, None)
+            self._locks.pop(sc.id, None)
+            self._network_tasks.pop(sc.id, None)
+            if self.alerts is not None:
+                self.alerts.close(sc.id)
+            self.hub.forget(sc.id)
+            self.ended_streams["streams"] += 1
+            for key, value in (core.counters if core is not None else {}).items():
+                self.ended_streams[key] = self.ended_streams.get(key, 0) + value
+        return core.counters if core is not None else {}
+
+    async def _stop_network_streams(self) -> None:
+        """End every network stream (shutdown): each publishes offline and is released."""
+        tasks = list(self._network_tasks.values())
+        for t in tasks:
+            t.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _heartbeat(self, core: StreamCore) -> None:
         assert self.cfg.status_interval_s is not None

@@ -40,6 +40,12 @@ class StreamSnapshot:
         elif kind == "emotion.estimate":
             self.last_estimate[sid] = dict(event)
 
+    def forget(self, stream_id: str) -> None:
+        """Drop an ended stream (a network session) so the snapshot does not grow."""
+        self.streams.pop(stream_id, None)
+        self.last_status.pop(stream_id, None)
+        self.last_estimate.pop(stream_id, None)
+
     def as_dict(self) -> dict[str, Any]:
         """``{"streams": [...], "last_status": {...}, "last_estimate": {...}}``."""
         return {
@@ -85,6 +91,20 @@ class Hub:
                 if n in (1, 10, 100) or n % 1000 == 0:
                     log.exception("publisher %s failed on a %r event (%d failure(s) so far)",
                                   name, event.get("type"), n)
+
+    def forget(self, stream_id: str) -> None:
+        """An ended stream's state is released: the snapshot and every publisher that
+        keeps per-stream state (``forget(stream_id)``) drop it."""
+        self.state.forget(stream_id)
+        for name, publisher in self.publishers:
+            forget = getattr(publisher, "forget", None)
+            if forget is None:
+                continue
+            try:
+                forget(stream_id)
+            except Exception:
+                self.errors[name] += 1
+                log.exception("publisher %s failed to forget stream %s", name, stream_id)
 
     def snapshot(self) -> dict[str, Any]:
         """Known streams with their last status and estimate (see :class:`StreamSnapshot`)."""

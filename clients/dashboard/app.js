@@ -4,6 +4,11 @@
  * URL parameters:
  *   ?ws=ws://host:port/ws   WebSocket endpoint (default: this page's host, path /ws)
  *   ?streams=a,b            show only these streams (also set by the stream chips)
+ *   ?token=...              ingest token, for the microphone button when the monitor has one
+ *
+ * The "listen to this browser's microphone" button asks for consent in the
+ * page, then getUserMedia -> AudioWorklet (mic-worklet.js, 16-bit PCM) ->
+ * the monitor's /ingest endpoint (docs/ingest.md), as stream browser-XXXXXX.
  *
  * Protocol (see streamer/publishers/websocket.py): the server sends a "hello"
  * with the known streams and their last status/estimate, then one JSON event
@@ -21,6 +26,8 @@
   const BACKOFF_INITIAL_MS = 500; // first reconnect delay; doubles per failure
   const BACKOFF_MAX_MS = 10000;   // longest reconnect delay
   const STATES = ["online", "speech", "silence", "offline", "error"];
+  const OFFLINE_KEEP_S = 300;     // cards of streams offline this long are removed (ended calls)
+  const MIC_BLOCK_S = 0.1;        // audio per message sent to /ingest
 
   // Colours for common emotion labels (several corpora's spellings); any
   // other label gets a stable colour from a hash of its name.
@@ -144,7 +151,20 @@
   function onStatus(ev) {
     const s = streamView(ev.stream_id);
     s.status = ev;
+    s.offlineSince = ev.state === "offline" ? (s.offlineSince || Date.now()) : null;
     s.dirty = true;
+  }
+
+  function dropEndedCards() {
+    const now = Date.now();
+    for (const s of [...streams.values()]) {
+      if (s.offlineSince && now - s.offlineSince > OFFLINE_KEEP_S * 1000) {
+        s.card.remove();
+        streams.delete(s.id);
+        renderChips();
+      }
+    }
+    $("#empty").hidden = streams.size > 0;
   }
 
   function onTransition(ev) {
@@ -536,15 +556,120 @@
     setConn("disconnected", `disconnected · reconnecting in ${left} s`);
   }
 
+  // ------------------------------------------------------ browser microphone
+  let mic = null;  // {ws, ctx, media, node, id}
+  const micId = `browser-${Math.random().toString(36).slice(2, 8)}`;
+
+  function ingestUrl() {
+    const u = new URL(wsUrl);
+    u.pathname = "/ingest";
+    u.search = "";
+    const token = params.get("token");
+    if (token) u.searchParams.set("token", token);
+    return u.toString();
+  }
+
+  function setMic(text, state) {
+    const st = $("#mic-status");
+    st.textContent = text;
+    st.dataset.state = state;
+    const b = $("#mic-button");
+    b.setAttribute("aria-pressed", String(state === "listening" || state === "starting"));
+    b.textContent = mic ? "Stop the microphone" : "Listen to this browser's microphone";
+  }
+
+  function onMicButton() {
+    if (mic) { stopMic("stopped"); return; }
+    if (!navigator.mediaDevices || !window.AudioWorkletNode) {
+      setMic("this browser cannot share its microphone here (it needs https or localhost)", "error");
+      return;
+    }
+    $("#mic-consent-host").textContent = new URL(ingestUrl()).host;
+    $("#mic-consent-stream").textContent = micId;
+    $("#mic-consent").hidden = false;
+    $("#mic-accept").focus();
+  }
+
+  async function startMic() {
+    setMic("asking for the microphone…", "starting");
+    let media, ctx;
+    try {
+      media = await navigator.mediaDevices.getUserMedia({
+        audio: { channelCount: 1, echoCancellation: false, noiseSuppression: false, autoGainControl: false },
+      });
+      ctx = new AudioContext();
+      await ctx.audioWorklet.addModule("mic-worklet.js");
+    } catch (err) {
+      if (media) media.getTracks().forEach((t) => t.stop());
+      if (ctx) ctx.close();
+      setMic(`no microphone: ${err.message || err}`, "error");
+      return;
+    }
+    const rate = Math.round(ctx.sampleRate);
+    const node = new AudioWorkletNode(ctx, "pcm-sender", {
+      processorOptions: { blockSamples: Math.round(rate * MIC_BLOCK_S) },
+    });
+    const ws = new WebSocket(ingestUrl());
+    ws.binaryType = "arraybuffer";
+    mic = { ws, ctx, media, node, id: micId, started: false };
+    setMic("connecting…", "starting");
+    ws.onopen = () => ws.send(JSON.stringify({
+      type: "start", v: 1, stream_id: micId, sample_rate_hz: rate, encoding: "pcm_s16le",
+      channels: 1, metadata: { source: "browser" },
+    }));
+    ws.onmessage = (e) => {
+      let msg;
+      try { msg = JSON.parse(e.data); } catch (_) { return; }
+      if (msg.type === "started" && mic && mic.ws === ws) {
+        mic.started = true;
+        node.port.onmessage = (m) => { if (ws.readyState === WebSocket.OPEN) ws.send(m.data); };
+        const src = ctx.createMediaStreamSource(media);
+        const mute = ctx.createGain();
+        mute.gain.value = 0;          // keeps the graph pulling without playing the voice back
+        src.connect(node).connect(mute).connect(ctx.destination);
+        setMic(`listening as ${micId} (${rate} Hz)`, "listening");
+      } else if (msg.type === "error") {
+        console.warn("ingest:", msg.code, msg.message);
+        if (msg.fatal) setMic(`the monitor refused: ${msg.message}`, "error");
+      }
+    };
+    ws.onclose = (e) => {
+      if (!mic || mic.ws !== ws) return;
+      const why = e.code === 1000 ? "stopped" : `the monitor closed the microphone (${e.code} ${e.reason || ""})`;
+      stopMic(why, e.code === 1000 ? "idle" : "error");
+    };
+  }
+
+  function stopMic(text, state = "idle") {
+    const m = mic;
+    mic = null;
+    if (m) {
+      m.node.port.postMessage("stop");
+      m.media.getTracks().forEach((t) => t.stop());
+      m.ctx.close();
+      if (m.ws.readyState === WebSocket.OPEN) {
+        if (m.started) m.ws.send(JSON.stringify({ type: "stop" }));
+        setTimeout(() => m.ws.close(1000), 5000);  // the monitor closes first after stop
+      } else if (m.ws.readyState === WebSocket.CONNECTING) {
+        m.ws.close();
+      }
+    }
+    setMic(text, state);
+  }
+
   // ------------------------------------------------------------------ start
   function start() {
     $("#ws-url").textContent = wsUrl;
     $("#filter-chips").addEventListener("click", onChipClick);
     renderChips();
-    setInterval(() => {          // "updated N s ago" and the retry countdown
+    setInterval(() => {          // "updated N s ago", the retry countdown, ended calls
       for (const s of streams.values()) renderAgo(s);
       showRetry();
+      dropEndedCards();
     }, 1000);
+    $("#mic-button").addEventListener("click", onMicButton);
+    $("#mic-accept").addEventListener("click", () => { $("#mic-consent").hidden = true; startMic(); });
+    $("#mic-cancel").addEventListener("click", () => { $("#mic-consent").hidden = true; setMic("", "idle"); });
     window.addEventListener("resize", () => {
       for (const s of streams.values()) s.timelineDirty = true;
       queueRender();

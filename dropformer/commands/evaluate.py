@@ -113,9 +113,8 @@ def main(args: argparse.Namespace, config: dict[str, Any]) -> int:
     log.info("wrote %s and %s (UA %.1f%%)", out / "evaluation.json", out / "evaluation.md",
              100 * doc["utterance"]["mean"]["ua"])
     if args.streaming:
-        from streamer.replay import evaluate_stream, streaming_table
-
         from dropformer.configio import apply_overrides
+        from streamer.replay import evaluate_stream, streaming_table
 
         labels = list(corpus.labels)
         daemon_overrides = apply_overrides({}, args.stream_set)

@@ -7,7 +7,7 @@ import json
 import logging
 import platform
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 class BenchConfig(StrictModel):
     parts: list[str] = Field(default_factory=lambda: ["head", "window", "latency"])
-    """Which benchmarks: head, window, model, rss, wavlm, latency."""
+    """Which benchmarks: head, window, model, rss, wavlm, latency, ingest (concurrent call legs; streamer/bench_ingest.py)."""
     device: str = "auto"
     """auto | cpu | cuda."""
     threads: int = Field(1, ge=1)
@@ -37,17 +37,33 @@ class BenchConfig(StrictModel):
     """Length of each latency run in seconds."""
     out: str | None = None
     """Also write the results as JSON to this file."""
+    protocol: Literal["twilio", "ingest"] = "twilio"
+    """ingest part: legs as Twilio Media Streams (20 ms messages) or /ingest sessions (100 ms frames)."""
+    legs_start: int = Field(10, ge=1)
+    """ingest part: concurrent call legs in the first step."""
+    legs_step: int = Field(10, ge=1)
+    """ingest part: legs added per step."""
+    legs_max: int = Field(200, ge=1)
+    """ingest part: the ramp stops here (or at the first step that does not hold)."""
+    step_s: float = Field(25.0, gt=5)
+    """ingest part: length of each step in seconds (measured after settle_s)."""
+    settle_s: float = Field(8.0, ge=0)
+    """ingest part: seconds after legs are added before measuring."""
+    p99_limit_ms: float = Field(1000.0, gt=0)
+    """ingest part: a step holds when nothing is skipped and p99 latency is under this."""
+    daemon_set: list[str] = Field(default_factory=list)
+    """ingest part: extra --set overrides for the daemon under test, e.g. [worker.max_batch=16]."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--parts", default=None, help="comma-separated: head,window,model,rss,wavlm,latency")
+    parser.add_argument("--parts", default=None, help="comma-separated: head,window,model,rss,wavlm,latency,ingest")
 
 
 def main(args: argparse.Namespace, config: dict[str, Any]) -> int:
     if args.parts:
         config = {**config, "parts": args.parts.split(",")}
     cfg = validate(BenchConfig, config, source="bench config")
-    known = {"head", "window", "model", "rss", "wavlm", "latency"}
+    known = {"head", "window", "model", "rss", "wavlm", "latency", "ingest"}
     unknown = set(cfg.parts) - known
     if unknown:
         raise ConfigError(f"parts has unknown entries {sorted(unknown)}; choose from {', '.join(sorted(known))}")
@@ -76,10 +92,31 @@ def main(args: argparse.Namespace, config: dict[str, Any]) -> int:
             raise ConfigError(f"audio_dir {cfg.audio_dir!r} holds no .wav files; point it at a folder of WAV files")
         for n in (1, cfg.streams):
             rows.append(bench.bench_latency(n, cfg.duration_s, audio, cfg.checkpoint, str(device)))
+    ingest: dict[str, Any] | None = None
+    if "ingest" in cfg.parts:
+        import asyncio
+
+        from streamer import bench_ingest
+
+        audio = sorted(Path(cfg.audio_dir).glob("*.wav")) if cfg.audio_dir else [demo_audio_path()]
+        if not audio:
+            raise ConfigError(f"audio_dir {cfg.audio_dir!r} holds no .wav files; point it at a folder of WAV files")
+        ingest = asyncio.run(bench_ingest.ramp(
+            audio=audio, checkpoint=cfg.checkpoint, device=str(device), threads=cfg.threads,
+            protocol=cfg.protocol, legs_start=cfg.legs_start, legs_step=cfg.legs_step, legs_max=cfg.legs_max,
+            step_s=cfg.step_s, settle_s=cfg.settle_s, p99_limit_ms=cfg.p99_limit_ms, daemon_overrides=cfg.daemon_set,
+        ))
     header = (f"device={device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else platform.processor() or platform.machine()}), "
               f"torch {torch.__version__}, threads={cfg.threads}")
     print(header)
-    print(bench.markdown(rows))
+    if rows:
+        print(bench.markdown(rows))
+    if ingest is not None:
+        from streamer import bench_ingest
+
+        print(f"concurrent call legs ({cfg.protocol}), model {ingest['model'].get('rev')}:")
+        print(bench_ingest.markdown(ingest))
     if cfg.out:
-        Path(cfg.out).write_text(json.dumps({"environment": header, "config": cfg.model_dump(), "rows": rows}, indent=2))
+        Path(cfg.out).write_text(json.dumps({"environment": header, "config": cfg.model_dump(), "rows": rows,
+                                             "ingest": ingest}, indent=2))
     return 0

@@ -1,10 +1,13 @@
 """Sans-I/O core of the live system: numpy only, time is a sample index.
 
 Windowing, gating, smoothing, affect dimensions, the event schema and the
-per-stream state machine, all testable with plain arrays.
+per-stream state machine, all testable with plain arrays; also the network
+audio codecs and protocols (``codecs``, ``ingest``, ``twilio``) and alert
+rules (``alerts``).
 """
 
 from streamer.core.affect import PROTOTYPES, arousal_valence
+from streamer.core.alerts import AlertEvaluator, AlertRule
 from streamer.core.events import (
     Alert,
     EmotionEstimate,
@@ -23,6 +26,8 @@ from streamer.core.windower import Window, Windower, expected_window_count
 __all__ = [
     "PROTOTYPES",
     "Alert",
+    "AlertEvaluator",
+    "AlertRule",
     "EmotionEstimate",
     "EmotionTransition",
     "EnergyGate",

@@ -171,7 +171,12 @@ class StreamStatus:
 
 @dataclass(frozen=True)
 class Alert:
-    """``alert``: something a supervisor should look at."""
+    """``alert``: something a supervisor should look at.
+
+    The optional fields describe the estimate that raised it (an alert rule
+    fills them in): its ``seq``, smoothed ``label`` and ``confidence``,
+    ``arousal``/``valence``, and where the episode began (``episode_start_ms``).
+    """
 
     TYPE: ClassVar[str] = "alert"
     stream_id: str
@@ -179,10 +184,16 @@ class Alert:
     severity: Severity
     message: str
     audio_ms: int
+    seq: int | None = None
+    label: str | None = None
+    confidence: float | None = None
+    arousal: float | None = None
+    valence: float | None = None
+    episode_start_ms: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict."""
-        return {
+        """JSON-ready dict; the optional fields only when set."""
+        d: dict[str, Any] = {
             "type": self.TYPE,
             "v": SCHEMA_VERSION,
             "stream_id": self.stream_id,
@@ -191,11 +202,24 @@ class Alert:
             "message": self.message,
             "audio_ms": int(self.audio_ms),
         }
+        for key in ("seq", "episode_start_ms"):
+            if getattr(self, key) is not None:
+                d[key] = int(getattr(self, key))
+        if self.label is not None:
+            d["label"] = self.label
+        for key in ("confidence", "arousal", "valence"):
+            if getattr(self, key) is not None:
+                d[key] = _r(getattr(self, key))
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Alert:
         """Inverse of :meth:`to_dict`."""
-        return cls(d["stream_id"], d["kind"], d["severity"], d["message"], d["audio_ms"])
+        return cls(
+            d["stream_id"], d["kind"], d["severity"], d["message"], d["audio_ms"],
+            d.get("seq"), d.get("label"), d.get("confidence"), d.get("arousal"),
+            d.get("valence"), d.get("episode_start_ms"),
+        )  # fmt: skip
 
 
 Event = EmotionEstimate | EmotionTransition | StreamStatus | Alert

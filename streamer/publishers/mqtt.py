@@ -141,6 +141,7 @@ class MqttPublisher:
         self._retained: dict[str, bytes] = {}
         self._dirty: dict[str, None] = {}  # retained topics not yet sent (ordered set)
         self._streams: dict[str, None] = {}
+        self._forget_after_send: set[str] = set()  # retained topics of ended streams
         self._ignored_types: set[str] = set()
         self._drained = asyncio.Event()
         self._runner: asyncio.Task[None] | None = None
@@ -189,7 +190,19 @@ class MqttPublisher:
                 log.warning("mqtt: broker slow or unreachable; dropped %d message(s) so far "
                             "(queue of %d)", self.stats.dropped, self._queue.maxsize)
 
+    def forget(self, stream_id: str) -> None:
+        """An ended stream: its retained topics stay on the broker (status offline,
+        last state) but this publisher stops keeping them once they are delivered."""
+        self._streams.pop(stream_id, None)
+        for kind in ("state", "status"):
+            topic = self.topic(stream_id, kind)
+            if topic in self._dirty:
+                self._forget_after_send.add(topic)
+            else:
+                self._retained.pop(topic, None)
+
     def _set_retained(self, topic: str, payload: bytes) -> None:
+        self._forget_after_send.discard(topic)
         if topic in self._dirty:
             self.superseded += 1
         self._retained[topic] = payload
@@ -310,6 +323,9 @@ class MqttPublisher:
                     except BaseException:
                         self._dirty.setdefault(topic, None)
                         raise
+                    if topic in self._forget_after_send and topic not in self._dirty:
+                        self._forget_after_send.discard(topic)
+                        self._retained.pop(topic, None)
                 elif len(self._queue):
                     item = self._queue.get_nowait()
                     try:

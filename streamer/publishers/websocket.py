@@ -11,6 +11,10 @@ Protocol on ``path`` (default ``/ws``):
   ``"*"`` means all); the server answers ``{"type": "subscribed", ...}``.
   Events without a ``stream_id`` go to every client.
 
+Other WebSocket endpoints on the same port (network audio ingest) are added
+with :meth:`WebSocketPublisher.add_route` before the server starts; each
+route's handler owns its connections.
+
 Slow clients: each client has its own bounded queue. When it is full the
 OLDEST message is dropped and counted for that client; a client whose queue
 stays full for longer than ``slow_client_timeout_s`` is closed with code 1013
@@ -26,7 +30,7 @@ import http
 import json
 import logging
 import mimetypes
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -127,8 +131,13 @@ class WebSocketPublisher:
         self.stats = PublisherStats()
         self.slow_clients_closed = 0
         self.connections_total = 0
-        self._own_state = StreamSnapshot()
-        self._snapshot = snapshot or self._own_state.as_dict
+        self._own_state: StreamSnapshot | None = None  # kept only when no snapshot is given
+        if snapshot is None:
+            self._own_state = StreamSnapshot()
+            snapshot = self._own_state.as_dict
+        self._snapshot = snapshot
+        self._routes: dict[str, Callable[[ServerConnection], Awaitable[None]]] = {}
+        self._max_message_bytes = 64 * 1024
         self._health = health
         self._clients: set[_Client] = set()
         self._server: Server | None = None
@@ -139,7 +148,7 @@ class WebSocketPublisher:
         try:
             self._server = await serve(
                 self._handle, self.host, self.port, process_request=self._process_request,
-                max_size=64 * 1024, write_limit=self.write_limit_bytes,
+                max_size=self._max_message_bytes, write_limit=self.write_limit_bytes,
                 close_timeout=self.close_timeout_s,
             )
         except OSError as exc:
@@ -164,6 +173,29 @@ class WebSocketPublisher:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
+    def add_route(
+        self, path: str, handler: Callable[[ServerConnection], Awaitable[None]], *,
+        max_message_bytes: int = 64 * 1024,
+    ) -> None:
+        """Serve another WebSocket endpoint at ``path``; ``handler(conn)`` owns the connection.
+
+        Call before the server starts. The server accepts messages up to the
+        largest ``max_message_bytes`` of all routes (+1, so that a handler can
+        refuse one over its own limit with its own message); handlers check
+        their own limits.
+        """
+        if self._server is not None:
+            raise RuntimeError("add_route must be called before the server starts")
+        if path == self.path or path == "/healthz" or path in self._routes:
+            raise ConfigError(f"WebSocket path {path!r} is already served; choose another")
+        self._routes[path] = handler
+        self._max_message_bytes = max(self._max_message_bytes, max_message_bytes + 1)
+
+    def forget(self, stream_id: str) -> None:
+        """Drop what the publisher remembers of an ended stream."""
+        if self._own_state is not None:
+            self._own_state.forget(stream_id)
+
     @property
     def url(self) -> str:
         """``ws://host:port/path`` of the running server."""
@@ -177,7 +209,8 @@ class WebSocketPublisher:
     # -- publishing --------------------------------------------------------
     def publish(self, event: Event) -> None:
         """Queue ``event`` for every interested client; never blocks."""
-        self._own_state.update(event)
+        if self._own_state is not None:
+            self._own_state.update(event)
         message = encode_or_count(event, self.stats, "websocket")
         if message is None:
             return
@@ -223,6 +256,10 @@ class WebSocketPublisher:
     # -- connections -------------------------------------------------------
     async def _handle(self, conn: ServerConnection) -> None:
         assert conn.request is not None
+        route = self._routes.get(urlsplit(conn.request.path).path)
+        if route is not None:
+            await route(conn)
+            return
         query = parse_qs(urlsplit(conn.request.path).query)
         streams: set[str] | None = None
         if "streams" in query:
@@ -277,7 +314,7 @@ class WebSocketPublisher:
     # -- plain HTTP --------------------------------------------------------
     def _process_request(self, conn: ServerConnection, request: Request) -> Response | None:
         path = urlsplit(request.path).path
-        if path == self.path:
+        if path == self.path or path in self._routes:
             return None  # WebSocket handshake
         if path == "/healthz":
             return self._response(http.HTTPStatus.OK, json.dumps(self.health()).encode(),

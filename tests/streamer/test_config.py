@@ -14,9 +14,10 @@ CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
-def test_shipped_configs_validate(path: Path) -> None:
+def test_shipped_configs_validate(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EMOTION_MONITOR_INGEST_TOKEN", "a-token-of-24-characters")
     cfg = validate(DaemonConfig, load_yaml(path))
-    assert cfg.streams
+    assert cfg.streams or cfg.ingest.any_enabled
 
 
 def test_default_yaml_documents_the_built_in_defaults() -> None:
@@ -83,3 +84,45 @@ def test_set_reaches_into_default_streams_without_a_file() -> None:
     cfg = validate(DaemonConfig, raw)
     assert cfg.streams[0].id == "lobby" and cfg.streams[0].source.realtime is False  # type: ignore[union-attr]
     assert cfg.streams[0].source.loop is True  # the rest of the default stream is kept  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["streams=[]", "ingest.enabled=false"], "at least one stream is needed"),
+        (["publish.websocket.host=0.0.0.0"], "ingest needs a token: publish.websocket.host=0.0.0.0 is not loopback"),
+        (["ingest.require_token=true"], "EMOTION_MONITOR_INGEST_TOKEN"),
+        (["ingest.token=short"], "ingest.token"),
+        (["ingest.path=/ws"], "must differ"),
+        (["ingest.twilio.enabled=true", "ingest.twilio.path=/healthz"], "must differ"),
+        (["publish.websocket.enabled=false", "ingest.twilio.enabled=true"], "publish.websocket.enabled=true"),
+        (["publish.websocket.enabled=false", "streams=[]"], "at least one stream is needed"),
+        (["ingest.twilio.inbound_name=agent"], "must differ"),
+        (["ingest.max_speed=0.5"], "ingest.max_speed"),
+        (["alerts.rules=[{name: r1}]"], "has no condition"),
+        (["alerts.rules=[{name: r1, label: angry}, {name: r1, label: sad}]"], "repeated: ['r1']"),
+        (["alerts.rules=[{name: r1, arousal_min: 0.5, arousal_max: 0.1}]"], "arousal_min (0.5) exceeds"),
+        (["alerts.webhook.url=ftp://x"], "alerts.webhook.url"),
+    ],
+)
+def test_network_and_alert_settings_are_checked(overrides: list[str], expected: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("EMOTION_MONITOR_INGEST_TOKEN", raising=False)
+    with pytest.raises(ConfigError) as err:
+        validate(DaemonConfig, load_config(None, overrides))
+    assert expected in str(err.value)
+
+
+def test_network_only_daemon_and_token_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("EMOTION_MONITOR_INGEST_TOKEN", raising=False)
+    cfg = validate(DaemonConfig, load_config(None, ["streams=[]"]))
+    assert cfg.streams == [] and cfg.ingest.enabled and cfg.ingest.bearer_token() is None
+    # without the WebSocket server the default ingest has no port: not an error, just off
+    cfg = validate(DaemonConfig, load_config(None, ["publish.websocket.enabled=false"]))
+    assert not cfg.network_enabled
+    monkeypatch.setenv("EMOTION_MONITOR_INGEST_TOKEN", "from-the-environment-123")
+    cfg = validate(DaemonConfig, load_config(None, ["streams=[]", "publish.websocket.host=0.0.0.0"]))
+    assert cfg.ingest.bearer_token() == "from-the-environment-123"
+    from streamer.config import config_summary
+
+    cfg = validate(DaemonConfig, load_config(None, ["ingest.token=in-the-file-0123456789"]))
+    assert "in-the-file" not in str(config_summary(cfg))  # secrets are not printed

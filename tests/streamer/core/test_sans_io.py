@@ -10,7 +10,9 @@ FORBIDDEN = ["torch", "asyncio", "socket", "sounddevice", "websockets", "aiomqtt
 
 def test_core_imports_only_numpy_and_stdlib() -> None:
     code = (
-        "import sys, streamer.core, streamer.core.stream\n"
+        "import importlib, pkgutil, sys, streamer.core\n"
+        "for m in pkgutil.iter_modules(streamer.core.__path__):\n"
+        "    importlib.import_module('streamer.core.' + m.name)\n"
         f"bad = [m for m in {FORBIDDEN!r} if m in sys.modules]\n"
         "print(','.join(bad))\n"
     )

@@ -1,0 +1,170 @@
+"""POST ``alert`` events to an HTTP(S) webhook, never blocking the pipeline.
+
+Only ``alert`` events are sent (everything else is ignored, not counted as
+dropped). ``publish()`` puts the alert in a bounded queue and returns; when
+the queue is full the OLDEST alert is dropped and counted (``stats.dropped``).
+A background task POSTs each alert as JSON (``Content-Type:
+application/json``, optional ``Authorization: Bearer``) with a time limit per
+attempt; a network error, a time-out, 408, 429 or a 5xx answer is retried up
+to ``max_retries`` times with doubling back-off, any other non-2xx answer is
+final. Alerts that fail every attempt are counted in ``failed``. On close the
+queue gets ``close_timeout_s`` to drain; what is left is counted as dropped.
+
+The HTTP client is the standard library's ``urllib`` on a worker thread (one
+request at a time), so the event loop never waits for the network.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+from dropformer.errors import ConfigError
+from streamer.publishers.base import DropOldestQueue, Event, PublisherStats, encode_or_count
+
+log = logging.getLogger(__name__)
+
+RETRY_STATUS = frozenset({408, 429})
+
+
+@dataclass
+class WebhookStats(PublisherStats):
+    """``published``: alerts delivered (2xx); ``failed``: alerts given up on
+    after every retry; ``retries``: extra attempts made."""
+
+    failed: int = 0
+    retries: int = 0
+
+
+class WebhookPublisher:
+    """Send every ``alert`` event to ``url``; see the module docstring.
+
+    Args:
+        url: ``http://`` or ``https://`` URL the alerts are POSTed to.
+        timeout_s: time limit of one attempt, seconds.
+        max_retries: further attempts after a retryable failure.
+        retry_backoff_s: wait before the first retry (doubles each time).
+        max_queue: alerts waiting; the oldest is dropped beyond this.
+        token: sent as ``Authorization: Bearer <token>`` when set.
+        close_timeout_s: time the queue gets to drain on close.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout_s: float = 5.0,
+        max_retries: int = 3,
+        retry_backoff_s: float = 1.0,
+        max_queue: int = 100,
+        token: str | None = None,
+        close_timeout_s: float = 5.0,
+    ) -> None:
+        if not url.startswith(("http://", "https://")):
+            raise ConfigError(f"alerts.webhook.url {url!r} must start with http:// or https://")
+        self.url = url
+        self.timeout_s = timeout_s
+        self.max_retries = max_retries
+        self.retry_backoff_s = retry_backoff_s
+        self.close_timeout_s = close_timeout_s
+        self.counters = WebhookStats()
+        self.stats: PublisherStats = self.counters  # the hub reports every field
+        self.last_error: str | None = None
+        self._headers = {"Content-Type": "application/json", "User-Agent": "emotion-monitor"}
+        if token:
+            self._headers["Authorization"] = f"Bearer {token}"
+        self._queue: DropOldestQueue[str] = DropOldestQueue(max_queue)
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._runner: asyncio.Task[None] | None = None
+        # no proxies from the environment: alerts go where the config says
+        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+    def publish(self, event: Event) -> None:
+        """Queue an ``alert`` for delivery; other events are ignored. Never blocks."""
+        if event.get("type") != "alert":
+            return
+        body = encode_or_count(event, self.stats, "webhook")
+        if body is None:
+            return
+        self._idle.clear()
+        if self._queue.put(body):
+            self.stats.dropped += 1
+            log.warning(
+                "webhook: queue full, dropped the oldest alert (%d so far)", self.stats.dropped
+            )
+
+    async def __aenter__(self) -> WebhookPublisher:
+        self._runner = asyncio.get_running_loop().create_task(self._run(), name="webhook")
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            await asyncio.wait_for(self._idle.wait(), self.close_timeout_s)
+        except asyncio.TimeoutError:
+            pass
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            runner.cancel()
+            await asyncio.wait([runner])
+        left = len(self._queue.drain())
+        if left:
+            self.stats.dropped += left
+            log.warning("webhook: closing with %d alert(s) undelivered", left)
+
+    async def _run(self) -> None:
+        while True:
+            if not len(self._queue):
+                self._idle.set()
+            await self._queue.wait()
+            body = self._queue.get_nowait()
+            try:
+                await self._deliver(body)
+            except asyncio.CancelledError:
+                self.stats.dropped += 1  # in flight when the publisher closed
+                raise
+
+    async def _deliver(self, body: str) -> None:
+        delay_s = self.retry_backoff_s
+        for attempt in range(self.max_retries + 1):
+            if attempt:
+                self.counters.retries += 1
+                await asyncio.sleep(delay_s)
+                delay_s *= 2
+            status, error = await asyncio.to_thread(self._post, body.encode("utf-8"))
+            if status is not None and 200 <= status < 300:
+                self.stats.published += 1
+                self.last_error = None
+                return
+            self.last_error = error or f"HTTP {status}"
+            if status is not None and status < 500 and status not in RETRY_STATUS:
+                break  # the server refused it for good
+        self.counters.failed += 1
+        log.warning("webhook: could not deliver an alert to %s (%s)", self.url, self.last_error)
+
+    def _post(self, body: bytes) -> tuple[int | None, str | None]:
+        """One POST (on a worker thread): ``(status, None)`` or ``(None, error)``."""
+        request = urllib.request.Request(self.url, data=body, headers=self._headers, method="POST")
+        try:
+            with self._opener.open(request, timeout=self.timeout_s) as response:
+                response.read(65536)
+                return int(response.status), None
+        except urllib.error.HTTPError as exc:
+            return int(exc.code), f"HTTP {exc.code}"
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            reason = getattr(exc, "reason", exc)
+            return None, f"{type(exc).__name__}: {reason}"
+
+    def health(self) -> dict[str, Any]:
+        """Counters (for ``/healthz``)."""
+        return {**self.stats.as_dict(), "queued": len(self._queue), "last_error": self.last_error}

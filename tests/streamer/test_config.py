@@ -70,6 +70,18 @@ def test_cli_reports_bad_config_and_exits_2(tmp_path: Path) -> None:
     assert missing.returncode == 2 and "does not exist" in missing.stderr
 
 
+@pytest.mark.parametrize(("content", "expected"), [
+    (b"windowing:\n  hop_s: 0.5\n  hop_s: 2\n", "key 'hop_s' appears twice"),  # not silently last-wins
+    (bytes(range(256)), "is not UTF-8 text"),  # a binary file: an error, not a traceback
+])
+def test_duplicate_keys_and_binary_files_are_clear_errors(tmp_path: Path, content: bytes, expected: str) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_bytes(content)
+    proc = subprocess.run([sys.executable, "-m", "streamer.cli", "run", "--config", str(bad)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and expected in proc.stderr and "Traceback" not in proc.stderr
+
+
 def test_help_lists_subcommands() -> None:
     proc = subprocess.run([sys.executable, "-m", "streamer.cli", "--help"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0

@@ -129,7 +129,11 @@ class Episode:
         if not matched:
             self.end()
             return False
-        if self.start_ms is not None and t_ms - self.last_match_ms > timing.max_gap_ms and not self.bridged:
+        if (
+            self.start_ms is not None
+            and t_ms - self.last_match_ms > timing.max_gap_ms
+            and not self.bridged
+        ):
             self.end()  # a long pause: a new episode
         self.bridged = False
         if self.start_ms is None:

@@ -18,6 +18,13 @@ says whether the rule fires now:
 * :meth:`Episode.bridge` marks an outage (a lost connection, a restarted
   daemon): the next matching observation continues the episode whatever the
   gap, because missing observations are no evidence that it ended.
+
+Episodes bounded by label changes instead ("only on change" robot rules) are
+opened with :meth:`Episode.open` when the smoothed label becomes the rule's,
+ended with :meth:`Episode.end` when it changes again, and fire through
+:meth:`Episode.hold`: once, on the first matching observation after
+``min_duration_ms`` (and the cool-down); observations that do not match
+(a dip in confidence) do not end them.
 """
 
 from __future__ import annotations
@@ -124,6 +131,25 @@ class Episode:
         """An outage: do not end the episode for the gap it leaves."""
         self.bridged = True
 
+    def open(self, t_ms: int) -> None:
+        """A new episode starting at ``t_ms`` (the label became the rule's), not yet fired."""
+        self.start_ms, self.last_match_ms, self.fired, self.bridged = t_ms, t_ms, False, False
+
+    def _fire_if_due(self, t_ms: int, timing: Timing) -> bool:
+        assert self.start_ms is not None
+        cooled = self.last_fire_ms is None or t_ms - self.last_fire_ms >= timing.cooldown_ms
+        if not self.fired and t_ms - self.start_ms >= timing.min_duration_ms and cooled:
+            self.fired, self.last_fire_ms = True, t_ms
+            return True
+        return False
+
+    def hold(self, t_ms: int, matched: bool, timing: Timing) -> bool:
+        """One observation of an episode opened by :meth:`open`; True when it fires now."""
+        if self.start_ms is None or not matched:
+            return False
+        self.last_match_ms = max(self.last_match_ms, t_ms)
+        return self._fire_if_due(t_ms, timing)
+
     def step(self, t_ms: int, matched: bool, timing: Timing) -> bool:
         """One observation at audio time ``t_ms``; True when the rule fires now."""
         if not matched:
@@ -139,9 +165,4 @@ class Episode:
         if self.start_ms is None:
             self.start_ms = t_ms
         self.last_match_ms = t_ms
-        duration = t_ms - self.start_ms
-        cooled = self.last_fire_ms is None or t_ms - self.last_fire_ms >= timing.cooldown_ms
-        if not self.fired and duration >= timing.min_duration_ms and cooled:
-            self.fired, self.last_fire_ms = True, t_ms
-            return True
-        return False
+        return self._fire_if_due(t_ms, timing)

@@ -102,7 +102,7 @@ async def test_importance_strip_and_transitions_live_and_late(
         "streams": [{"id": "living_room", "source": {"path": str(speech_file(tmp_path)), "realtime": True}}],
         "publish": {"websocket": {"port": 0}},
         "ingest": {"enabled": False},
-        "status_interval_s": None,
+        "status_interval_s": 1.0,  # counters on the card stay current
     })  # fmt: skip
     errors: list[str] = []
 

@@ -30,6 +30,7 @@ import numpy as np
 from websockets.asyncio.client import connect
 
 from streamer.core.events import validate_event
+from streamer.publishers.mqtt import MqttPublisher
 from tests.fixtures.network import daemon_config, eventually, ingest_session, running, speech
 from tests.fixtures.services import MosquittoBroker
 
@@ -326,3 +327,31 @@ async def test_availability_flips_offline_when_the_daemon_is_killed(
         available(d, w.latest) is False for d in configs.values()
     )  # ...yet every entity is unavailable
     assert all(w.latest[t] for t in configs)  # and not removed: the stream is not gone for good
+
+
+async def test_offline_on_close_is_schema_valid_and_entities_stay(
+    mosquitto_broker_home: MosquittoBroker,
+) -> None:
+    """A graceful close marks streams that did not say goodbye offline with a full,
+    schema-valid status (their last one, offline), and keeps their entities."""
+    b = mosquitto_broker_home
+    status = {"type": "stream.status", "v": 1, "stream_id": "kitchen", "state": "speech", "audio_ms": 4200,
+              "counters": {"windows": 4, "inferred": 3, "skipped_stale": 0, "skipped_silence": 1,
+                           "dropped_frames": 0, "bad_samples": 0}}  # fmt: skip
+    async with watching(b) as w:
+        async with MqttPublisher(b.host, b.port, username="daemon", password=b.users["daemon"],
+                                 home_assistant=True, discovery_prefix="homeassistant") as pub:  # fmt: skip
+            pub.publish(status)
+            pub.publish({**status, "stream_id": "porch", "state": "offline"})  # said goodbye itself
+            await eventually(lambda: len(w.configs()) == 8, "two streams announced")
+        await eventually(
+            lambda: json.loads(w.latest["emotion/_daemon/status"])["state"] == "offline", "goodbye"
+        )
+    kitchen = json.loads(w.latest["emotion/kitchen/status"])
+    validate_event(kitchen)
+    assert kitchen == {**status, "state": "offline", "detail": "daemon stopped"}
+    assert [json.loads(p)["state"] for t, p, _ in w.messages if t == "emotion/porch/status"] == [
+        "offline"
+    ]
+    validate_event(json.loads(w.latest["emotion/_daemon/status"]))
+    assert all(w.latest[t] for t in w.configs())  # configured streams keep their entities

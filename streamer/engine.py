@@ -138,8 +138,8 @@ class Engine:
         out = self.model(feats, feat_lengths)
         probs = torch.softmax(out.logits.float() / self.temperature, dim=-1).cpu().numpy()  # (B, C)
         kept = out.kept_tokens.cpu().numpy()  # (B, L + 1)
-        importance = token_importance(out.importance, kept)
-        return BatchResult(probs, kept[:, 0], kept[:, -1], (time.perf_counter() - t0) * 1000.0, moments, importance)
+        return BatchResult(probs, kept[:, 0], kept[:, -1], (time.perf_counter() - t0) * 1000.0, moments,
+                           importance=token_importance(out.importance, kept))
 
     def _normalize(self, feats: torch.Tensor, lengths: torch.Tensor, norms: list[NormStats | None]
                    ) -> tuple[torch.Tensor, list[Moments]]:

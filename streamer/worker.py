@@ -230,7 +230,7 @@ class InferenceWorker:
             _resolve(it, InferenceOutcome(
                 it.request, res.probs[i], int(res.tokens_in[i]), int(res.tokens_kept[i]),
                 None, res.compute_ms, len(fresh), None if res.moments is None else res.moments[i],
-                None if res.importance is None else res.importance[i],
+                importance=None if res.importance is None else res.importance[i],
             ))
 
 

@@ -107,6 +107,22 @@ class MqttLink(_Task):
             self.dropped += 1
             log.warning("mqtt: broker away; dropped the oldest command (%d so far)", self.dropped)
 
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        for _ in range(40):  # up to 2 s to hand over the commands still queued
+            if not len(self.outbox) or not self.connected:
+                break
+            await asyncio.sleep(0.05)
+        await super().__aexit__(exc_type, exc, tb)
+        left = len(self.outbox.drain())
+        if left:
+            self.dropped += left
+            log.warning("mqtt: stopped with %d command(s) undelivered", left)
+
     def _client(self) -> Any:
         import aiomqtt
 

@@ -80,8 +80,8 @@ async def test_mqtt_broker_restart_no_duplicate_no_lost_episode(
     with webhook_server() as hook:
         hook.statuses = [503]  # the first POST fails and is retried: still once
         cfg = {
-            # the robot comes back 2-4 s after the broker went away; the daemon's publisher at once
-            "input": {"kind": "mqtt", "reconnect_min_s": 4.0, "reconnect_max_s": 4.0},
+            # the robot comes back 3-6 s after the broker went away; the daemon's publisher at once
+            "input": {"kind": "mqtt", "reconnect_min_s": 6.0, "reconnect_max_s": 6.0},
             "mqtt": {"host": b.host, "port": b.port, "username": "robot", "password": b.users["robot"]},
             "rules": [calm_down(actions=[{"kind": "log"},
                                          {"kind": "webhook", "url": hook.url, "retry_backoff_s": 0.05}])],

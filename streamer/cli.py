@@ -34,6 +34,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "devices": ("streamer.commands.devices", "list audio input devices and their native sample rates"),
     "watch": ("streamer.commands.watch", "print live estimates from a running monitor"),
     "send": ("streamer.commands.send", "stream a file or the microphone to a remote monitor"),
+    "robot": ("streamer.commands.robot", "act on the estimates: rules -> robot, MQTT, webhook, ROS 2"),
     "bench": ("streamer.commands.bench", "measure inference time and audio-to-publish latency"),
     "train": ("dropformer.commands.train", "extract features and train DropFormer on a corpus"),
     "evaluate": ("dropformer.commands.evaluate", "evaluate checkpoints: WA, UA, F1, confusion matrix"),

@@ -159,6 +159,9 @@ class WebSocketConfig(StrictModel):
     """Messages buffered per client; a slow client loses the oldest."""
     slow_client_timeout_s: float = Field(10.0, gt=0)
     """A client whose queue stays full this long is disconnected."""
+    importance: bool = True
+    """Estimates carry where in the window the model listened (token importance, dropped
+    tokens, waveform envelope; about 1 kB each), which the dashboard draws."""
 
 
 class MqttTlsConfig(StrictModel):
@@ -186,6 +189,12 @@ class MqttConfig(StrictModel):
     """Events buffered while disconnected; the oldest are dropped (counted) beyond this."""
     reconnect_min_s: float = Field(0.5, gt=0)
     reconnect_max_s: float = Field(30.0, gt=0)
+    importance: bool = False
+    """Estimates carry token importance (about 1 kB more each); off to keep messages small."""
+    home_assistant: bool = False
+    """Announce each stream to Home Assistant (MQTT discovery, docs/home-assistant.md)."""
+    discovery_prefix: str = Field("homeassistant", pattern=r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$")
+    """Home Assistant's discovery prefix (its MQTT option of that name)."""
 
 
 class JsonlConfig(StrictModel):
@@ -194,12 +203,19 @@ class JsonlConfig(StrictModel):
     """File the events are appended to, one JSON object per line."""
     rotate_mb: float | None = Field(None, gt=0)
     """Rotate the file past this size in megabytes; null = never."""
+    importance: bool = False
+    """Estimates carry token importance (about 1 kB more each)."""
 
 
 class PublishConfig(StrictModel):
     websocket: WebSocketConfig = Field(default_factory=WebSocketConfig)
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
     jsonl: JsonlConfig = Field(default_factory=JsonlConfig)
+
+    @property
+    def importance(self) -> bool:
+        """Whether an enabled publisher wants token importance (else it is not computed)."""
+        return any(p.enabled and p.importance for p in (self.websocket, self.mqtt, self.jsonl))
 
 
 INGEST_TOKEN_ENV = "EMOTION_MONITOR_INGEST_TOKEN"

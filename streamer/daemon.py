@@ -82,7 +82,7 @@ class Daemon:
                     p.websocket.host, p.websocket.port, p.websocket.path,
                     static_dir=static if static is not None and static.is_dir() else None,
                     max_queue=p.websocket.max_queue, slow_client_timeout_s=p.websocket.slow_client_timeout_s,
-                    snapshot=self.hub.snapshot, health=self.health,
+                    snapshot=self.hub.snapshot, health=self.health, importance=p.websocket.importance,
                 ),
                 "websocket",
             )
@@ -98,13 +98,15 @@ class Daemon:
                     password=password, tls=p.mqtt.tls.model_dump() if p.mqtt.tls else None,
                     client_id=p.mqtt.client_id, keepalive_s=p.mqtt.keepalive_s, max_queue=p.mqtt.max_queue,
                     reconnect_min_s=p.mqtt.reconnect_min_s, reconnect_max_s=p.mqtt.reconnect_max_s,
+                    importance=p.mqtt.importance, home_assistant=p.mqtt.home_assistant,
+                    discovery_prefix=p.mqtt.discovery_prefix,
                 ),
                 "mqtt",
             )
         if p.jsonl.enabled:
             from streamer.publishers.jsonl import JsonlSink
 
-            self.hub.add(JsonlSink(p.jsonl.path, rotate_mb=p.jsonl.rotate_mb), "jsonl")
+            self.hub.add(JsonlSink(p.jsonl.path, rotate_mb=p.jsonl.rotate_mb, importance=p.jsonl.importance), "jsonl")
 
     async def __aenter__(self) -> Daemon:
         async with contextlib.AsyncExitStack() as stack:
@@ -194,6 +196,7 @@ class Daemon:
             model_info=self.backend.model_info,
             silent_estimates=c.smoothing.silent_estimates,
             normalizer=self.backend.new_normalizer(),
+            importance=c.publish.importance,
         )
 
     def _make_source(self, sc: StreamConfig) -> tuple[Source, bool]:
@@ -370,7 +373,7 @@ class Daemon:
         else:
             latency_ms = (time.monotonic() - t0) * 1000.0
             events = core.on_result(req.seq, outcome.probs, outcome.tokens_in, outcome.tokens_kept, latency_ms,
-                                    outcome.moments)
+                                    outcome.moments, importance=outcome.importance)
         return events
 
 

@@ -19,6 +19,7 @@ import torch
 from dropformer import Checkpoint, DropFormer, FrontendConfig, load_checkpoint, preset, pretrained
 from dropformer.errors import ConfigError
 from dropformer.normalization import Moments, StreamNormalizer
+from streamer.core.importance import TokenImportance
 
 #: Per-stream normalisation statistics handed in with a window: (mean, std), each (D,) float32.
 NormStats = tuple[np.ndarray, np.ndarray]
@@ -40,6 +41,7 @@ class BatchResult:
     tokens_kept: np.ndarray  # (B,) tokens left after the last block
     compute_ms: float
     moments: list[Moments] | None = None  # per window: its raw features' moments (per-stream normalisation)
+    importance: list[TokenImportance] | None = None  # per window: last layer's token importance, TDM's drops
 
 
 def resolve_device(device: str) -> torch.device:
@@ -136,7 +138,8 @@ class Engine:
         out = self.model(feats, feat_lengths)
         probs = torch.softmax(out.logits.float() / self.temperature, dim=-1).cpu().numpy()  # (B, C)
         kept = out.kept_tokens.cpu().numpy()  # (B, L + 1)
-        return BatchResult(probs, kept[:, 0], kept[:, -1], (time.perf_counter() - t0) * 1000.0, moments)
+        return BatchResult(probs, kept[:, 0], kept[:, -1], (time.perf_counter() - t0) * 1000.0, moments,
+                           importance=token_importance(out.importance, kept))
 
     def _normalize(self, feats: torch.Tensor, lengths: torch.Tensor, norms: list[NormStats | None]
                    ) -> tuple[torch.Tensor, list[Moments]]:
@@ -153,6 +156,30 @@ class Engine:
             mean, std = stats if stats is not None else self._cold
             out[i, :n] = (feats[i, :n] - torch.from_numpy(mean).to(feats)) / torch.from_numpy(std).to(feats)
         return out, moments
+
+
+def token_importance(per_layer: list[torch.Tensor], kept: np.ndarray) -> list[TokenImportance] | None:
+    """Each window's last-layer importance on its own time axis and the tokens TDM dropped.
+
+    ``per_layer`` is DropFormer's ``importance`` ((B, T) per layer, NaN where a token was
+    padding or dropped before the layer), ``kept`` its ``kept_tokens`` ((B, L + 1)). The
+    last layer's own TDM drops its ``kept[:, -2] - kept[:, -1]`` least important tokens,
+    ties broken by time as the model does (a stable sort).
+    """
+    if not per_layer:
+        return None
+    last = per_layer[-1].float().cpu().numpy()  # (B, T)
+    out = []
+    for i in range(last.shape[0]):
+        values = last[i, : int(kept[i, 0])].astype(np.float32)  # (T_i,)
+        seen = np.isfinite(values)
+        dropped = ~seen
+        n_last = int(kept[i, -2] - kept[i, -1])
+        if n_last > 0:
+            idx = np.flatnonzero(seen)
+            dropped[idx[np.argsort(values[idx], kind="stable")[:n_last]]] = True
+        out.append(TokenImportance(values, dropped, len(per_layer)))
+    return out
 
 
 def _weights_rev(folder: Path) -> str:

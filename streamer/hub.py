@@ -1,14 +1,17 @@
 """The hub: fans every event out to the publishers, isolating their failures.
 
 It also remembers the last ``stream.status`` and the last ``emotion.estimate``
-of each stream, so a client that connects late can be told where things
-stand (the WebSocket server's hello message reads :meth:`Hub.snapshot`).
+of each stream, its last few ``emotion.transition`` events and its last
+estimate that carried token importance, so a client that connects late can be
+told where things stand (the WebSocket server's hello message reads
+:meth:`Hub.snapshot`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+from collections import deque
 from collections.abc import Mapping
 from types import TracebackType
 from typing import Any, TypeVar
@@ -20,12 +23,19 @@ log = logging.getLogger(__name__)
 P = TypeVar("P", bound=Publisher)
 
 
+TRANSITIONS_KEPT = 10
+"""Transitions per stream remembered for late clients (the dashboard shows as many)."""
+
+
 class StreamSnapshot:
-    """The latest status and estimate per stream, updated from events."""
+    """The latest status and estimate per stream, its last transitions and its last
+    estimate with token importance, updated from events."""
 
     def __init__(self) -> None:
         self.last_status: dict[str, dict[str, Any]] = {}
         self.last_estimate: dict[str, dict[str, Any]] = {}
+        self.last_importance: dict[str, dict[str, Any]] = {}
+        self.transitions: dict[str, deque[dict[str, Any]]] = {}
         self.streams: dict[str, None] = {}  # ordered set of stream ids seen
 
     def update(self, event: Event) -> None:
@@ -39,19 +49,29 @@ class StreamSnapshot:
             self.last_status[sid] = dict(event)
         elif kind == "emotion.estimate":
             self.last_estimate[sid] = dict(event)
+            if event.get("importance") is not None:
+                self.last_importance[sid] = self.last_estimate[sid]
+        elif kind == "emotion.transition":
+            kept = self.transitions.setdefault(sid, deque(maxlen=TRANSITIONS_KEPT))
+            kept.append(dict(event))
 
     def forget(self, stream_id: str) -> None:
         """Drop an ended stream (a network session) so the snapshot does not grow."""
         self.streams.pop(stream_id, None)
         self.last_status.pop(stream_id, None)
         self.last_estimate.pop(stream_id, None)
+        self.last_importance.pop(stream_id, None)
+        self.transitions.pop(stream_id, None)
 
     def as_dict(self) -> dict[str, Any]:
-        """``{"streams": [...], "last_status": {...}, "last_estimate": {...}}``."""
+        """``{"streams": [...], "last_status": {...}, "last_estimate": {...},
+        "last_importance": {...}, "transitions": {sid: [oldest, ..., newest]}}``."""
         return {
             "streams": list(self.streams),
             "last_status": dict(self.last_status),
             "last_estimate": dict(self.last_estimate),
+            "last_importance": dict(self.last_importance),
+            "transitions": {sid: list(t) for sid, t in self.transitions.items()},
         }
 
 

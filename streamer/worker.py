@@ -33,6 +33,7 @@ import numpy as np
 
 from dropformer.errors import ConfigError
 from dropformer.normalization import Moments, StreamNormalizer
+from streamer.core.importance import TokenImportance
 from streamer.core.stream import WindowRequest
 from streamer.engine import Engine
 
@@ -51,6 +52,7 @@ class InferenceOutcome:
     compute_ms: float = 0.0
     batch_size: int = 0
     moments: Moments | None = None  # the window's raw feature moments, for per-stream normalisation
+    importance: TokenImportance | None = None  # last layer's token importance and TDM's drops
 
 
 class InferenceBackend(Protocol):
@@ -228,6 +230,7 @@ class InferenceWorker:
             _resolve(it, InferenceOutcome(
                 it.request, res.probs[i], int(res.tokens_in[i]), int(res.tokens_kept[i]),
                 None, res.compute_ms, len(fresh), None if res.moments is None else res.moments[i],
+                importance=None if res.importance is None else res.importance[i],
             ))
 
 

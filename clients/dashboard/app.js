@@ -15,6 +15,13 @@
  * per message; {"type":"subscribe","streams":[...]|null} chooses streams.
  * Labels are never assumed: bars, legend and timeline are built from the
  * "scores" keys of the estimates.
+ *
+ * Estimates may carry "importance" (streamer/core/importance.py): each card then
+ * draws the latest such window as in the paper's Figure 6: its waveform envelope
+ * over a heat map of DropFormer's last-layer token importance, the tokens the
+ * Token Dropout Module dropped hatched, and a plain heat strip below. The canvas
+ * says what it drew in data-* attributes (seq, cells, null-cells, tokens,
+ * dropped, runs, envelope-points), for tests and for anyone curious.
  */
 "use strict";
 
@@ -106,7 +113,7 @@
     s = {
       id, card, estimate: null, status: null, history: [], trail: [],
       transitions: [], alerts: [], lastUpdate: null, labels: [], untrained: false,
-      dirty: true, timelineDirty: true,
+      dirty: true, timelineDirty: true, importance: null, importanceDirty: false,
     };
     streams.set(id, s);
     // keep cards ordered by stream id
@@ -116,6 +123,7 @@
     else main.appendChild(card);
     $("#empty").hidden = true;
     new ResizeObserver(() => { s.timelineDirty = true; queueRender(); }).observe(role(card, "timeline"));
+    new ResizeObserver(() => { s.importanceDirty = true; queueRender(); }).observe(role(card, "importance"));
     applyFilterTo(s);
     renderChips();
     return s;
@@ -146,6 +154,15 @@
     }
     s.untrained = Boolean(ev.model && ev.model.random_init);
     s.dirty = s.timelineDirty = true;
+    onImportance(s, ev);
+  }
+
+  function onImportance(s, ev) {
+    if (!ev.importance || typeof ev.importance !== "object") return;
+    const cur = s.importance;
+    if (cur && cur.seq === ev.seq && cur.audio_end_ms === ev.audio_end_ms) return;
+    s.importance = ev;
+    s.importanceDirty = true;
   }
 
   function onStatus(ev) {
@@ -167,8 +184,12 @@
     $("#empty").hidden = streams.size > 0;
   }
 
-  function onTransition(ev) {
+  const transitionKey = (ev) => `${ev.seq}|${ev.audio_ms}|${ev.to}`;
+
+  function onTransition(ev, replayed = false) {
     const s = streamView(ev.stream_id);
+    // a hello replays the stream's last transitions: keep the ones this page has not seen
+    if (replayed && s.transitions.some((t) => transitionKey(t.ev) === transitionKey(ev))) return;
     s.transitions.unshift({ ev, at: new Date() });
     s.transitions.length = Math.min(s.transitions.length, TRANSITIONS_KEPT);
     s.transitionsDirty = s.dirty = true;
@@ -192,6 +213,13 @@
     }
     for (const st of Object.values(ev.last_status || {})) onStatus(st);
     for (const es of Object.values(ev.last_estimate || {})) onEstimate(es);
+    // a page that connects late still lists the labels so far (oldest first, newest ends on top)
+    for (const list of Object.values(ev.transitions || {})) {
+      if (Array.isArray(list)) list.forEach((t) => { if (t && typeof t.stream_id === "string") onTransition(t, true); });
+    }
+    for (const es of Object.values(ev.last_importance || {})) {
+      if (es && typeof es.stream_id === "string") onImportance(streamView(es.stream_id), es);
+    }
   }
 
   const HANDLERS = {
@@ -240,6 +268,7 @@
     for (const s of streams.values()) {
       if (s.dirty) renderCard(s);
       if (s.timelineDirty && !s.card.hidden) drawTimeline(s);
+      if (s.importanceDirty && !s.card.hidden) drawImportance(s);
     }
     renderLegend();
     renderBanner();
@@ -447,6 +476,115 @@
       : `smoothed scores over the last ${TIMELINE_S} s of audio`);
   }
 
+  // ------------------------------------------- where the model listened
+  const HEAT_STOPS = [[43, 29, 107], [91, 42, 134], [184, 57, 107], [240, 128, 60], [252, 211, 77]];
+  const STRIP_H = 14;             // CSS px of the plain heat strip under the waveform
+  const STRIP_GAP = 4;
+
+  function heat(v) {               // 0 (least important span of the window) .. 1 (most)
+    const x = clamp(v, 0, 1) * (HEAT_STOPS.length - 1);
+    const i = Math.min(HEAT_STOPS.length - 2, Math.floor(x));
+    const f = x - i;
+    const c = HEAT_STOPS[i].map((a, k) => Math.round(a + (HEAT_STOPS[i + 1][k] - a) * f));
+    return `rgb(${c[0]}, ${c[1]}, ${c[2]})`;
+  }
+
+  function decodeDropped(hex, tokens) {  // lowercase hex, 4 tokens a digit, first token in the high bit
+    const out = new Array(tokens).fill(false);
+    if (typeof hex !== "string") return out;
+    for (let i = 0; i < tokens; i++) {
+      const d = parseInt(hex[i >> 2], 16);
+      out[i] = Number.isFinite(d) && ((d >> (3 - (i & 3))) & 1) === 1;
+    }
+    return out;
+  }
+
+  function drawImportance(s) {
+    s.importanceDirty = false;
+    const ev = s.importance;
+    const wrap = role(s.card, "importance-wrap");
+    wrap.hidden = !ev;
+    if (!ev) return;
+    const canvas = role(s.card, "importance");
+    const dpr = window.devicePixelRatio || 1;
+    const w = canvas.clientWidth, h = canvas.clientHeight;
+    if (!w || !h) return;
+    if (canvas.width !== Math.round(w * dpr) || canvas.height !== Math.round(h * dpr)) {
+      canvas.width = Math.round(w * dpr);
+      canvas.height = Math.round(h * dpr);
+    }
+    const g = canvas.getContext("2d");
+    g.setTransform(dpr, 0, 0, dpr, 0, 0);
+    g.clearRect(0, 0, w, h);
+    const imp = ev.importance;
+    const values = Array.isArray(imp.values) ? imp.values : [];
+    const env = Array.isArray(imp.envelope) ? imp.envelope : [];
+    const tokens = Number.isInteger(imp.tokens) && imp.tokens > 0 ? imp.tokens : 0;
+    const dropped = decodeDropped(imp.dropped, tokens);
+    const waveH = h - STRIP_H - STRIP_GAP;
+    const stripY = waveH + STRIP_GAP;
+    const spanX = (i, n) => [Math.round((i * w) / n), Math.round(((i + 1) * w) / n)];
+
+    // heat: behind the waveform (faint) and as a plain strip below it
+    let cells = 0, nullCells = 0;
+    values.forEach((v, i) => {
+      const [x0, x1] = spanX(i, values.length);
+      if (isNum(v)) { cells++; g.fillStyle = heat(v); } else { nullCells++; g.fillStyle = cssVar("--nospeech") || "#888"; }
+      g.globalAlpha = isNum(v) ? 0.5 : 1;
+      g.fillRect(x0, 0, x1 - x0, waveH);
+      g.globalAlpha = 1;
+      g.fillRect(x0, stripY, x1 - x0, STRIP_H);
+    });
+
+    // the waveform envelope, mirrored about the middle
+    if (env.length) {
+      const mid = waveH / 2, amp = waveH / 2 - 2;
+      const X = (i) => ((i + 0.5) * w) / env.length;
+      g.beginPath();
+      env.forEach((v, i) => { const y = mid - clamp(isNum(v) ? v : 0, 0, 1) * amp; if (i) g.lineTo(X(i), y); else g.moveTo(X(i), y); });
+      for (let i = env.length - 1; i >= 0; i--) g.lineTo(X(i), mid + clamp(isNum(env[i]) ? env[i] : 0, 0, 1) * amp);
+      g.closePath();
+      g.fillStyle = cssVar("--text") || "#fff";
+      g.globalAlpha = 0.85;
+      g.fill();
+      g.globalAlpha = 1;
+    }
+
+    // dropped tokens: hatched over the waveform, run by run
+    const runs = [];
+    for (let i = 0; i < tokens; i++) {
+      if (!dropped[i]) continue;
+      if (runs.length && runs[runs.length - 1][1] === i) runs[runs.length - 1][1] = i + 1;
+      else runs.push([i, i + 1]);
+    }
+    g.strokeStyle = cssVar("--muted") || "#888";
+    g.lineWidth = 1.2;
+    for (const [a, b] of runs) {
+      const x0 = (a * w) / tokens, x1 = (b * w) / tokens;
+      g.save();
+      g.beginPath();
+      g.rect(x0, 0, x1 - x0, waveH);
+      g.clip();
+      g.fillStyle = "rgba(0, 0, 0, 0.25)";
+      g.fillRect(x0, 0, x1 - x0, waveH);
+      g.beginPath();
+      for (let x = x0 - waveH; x < x1; x += 5) { g.moveTo(x, waveH); g.lineTo(x + waveH, 0); }
+      g.stroke();
+      g.restore();
+    }
+
+    const nDropped = dropped.filter(Boolean).length;
+    Object.assign(canvas.dataset, {
+      seq: String(ev.seq), cells: String(cells), nullCells: String(nullCells), tokens: String(tokens),
+      dropped: String(nDropped), runs: String(runs.length), envelopePoints: String(env.length),
+    });
+    const pctDropped = tokens ? Math.round((100 * nDropped) / tokens) : 0;
+    role(s.card, "importance-caption").textContent =
+      `${secs(ev.audio_start_ms)}–${secs(ev.audio_end_ms)} · ${tokens} tokens · ${nDropped} dropped (${pctDropped}%) · layer ${imp.layer}`;
+    canvas.setAttribute("aria-label",
+      `window ${secs(ev.audio_start_ms)} to ${secs(ev.audio_end_ms)}: importance of ${tokens} tokens, ${nDropped} dropped`);
+  }
+
   function renderLegend() {
     const ul = $("#legend");
     if (ul.childElementCount === labelsSeen.size) return;
@@ -502,7 +640,7 @@
 
   function applyFilterTo(s) {
     const hide = selected !== null && !selected.has(s.id);
-    if (s.card.hidden !== hide) { s.card.hidden = hide; s.timelineDirty = true; }
+    if (s.card.hidden !== hide) { s.card.hidden = hide; s.timelineDirty = s.importanceDirty = true; }
   }
 
   function sendSubscribe() {
@@ -671,7 +809,7 @@
     $("#mic-accept").addEventListener("click", () => { $("#mic-consent").hidden = true; startMic(); });
     $("#mic-cancel").addEventListener("click", () => { $("#mic-consent").hidden = true; setMic("", "idle"); });
     window.addEventListener("resize", () => {
-      for (const s of streams.values()) s.timelineDirty = true;
+      for (const s of streams.values()) s.timelineDirty = s.importanceDirty = true;
       queueRender();
     });
     connect();

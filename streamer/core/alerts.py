@@ -23,35 +23,28 @@ Episodes, in audio time (the estimates' ``audio_end_ms``; no wall clock):
 
 from __future__ import annotations
 
-import fnmatch
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
 from streamer.core.events import Alert, EmotionEstimate, Severity
+from streamer.core.rules import Condition, Episode, Timing
 
 NAME_RE: Final = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 
 
 @dataclass(frozen=True)
-class AlertRule:
-    """One rule; times are milliseconds of audio. See the module docstring."""
+class AlertRule(Condition):
+    """One rule; times are milliseconds of audio. See the module docstring.
+
+    The condition (``streams``, ``role``, ``label``, ``min_confidence``,
+    ``arousal_min`` ... ``valence_max``) is :class:`streamer.core.rules.Condition`'s,
+    keyword-only.
+    """
 
     name: str
     """The alert's ``kind``, e.g. ``sustained_anger``."""
-    streams: str = "*"
-    """fnmatch glob on the stream id (``*.caller``)."""
-    role: str | None = None
-    """Only streams with this role (from ingest metadata or the Twilio track name)."""
-    label: str | None = None
-    """The smoothed label must be this one (None: any label)."""
-    min_confidence: float = 0.0
-    """The smoothed score of the label must be at least this."""
-    arousal_min: float | None = None
-    arousal_max: float | None = None
-    valence_min: float | None = None
-    valence_max: float | None = None
     min_duration_ms: int = 0
     cooldown_ms: int = 60_000
     max_gap_ms: int = 5_000
@@ -65,33 +58,11 @@ class AlertRule:
             raise ValueError(
                 f"alert rule name {self.name!r} must be 1-64 letters, digits or _ . : -"
             )
-        for key in ("min_duration_ms", "cooldown_ms"):
-            if getattr(self, key) < 0:
-                raise ValueError(f"alert rule {self.name}: {key} must be >= 0")
-        if self.max_gap_ms <= 0:
-            raise ValueError(f"alert rule {self.name}: max_gap_ms must be > 0")
+        self.timing.check(f"alert rule {self.name}")
 
-    def watches(self, stream_id: str, role: str | None) -> bool:
-        """Whether this rule applies to the stream."""
-        if self.role is not None and role != self.role:
-            return False
-        return fnmatch.fnmatchcase(stream_id, self.streams)
-
-    def matches(self, est: EmotionEstimate) -> bool:
-        """Whether the estimate meets the condition (speech or not: the caller decides)."""
-        if self.label is not None and est.label != self.label:
-            return False
-        if est.confidence < self.min_confidence:
-            return False
-        for value, low, high in (
-            (est.arousal, self.arousal_min, self.arousal_max),
-            (est.valence, self.valence_min, self.valence_max),
-        ):
-            if low is not None and value < low:
-                return False
-            if high is not None and value > high:
-                return False
-        return True
+    @property
+    def timing(self) -> Timing:
+        return Timing(self.min_duration_ms, self.cooldown_ms, self.max_gap_ms)
 
     def text(self, est: EmotionEstimate, duration_ms: int) -> str:
         fields = {
@@ -106,14 +77,6 @@ class AlertRule:
             except (KeyError, IndexError, ValueError):
                 return self.message
         return f"{est.label} {fields['confidence']} for {fields['duration_s']} s on {est.stream_id}"
-
-
-@dataclass
-class _Episode:
-    start_ms: int | None = None
-    last_match_ms: int = 0
-    fired: bool = False
-    last_alert_ms: int | None = None
 
 
 class AlertEvaluator:
@@ -131,7 +94,7 @@ class AlertEvaluator:
             raise ValueError(f"alert rule names must be unique; repeated: {dupes}")
         self.rules = list(rules)
         self._roles: dict[str, str | None] = {}
-        self._state: dict[str, list[_Episode | None]] = {}
+        self._state: dict[str, list[Episode | None]] = {}
         self.fired = 0
 
     @property
@@ -149,11 +112,11 @@ class AlertEvaluator:
         self._state.pop(stream_id, None)
         self._roles.pop(stream_id, None)
 
-    def _episodes(self, stream_id: str) -> list[_Episode | None]:
+    def _episodes(self, stream_id: str) -> list[Episode | None]:
         eps = self._state.get(stream_id)
         if eps is None:
             role = self._roles.get(stream_id)
-            eps = [_Episode() if r.watches(stream_id, role) else None for r in self.rules]
+            eps = [Episode() if r.watches(stream_id, role) else None for r in self.rules]
             self._state[stream_id] = eps
         return eps
 
@@ -166,33 +129,23 @@ class AlertEvaluator:
         for rule, ep in zip(self.rules, self._episodes(est.stream_id)):
             if ep is None:
                 continue
-            if not rule.matches(est):
-                ep.start_ms, ep.fired = None, False
+            if not ep.step(t, rule.matches(est), rule.timing):
                 continue
-            if ep.start_ms is not None and t - ep.last_match_ms > rule.max_gap_ms:
-                ep.start_ms, ep.fired = None, False  # a long pause: a new episode
-            if ep.start_ms is None:
-                ep.start_ms = t
-            ep.last_match_ms = t
-            duration = t - ep.start_ms
-            cooled = ep.last_alert_ms is None or t - ep.last_alert_ms >= rule.cooldown_ms
-            if not ep.fired and duration >= rule.min_duration_ms and cooled:
-                ep.fired = True
-                ep.last_alert_ms = t
-                self.fired += 1
-                out.append(
-                    Alert(
-                        est.stream_id,
-                        rule.name,
-                        rule.severity,
-                        rule.text(est, duration),
-                        t,
-                        seq=est.seq,
-                        label=est.label,
-                        confidence=est.confidence,
-                        arousal=est.arousal,
-                        valence=est.valence,
-                        episode_start_ms=ep.start_ms,
-                    )
+            assert ep.start_ms is not None
+            self.fired += 1
+            out.append(
+                Alert(
+                    est.stream_id,
+                    rule.name,
+                    rule.severity,
+                    rule.text(est, t - ep.start_ms),
+                    t,
+                    seq=est.seq,
+                    label=est.label,
+                    confidence=est.confidence,
+                    arousal=est.arousal,
+                    valence=est.valence,
+                    episode_start_ms=ep.start_ms,
                 )
+            )
         return out

@@ -59,10 +59,13 @@ class EmotionEstimate:
     tokens_kept: int
     latency_ms: float
     model: dict[str, Any]
+    importance: dict[str, Any] | None = None
+    """Optional: where in the window the model listened (``streamer.core.importance``)."""
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict (probabilities to 4 decimals, latency to 0.01 ms)."""
-        return {
+        """JSON-ready dict (probabilities to 4 decimals, latency to 0.01 ms);
+        ``importance`` only when set."""
+        d: dict[str, Any] = {
             "type": self.TYPE,
             "v": SCHEMA_VERSION,
             "stream_id": self.stream_id,
@@ -80,6 +83,9 @@ class EmotionEstimate:
             "latency_ms": _r(self.latency_ms, 2),
             "model": dict(self.model),
         }
+        if self.importance is not None:
+            d["importance"] = dict(self.importance)
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> EmotionEstimate:
@@ -100,6 +106,7 @@ class EmotionEstimate:
             tokens_kept=d["tokens"]["kept"],
             latency_ms=d["latency_ms"],
             model=dict(d["model"]),
+            importance=dict(d["importance"]) if d.get("importance") is not None else None,
         )
 
 

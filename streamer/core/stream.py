@@ -43,6 +43,7 @@ from streamer.core.events import (
     StreamStatus,
 )
 from streamer.core.gate import Gate
+from streamer.core.importance import TokenImportance, envelope, summarise
 from streamer.core.smoother import Smoother, SmootherUpdate
 from streamer.core.windower import Window, Windower
 
@@ -84,6 +85,8 @@ class _Slot:
     tokens_kept: int = 0
     latency_ms: float = 0.0
     moments: Moments | None = None
+    envelope: list[float] | None = None  # the window's waveform envelope (importance on)
+    importance: dict[str, Any] | None = None  # the estimate's importance object
 
 
 class StreamCore:
@@ -103,6 +106,9 @@ class StreamCore:
             speech window is requested with its current statistics, and each result's
             feature moments are folded in, in ``seq`` order, counting only the audio
             the window adds to the one before (overlapping windows are not counted twice).
+        importance: attach each speech estimate's ``importance`` object (the token
+            importance handed to ``on_result`` and the window's waveform envelope,
+            ``streamer.core.importance``); default False.
     """
 
     def __init__(
@@ -118,6 +124,7 @@ class StreamCore:
         silent_estimates: bool = True,
         max_pending: int = 32,
         normalizer: StreamNormalizer | None = None,
+        importance: bool = False,
     ) -> None:
         if not isinstance(stream_id, str) or not STREAM_ID_PATTERN.match(stream_id):
             raise ConfigError(
@@ -148,6 +155,7 @@ class StreamCore:
         self.silent_estimates = silent_estimates
         self.max_pending = max_pending
         self.normalizer = normalizer
+        self.importance = importance
         self._norm_until_sample = 0  # audio up to here is folded into the normaliser
         self._counters = dict.fromkeys((*COUNTER_NAMES, *EXTRA_COUNTERS), 0)
         self._pending: OrderedDict[int, _Slot] = OrderedDict()
@@ -290,7 +298,8 @@ class StreamCore:
         state: StreamState = "speech" if speech else "silence"
         if state != self._state:
             out.append(self._status(state, at_sample=w.end_sample))
-        self._pending[seq] = _Slot(w.start_sample, w.end_sample, speech, resolved=not speech)
+        self._pending[seq] = _Slot(w.start_sample, w.end_sample, speech, resolved=not speech,
+                                   envelope=envelope(w.samples) if speech and self.importance else None)
         if speech:
             out.append(
                 WindowRequest(
@@ -337,11 +346,14 @@ class StreamCore:
         tokens_kept: int,
         latency_ms: float,
         moments: Moments | None = None,
+        importance: TokenImportance | None = None,
     ) -> list[Event]:
         """The model's probabilities for window ``seq``; returns the events now due.
 
         ``moments`` (the window's raw feature moments) feed the stream's
-        normaliser when the result is applied.
+        normaliser when the result is applied. ``importance`` (the window's
+        token importance) goes into the estimate when the core was built with
+        ``importance=True``.
 
         Invalid probabilities (wrong shape, non-finite, not summing to 1) are
         counted in ``bad_results`` (the first one also reported in a status
@@ -365,6 +377,8 @@ class StreamCore:
         slot.tokens_in, slot.tokens_kept = int(tokens_in), int(tokens_kept)
         slot.latency_ms = float(latency_ms)
         slot.moments = moments
+        if importance is not None and slot.envelope is not None:
+            slot.importance = summarise(importance, slot.envelope)
         return out + self._drain()
 
     def on_skipped(self, seq: int, reason: str = "stale") -> list[Event]:
@@ -448,4 +462,5 @@ class StreamCore:
             tokens_kept=slot.tokens_kept,
             latency_ms=slot.latency_ms,
             model=self.model_info,
+            importance=slot.importance,
         )

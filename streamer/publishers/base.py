@@ -61,6 +61,13 @@ class Publisher(Protocol):
     def publish(self, event: Event) -> None: ...
 
 
+def without_importance(event: Event) -> Event:
+    """``event`` without its optional ``importance`` object (for publishers that leave it out)."""
+    if "importance" not in event:
+        return event
+    return {k: v for k, v in event.items() if k != "importance"}
+
+
 def encode_event(event: Event) -> str:
     """Compact, strict JSON for one event (NaN/Infinity are refused: browsers
     cannot parse them). Raises ``TypeError``/``ValueError`` on bad events."""

@@ -10,7 +10,13 @@ from types import TracebackType
 from typing import IO
 
 from dropformer.errors import ConfigError
-from streamer.publishers.base import DropOldestQueue, Event, PublisherStats, encode_or_count
+from streamer.publishers.base import (
+    DropOldestQueue,
+    Event,
+    PublisherStats,
+    encode_or_count,
+    without_importance,
+)
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +33,7 @@ class JsonlSink:
         rotate_keep: rotated files kept.
         max_queue: events buffered while the disk is slow; when full the
             OLDEST is dropped and counted in ``stats.dropped``.
+        importance: keep estimates' ``importance`` object (default False: left out).
 
     Writes happen on a worker thread so a slow disk never blocks the event
     loop. On close the queue is written out, flushed and ``fsync``-ed.
@@ -34,7 +41,7 @@ class JsonlSink:
 
     def __init__(
         self, path: str | Path, *, flush_every: int = 1, rotate_mb: float | None = None,
-        rotate_keep: int = 5, max_queue: int = 10000,
+        rotate_keep: int = 5, max_queue: int = 10000, importance: bool = False,
     ) -> None:
         if flush_every < 1:
             raise ConfigError(f"jsonl.flush_every must be >= 1 event, got {flush_every!r}")
@@ -46,6 +53,7 @@ class JsonlSink:
         self.flush_every = flush_every
         self.rotate_bytes = int(rotate_mb * 1_000_000) if rotate_mb is not None else None
         self.rotate_keep = rotate_keep
+        self.importance = importance
         self.stats = PublisherStats()
         self.rotations = 0
         self._queue: DropOldestQueue[str] = DropOldestQueue(max_queue)
@@ -56,6 +64,8 @@ class JsonlSink:
 
     def publish(self, event: Event) -> None:
         """Queue ``event`` for writing; never blocks."""
+        if not self.importance:
+            event = without_importance(event)
         line = encode_or_count(event, self.stats, f"jsonl {self.path}")
         if line is None:
             return

@@ -30,6 +30,12 @@ every reconnect (so a broker restarted without persistence gets them back).
 A background task connects and reconnects forever with jittered exponential
 backoff (``reconnect_min_s`` .. ``reconnect_max_s``); the reason of the last
 failure is in :attr:`last_error`.
+
+Estimates go out without their optional ``importance`` object unless
+``importance=True`` (it adds about 1 kB to each). With ``home_assistant=True``
+each stream is announced to Home Assistant when first seen (retained discovery
+configs, :mod:`streamer.publishers.home_assistant`) and removed (empty retained
+configs) when :meth:`MqttPublisher.forget` says it is gone for good.
 """
 
 from __future__ import annotations
@@ -47,7 +53,15 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from dropformer.errors import ConfigError
-from streamer.publishers.base import DropOldestQueue, Event, PublisherStats, encode_or_count
+from streamer.core.events import COUNTER_NAMES
+from streamer.publishers.base import (
+    DropOldestQueue,
+    Event,
+    PublisherStats,
+    encode_or_count,
+    without_importance,
+)
+from streamer.publishers.home_assistant import config_topic, discovery_configs
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +113,9 @@ class MqttPublisher:
         reconnect_min_s, reconnect_max_s: backoff bounds between attempts.
         close_timeout_s: how long a graceful close waits to deliver what is queued.
         timeout_s: how long one connect or publish may take.
+        importance: keep estimates' ``importance`` object (default False: left out).
+        home_assistant: publish Home Assistant discovery configs per stream.
+        discovery_prefix: Home Assistant's discovery prefix (default ``homeassistant``).
     """
 
     def __init__(
@@ -107,6 +124,7 @@ class MqttPublisher:
         tls: dict[str, Any] | None = None, client_id: str | None = None,
         keepalive_s: int = 30, max_queue: int = 1000, reconnect_min_s: float = 0.5,
         reconnect_max_s: float = 30.0, close_timeout_s: float = 3.0, timeout_s: float = 10.0,
+        importance: bool = False, home_assistant: bool = False, discovery_prefix: str = "homeassistant",
     ) -> None:
         prefix = prefix.strip("/")
         if not prefix or any(c in prefix for c in "+#\x00"):
@@ -130,6 +148,15 @@ class MqttPublisher:
         self.reconnect_min_s, self.reconnect_max_s = reconnect_min_s, reconnect_max_s
         self.close_timeout_s, self.timeout_s = close_timeout_s, timeout_s
         self._tls = self._check_tls(tls)
+        discovery_prefix = discovery_prefix.strip("/")
+        if home_assistant and (not discovery_prefix or any(c in discovery_prefix for c in "+#\x00")):
+            raise ConfigError(
+                f"mqtt.discovery_prefix {discovery_prefix!r} must be non-empty without '+', '#'; "
+                "e.g. 'homeassistant'"
+            )
+        self.importance, self.home_assistant = importance, home_assistant
+        self.discovery_prefix = discovery_prefix
+        self._last_status: dict[str, dict[str, Any]] = {}
         self.stats = PublisherStats()
         self.superseded = 0
         self.ignored = 0
@@ -176,10 +203,17 @@ class MqttPublisher:
                 self._ignored_types.add(key)
                 log.warning("mqtt: events of type %s have no MQTT topic; not published", key)
             return
+        if not self.importance:
+            event = without_importance(event)
         payload = encode_or_count(event, self.stats, "mqtt")
         if payload is None:
             return
-        self._streams.setdefault(sid, None)
+        if sid not in self._streams:
+            self._streams[sid] = None
+            if self.home_assistant:
+                self._announce(sid)
+        if kind == "stream.status":
+            self._last_status[sid] = dict(event)
         topic = self.topic(sid, route[0])
         self._drained.clear()
         if route[1]:
@@ -192,14 +226,28 @@ class MqttPublisher:
 
     def forget(self, stream_id: str) -> None:
         """An ended stream: its retained topics stay on the broker (status offline,
-        last state) but this publisher stops keeping them once they are delivered."""
+        last state) but this publisher stops keeping them once they are delivered.
+        Its Home Assistant entities are removed (empty retained configs)."""
         self._streams.pop(stream_id, None)
+        self._last_status.pop(stream_id, None)
         for kind in ("state", "status"):
             topic = self.topic(stream_id, kind)
             if topic in self._dirty:
                 self._forget_after_send.add(topic)
             else:
                 self._retained.pop(topic, None)
+        if self.home_assistant:
+            for obj in ("label", "confidence", "arousal", "valence"):
+                topic = config_topic(self.discovery_prefix, self.prefix, stream_id, obj)
+                self._set_retained(topic, b"")
+                self._forget_after_send.add(topic)
+
+    def _announce(self, stream_id: str) -> None:
+        """Home Assistant discovery configs for a stream seen for the first time (retained)."""
+        configs = discovery_configs(self.discovery_prefix, self.prefix, stream_id,
+                                    topic_segment(stream_id), qos=self.qos)
+        for topic, doc in configs.items():
+            self._set_retained(topic, _json(doc))
 
     def _set_retained(self, topic: str, payload: bytes) -> None:
         self._forget_after_send.discard(topic)
@@ -219,9 +267,14 @@ class MqttPublisher:
         tb: TracebackType | None,
     ) -> None:
         for sid in self._streams:
-            self._set_retained(self.topic(sid, "status"), _json(
-                {"type": "stream.status", "v": 1, "stream_id": sid, "state": "offline",
-                 "reason": "daemon stopped"}))
+            last = self._last_status.get(sid) or {
+                "type": "stream.status", "v": 1, "stream_id": sid, "audio_ms": 0,
+                "counters": dict.fromkeys(COUNTER_NAMES, 0),
+            }
+            if last.get("state") in ("offline", "error"):
+                continue  # the stream said goodbye itself
+            self._set_retained(self.topic(sid, "status"),
+                               _json({**last, "state": "offline", "detail": "daemon stopped"}))
         self._set_retained(self.daemon_topic, self._daemon_status("offline", "daemon stopped"))
         self._drained.clear()
         if self.connected:

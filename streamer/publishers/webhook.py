@@ -52,6 +52,8 @@ class WebhookPublisher:
         max_queue: alerts waiting; the oldest is dropped beyond this.
         token: sent as ``Authorization: Bearer <token>`` when set.
         close_timeout_s: time the queue gets to drain on close.
+        types: the event types posted (default ``("alert",)``; the robot client posts
+            its ``robot.action`` events).
     """
 
     def __init__(
@@ -64,6 +66,7 @@ class WebhookPublisher:
         max_queue: int = 100,
         token: str | None = None,
         close_timeout_s: float = 5.0,
+        types: tuple[str, ...] = ("alert",),
     ) -> None:
         if not url.startswith(("http://", "https://")):
             raise ConfigError(f"alerts.webhook.url {url!r} must start with http:// or https://")
@@ -72,6 +75,7 @@ class WebhookPublisher:
         self.max_retries = max_retries
         self.retry_backoff_s = retry_backoff_s
         self.close_timeout_s = close_timeout_s
+        self.types = frozenset(types)
         self.counters = WebhookStats()
         self.stats: PublisherStats = self.counters  # the hub reports every field
         self.last_error: str | None = None
@@ -86,8 +90,9 @@ class WebhookPublisher:
         self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
     def publish(self, event: Event) -> None:
-        """Queue an ``alert`` for delivery; other events are ignored. Never blocks."""
-        if event.get("type") != "alert":
+        """Queue an ``alert`` (or another of ``types``) for delivery; other events are
+        ignored. Never blocks."""
+        if event.get("type") not in self.types:
             return
         body = encode_or_count(event, self.stats, "webhook")
         if body is None:

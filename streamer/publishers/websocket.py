@@ -4,7 +4,10 @@ dashboard's static files and ``GET /healthz`` on the same port.
 Protocol on ``path`` (default ``/ws``):
 
 * on connect the server sends ``{"type": "hello", "v": 1, "streams": [...],
-  "last_status": {sid: status event}, "last_estimate": {sid: estimate}}``;
+  "last_status": {sid: status event}, "last_estimate": {sid: estimate},
+  "transitions": {sid: [its last transitions, oldest first]}}`` and, when
+  estimates carry token importance, ``"last_importance": {sid: the last
+  estimate that had it}``;
 * then every event as one JSON text message;
 * a client may choose streams with ``?streams=a,b`` in the URL, or at any time
   by sending ``{"type": "subscribe", "streams": ["a", "b"]}`` (``null`` or
@@ -44,7 +47,13 @@ from websockets.http11 import Request, Response
 
 from dropformer.errors import ConfigError
 from streamer.hub import StreamSnapshot, stream_id_of
-from streamer.publishers.base import DropOldestQueue, Event, PublisherStats, encode_or_count
+from streamer.publishers.base import (
+    DropOldestQueue,
+    Event,
+    PublisherStats,
+    encode_or_count,
+    without_importance,
+)
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +113,8 @@ class WebSocketPublisher:
         health: optional callable whose dict is merged into ``/healthz``.
         close_timeout_s: how long a close handshake may take before the TCP
             connection is dropped.
+        importance: keep estimates' ``importance`` object (default True: the
+            dashboard draws it); False leaves it out of events and the hello.
     """
 
     def __init__(
@@ -112,7 +123,7 @@ class WebSocketPublisher:
         slow_client_timeout_s: float = 10.0,
         snapshot: Callable[[], dict[str, Any]] | None = None,
         health: Callable[[], dict[str, Any]] | None = None,
-        close_timeout_s: float = 2.0, write_limit_bytes: int = 32 * 1024,
+        close_timeout_s: float = 2.0, write_limit_bytes: int = 32 * 1024, importance: bool = True,
     ) -> None:
         if not path.startswith("/"):
             raise ConfigError(f"websocket.path must start with '/', got {path!r}")
@@ -128,6 +139,7 @@ class WebSocketPublisher:
         self.slow_client_timeout_s = slow_client_timeout_s
         self.close_timeout_s = close_timeout_s
         self.write_limit_bytes = write_limit_bytes
+        self.importance = importance
         self.stats = PublisherStats()
         self.slow_clients_closed = 0
         self.connections_total = 0
@@ -211,6 +223,8 @@ class WebSocketPublisher:
         """Queue ``event`` for every interested client; never blocks."""
         if self._own_state is not None:
             self._own_state.update(event)
+        if not self.importance:
+            event = without_importance(event)
         message = encode_or_count(event, self.stats, "websocket")
         if message is None:
             return
@@ -268,12 +282,7 @@ class WebSocketPublisher:
         client = _Client(conn, DropOldestQueue(self.max_queue), streams)
         self._clients.add(client)
         self.connections_total += 1
-        snap = self._snapshot()
-        client.queue.put(json.dumps({
-            "type": "hello", "v": PROTOCOL_VERSION, "streams": snap.get("streams", []),
-            "last_status": snap.get("last_status", {}),
-            "last_estimate": snap.get("last_estimate", {}),
-        }, separators=(",", ":")))
+        client.queue.put(json.dumps(self._hello(), separators=(",", ":")))
         sender = asyncio.get_running_loop().create_task(self._send_loop(client))
         client.tasks.add(sender)
         try:
@@ -285,6 +294,19 @@ class WebSocketPublisher:
             self._clients.discard(client)
             sender.cancel()
             await asyncio.wait([sender])
+
+    def _hello(self) -> dict[str, Any]:
+        snap = self._snapshot()
+        last = snap.get("last_estimate", {})
+        hello = {
+            "type": "hello", "v": PROTOCOL_VERSION, "streams": snap.get("streams", []),
+            "last_status": snap.get("last_status", {}),
+            "last_estimate": last if self.importance else {k: without_importance(v) for k, v in last.items()},
+            "transitions": snap.get("transitions", {}),
+        }
+        if self.importance:
+            hello["last_importance"] = snap.get("last_importance", {})
+        return hello
 
     async def _send_loop(self, client: _Client) -> None:
         try:

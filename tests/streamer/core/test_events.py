@@ -72,7 +72,7 @@ def test_schema_file_is_valid_draft_2020_12() -> None:
     schema = json.loads(schema_path().read_text())
     jsonschema.Draft202012Validator.check_schema(schema)
     assert schema["$schema"].endswith("2020-12/schema") and schema["$id"]
-    assert len(schema["oneOf"]) == 4
+    assert len(schema["oneOf"]) == 5  # the four event types and daemon.status
 
 
 def test_design_example_validates() -> None:

@@ -189,3 +189,12 @@ def test_stream_normalisation_trains_and_is_served_the_same_in_evaluate_and_the_
     for a, b in zip(live_est, est, strict=True):
         assert a["raw"].keys() == b["raw"].keys()
         assert all(abs(a["raw"][k] - b["raw"][k]) < 1e-6 for k in a["raw"])
+
+
+@pytest.mark.parametrize("recipe", sorted((Path(__file__).resolve().parents[2] / "configs" / "train").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_shipped_training_recipes_validate(recipe: Path) -> None:
+    from dropformer.configio import load_config
+
+    cfg = training.parse_config(load_config(recipe))
+    assert cfg.train.epochs >= 1

@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 SAMPLE_RATE_HZ = 16000
 #: The model each pretrained front-end kind loads when ``model`` is not set.
 DEFAULT_MODELS = {"wavlm": "microsoft/wavlm-large", "whisper": "openai/whisper-base"}
+#: Precisions a pretrained front end may compute in.
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass
@@ -56,8 +58,12 @@ class FrontendConfig:
     peak_ref: float = 1.2
     """whisper, level='peak': log10 mel power of the loudest bin (speech peaks measured on EmoDB and nEMO: 1.0-1.6)."""
     dtype: str = "float32"
-    """wavlm: 'float32' or 'bfloat16' weights. bf16 is for GPUs: on the CPU build measured here its
-    convolutions ran ~30x slower and the whole front end 16x slower (BENCHMARKS.md)."""
+    """wavlm: precision of the transformer layers: 'float32' (exact), 'bfloat16' (weights stored in bf16,
+    matrix products in bf16 through autocast, norms and softmax kept in fp32; about 2x faster on CPUs with
+    AMX or AVX512-BF16 and on GPUs, much slower on CPUs without them) or 'float16' (GPUs only)."""
+    conv_dtype: str | None = None
+    """wavlm: precision of the convolutional feature encoder; None = ``dtype``. Its own setting because
+    bf16 convolutions are fast on some CPUs (AMX) and ~30x slower on others (BENCHMARKS.md)."""
     n_mels: int = 80
     """logmel: mel bands."""
     win_ms: float = 25.0
@@ -81,8 +87,10 @@ class FrontendConfig:
             raise ConfigError(f"frontend.concat_layers = {self.concat_layers} must lie in 1..layer ({self.layer})")
         if self.concat_layers > 1 and self.kind != "whisper":
             raise ConfigError("frontend.concat_layers > 1 is only supported with frontend.kind=whisper")
-        if self.dtype not in ("float32", "bfloat16"):
-            raise ConfigError(f"frontend.dtype = {self.dtype!r}; use 'float32' or 'bfloat16'")
+        for key in ("dtype", "conv_dtype"):
+            value = getattr(self, key)
+            if value not in DTYPES and not (key == "conv_dtype" and value is None):
+                raise ConfigError(f"frontend.{key} = {value!r}; use one of {', '.join(DTYPES)}")
         if self.level not in ("absolute", "peak"):
             raise ConfigError(f"frontend.level = {self.level!r}; use 'absolute' or 'peak'")
         if self.normalize not in ("utterance", "level", "none"):
@@ -188,30 +196,58 @@ class LogMelFrontend(Frontend):
         return normalize_logmel(feats, out_lengths, self.config.normalize), out_lengths
 
 
+class Autocast(nn.Module):
+    """Runs ``inner`` in its own precision (float32 as is, bf16/fp16 through autocast) and hands its
+    output on in ``out_dtype``, the precision of what follows."""
+
+    def __init__(self, inner: nn.Module, dtype: torch.dtype, out_dtype: torch.dtype) -> None:
+        super().__init__()
+        self.inner, self.dtype, self.out_dtype = inner, dtype, out_dtype
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        low = self.dtype != torch.float32
+        with torch.autocast(x.device.type, dtype=self.dtype if low else torch.bfloat16, enabled=low):
+            return self.inner(x.to(self.dtype)).to(self.out_dtype)
+
+
 class WavLMFrontend(Frontend):
-    """Frozen WavLM, truncated after ``config.layer``; returns that layer's output."""
+    """Frozen WavLM, truncated after ``config.layer``; returns that layer's output.
+
+    Only the layers up to ``config.layer`` are built and loaded (the weights of
+    the layers above are never read into memory), and the positional
+    convolution's weight norm is folded once at load (exact). The feature
+    encoder and the transformer layers each compute in their configured
+    precision (``conv_dtype``, ``dtype``).
+    """
 
     def __init__(self, config: FrontendConfig) -> None:
         super().__init__()
-        from transformers import WavLMModel
+        from transformers import WavLMConfig, WavLMModel
 
         self.config = config
         try:
-            model = WavLMModel.from_pretrained(str(config.model))
+            wavlm_config = WavLMConfig.from_pretrained(str(config.model))
         except (OSError, ValueError) as exc:
             raise CheckpointError(
                 f"cannot load WavLM from {config.model!r}: {exc}. Set frontend.model to a local folder "
                 "saved with save_pretrained, or to a hub id with network access (HF_HUB_OFFLINE unset)."
             ) from exc
-        total = len(model.encoder.layers)
+        total = int(wavlm_config.num_hidden_layers)
         if config.layer > total:
             raise ConfigError(f"frontend.layer = {config.layer} but {config.model!r} has only {total} layers")
-        model.encoder.layers = model.encoder.layers[: config.layer]  # layers above are never run
-        model.config.num_hidden_layers = config.layer
+        wavlm_config.num_hidden_layers = config.layer  # layers above are never built, loaded or run
+        dtype, conv_dtype = DTYPES[config.dtype], DTYPES[config.conv_dtype or config.dtype]
+        load_dtype = dtype if dtype == conv_dtype else torch.float32
+        model = _quietly(lambda: WavLMModel.from_pretrained(str(config.model), config=wavlm_config, dtype=load_dtype))
+        _fold_weight_norm(model.encoder.pos_conv_embed.conv)
         model.eval().requires_grad_(False)
-        if config.dtype == "bfloat16":
-            model = model.to(torch.bfloat16)  # type: ignore[arg-type]
+        if dtype != conv_dtype:
+            model.feature_projection.to(dtype)
+            model.encoder.to(dtype)
+            model.feature_extractor.to(conv_dtype)
+        model.feature_extractor = Autocast(model.feature_extractor, conv_dtype, dtype)
         self.wavlm = model
+        self.dtype = dtype
         self.normalize_waveform = config.normalize_waveform
         if self.normalize_waveform is None:
             self.normalize_waveform = _feature_extractor_normalizes(str(config.model))
@@ -229,22 +265,45 @@ class WavLMFrontend(Frontend):
         return self
 
     def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
-        return self.wavlm._get_feat_extract_output_lengths(lengths).long()  # type: ignore[arg-type]
+        return self.wavlm._get_feat_extract_output_lengths(lengths).long()
 
     def forward(self, waveform: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         lengths = lengths.to(waveform.device)
         x = waveform.float()
         if self.normalize_waveform:
             x = masked_standardize(x, lengths, dim=1, eps=1e-7)
-        x = x.to(next(self.wavlm.parameters()).dtype)
         attention_mask = (torch.arange(x.shape[1], device=x.device)[None, :] < lengths[:, None]).long()
         self._captured.clear()
-        with torch.no_grad():
+        low = self.dtype != torch.float32
+        with torch.no_grad(), torch.autocast(x.device.type, dtype=self.dtype if low else torch.bfloat16, enabled=low):
             self.wavlm(x, attention_mask=attention_mask)
         feats = self._captured.pop().float()  # (B, T, D) output of the chosen layer
         out_lengths = self.output_lengths(lengths).clamp(max=feats.shape[1])
         mask = torch.arange(feats.shape[1], device=feats.device)[None, :] < out_lengths[:, None]
         return feats * mask[..., None], out_lengths
+
+
+def _quietly(load: Any) -> Any:
+    """Run a transformers loader without its report of the (deliberately) unused upper-layer weights."""
+    from transformers.utils import logging as hf_logging
+
+    level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        return load()
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def _fold_weight_norm(conv: nn.Module) -> None:
+    """Replace a weight-normed convolution's parametrisation by the weight it computes (exact, done once)."""
+    from torch.nn.utils import parametrize
+
+    if parametrize.is_parametrized(conv, "weight"):
+        parametrize.remove_parametrizations(conv, "weight", leave_parametrized=True)
 
 
 def _feature_extractor_normalizes(source: str) -> bool:

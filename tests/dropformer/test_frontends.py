@@ -85,3 +85,36 @@ def test_level_normalisation_removes_gain_and_keeps_spectral_tilt() -> None:
     assert tilt[:, :20].mean() - tilt[:, 60:].mean() > 1.0
     cmvn = build_frontend(FrontendConfig(kind="logmel"))(dull, torch.tensor([32000]))[0][0]
     assert abs(cmvn[:, :20].mean() - cmvn[:, 60:].mean()) < 0.1
+
+
+def test_wavlm_never_loads_the_layers_above_the_chosen_one(tiny_wavlm_dir: Path) -> None:
+    from transformers import WavLMModel
+
+    from dropformer.frontends import _fold_weight_norm
+
+    fe = build_frontend(FrontendConfig(kind="wavlm", model=str(tiny_wavlm_dir), layer=2))
+    full = WavLMModel.from_pretrained(tiny_wavlm_dir)
+    _fold_weight_norm(full.encoder.pos_conv_embed.conv)  # (weight_g, weight_v) -> weight, as the front end does
+    upper = sum(p.numel() for layer in full.encoder.layers[2:] for p in layer.parameters())
+    assert sum(p.numel() for p in fe.wavlm.parameters()) == sum(p.numel() for p in full.parameters()) - upper
+    assert not any(k.startswith("encoder.layers.2.") for k in fe.wavlm.state_dict())
+
+
+@pytest.mark.parametrize("conv_dtype", [None, "float32"])
+def test_wavlm_bfloat16_agrees_with_float32(tiny_wavlm_dir: Path, conv_dtype: str | None) -> None:
+    """bf16 layers (and bf16 or fp32 convolutions) stay close to the exact fp32 features."""
+    exact = build_frontend(FrontendConfig(kind="wavlm", model=str(tiny_wavlm_dir), layer=2))
+    fast = build_frontend(FrontendConfig(kind="wavlm", model=str(tiny_wavlm_dir), layer=2, dtype="bfloat16",
+                                         conv_dtype=conv_dtype))
+    assert next(fast.wavlm.encoder.parameters()).dtype == torch.bfloat16
+    conv_weight = next(fast.wavlm.feature_extractor.parameters())
+    assert conv_weight.dtype == (torch.float32 if conv_dtype == "float32" else torch.bfloat16)
+    torch.manual_seed(0)
+    wave, lengths = torch.randn(2, 16000) * 0.1, torch.tensor([16000, 12000])
+    a, la = exact(wave, lengths)
+    b, lb = fast(wave, lengths)
+    assert b.dtype == torch.float32 and torch.equal(la, lb)
+    cos = torch.nn.functional.cosine_similarity(a[0].flatten(), b[0].flatten(), dim=0)
+    assert cos > 0.99
+    with pytest.raises(ConfigError, match="frontend.conv_dtype"):
+        FrontendConfig(kind="wavlm", conv_dtype="int8")

@@ -238,7 +238,10 @@ class WavLMFrontend(Frontend):
         wavlm_config.num_hidden_layers = config.layer  # layers above are never built, loaded or run
         dtype, conv_dtype = DTYPES[config.dtype], DTYPES[config.conv_dtype or config.dtype]
         load_dtype = dtype if dtype == conv_dtype else torch.float32
-        model = _quietly(lambda: WavLMModel.from_pretrained(str(config.model), config=wavlm_config, dtype=load_dtype))
+        source = str(config.model)
+        if load_dtype != torch.float32:
+            source = low_precision_copy(source, config.layer, config.dtype) or source
+        model = _quietly(lambda: WavLMModel.from_pretrained(source, config=wavlm_config, dtype=load_dtype))
         _fold_weight_norm(model.encoder.pos_conv_embed.conv)
         model.eval().requires_grad_(False)
         if dtype != conv_dtype:
@@ -281,6 +284,51 @@ class WavLMFrontend(Frontend):
         out_lengths = self.output_lengths(lengths).clamp(max=feats.shape[1])
         mask = torch.arange(feats.shape[1], device=feats.device)[None, :] < out_lengths[:, None]
         return feats * mask[..., None], out_lengths
+
+
+def low_precision_copy(source: str, layers: int, dtype: str) -> str | None:
+    """A folder holding layers 1..``layers`` of the WavLM at ``source`` in ``dtype``, made once (in a child
+    process) and cached, so that a low-precision front end never has the fp32 weights resident next to
+    its own: loaded from it, the weights are the file's pages, half the fp32 size. None when the source's
+    weights are not one local safetensors file (the front end then converts while loading)."""
+    import hashlib
+    import os
+    import subprocess
+    import sys
+
+    from transformers.utils import cached_file
+
+    from dropformer.whisper import cache_root
+
+    try:
+        weights = Path(str(cached_file(source, "model.safetensors")))
+    except (OSError, ValueError):
+        return None
+    stat = weights.stat()
+    key = hashlib.sha256(f"{weights.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    folder = cache_root() / f"wavlm-layers1-{layers}-{dtype}-{key}"
+    if not (folder / "config.json").is_file():
+        tmp = folder.with_name(f"{folder.name}.tmp{os.getpid()}")
+        log.info("writing a %s copy of %s (layers 1-%d) to %s, once", dtype, source, layers, folder)
+        code = "import sys; from dropformer.frontends import write_low_precision_copy as w; w(*sys.argv[1:])"
+        subprocess.run([sys.executable, "-c", code, source, str(tmp), str(layers), dtype], check=True)
+        try:
+            os.replace(tmp, folder)
+        except OSError:  # another process wrote it meanwhile
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+    return str(folder)
+
+
+def write_low_precision_copy(source: str, folder: str, layers: str, dtype: str) -> None:
+    """Child process of :func:`low_precision_copy`: load layers 1..``layers`` in ``dtype``, save them."""
+    from transformers import WavLMConfig, WavLMModel
+
+    config = WavLMConfig.from_pretrained(source)
+    config.num_hidden_layers = int(layers)
+    model = _quietly(lambda: WavLMModel.from_pretrained(source, config=config, dtype=DTYPES[dtype]))
+    _quietly(lambda: model.save_pretrained(folder))
 
 
 def _quietly(load: Any) -> Any:

@@ -1,12 +1,13 @@
 """Benchmarks behind ``emotion-monitor bench``; every figure comes with a baseline
 measured in the same run.
 
-- ``head``: DropFormer head forward time on 150 tokens (3 s at 50 Hz), with TDM
-  (the paper's model) against the same weights without TDM (baseline).
+- ``head``: DropFormer, its no-TDM preset (baseline) and the vanilla
+  Transformer, same weights, on 150 tokens (3 s at 50 Hz), at the default
+  model's size and the paper's, with today's implementation beside them.
 - ``window``: per-window inference time of the default model (front end + head,
   3 s window, batch 1), against the vanilla Transformer of the same size.
-- ``wavlm``: the WavLM-Large layer-12 front end (random weights, real
-  architecture, loaded through from_pretrained), fp32 (baseline) vs bf16.
+- ``wavlm``: WavLM-Large at layer 12 live (streamer/bench_live.py): the naive
+  Hugging Face baseline next to the monitor's path, through the real daemon.
 - ``model``: each bundled model (the Whisper default, the log-mel option as
   the baseline) on one 3 s window of real speech: front end, per-stream
   normalisation + head, and the whole, batch 1.
@@ -23,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import statistics
-import tempfile
+import sys
 import time
 from collections.abc import Callable, Mapping
 from functools import partial
@@ -56,22 +57,79 @@ def time_calls(fn: Callable[[], Any], repeats: int, warmup: int = 3, desc: str =
     return {"median_ms": statistics.median(times), "p99_ms": percentile(times, 99), "n": len(times)}
 
 
+#: The head sizes ``--parts head`` compares: the default model's (Whisper-base layers 2-3, 1024-dim
+#: features; configs/train/whisper.yaml) and the paper's (WavLM-Large, d 1024, 8 heads, FFN 512).
+HEAD_SIZES: dict[str, dict[str, Any]] = {
+    "default size (d 128)": {"input_dim": 1024, "d_model": 128, "num_heads": 4, "ffn_dim": 256, "head_hidden": (128,)},
+    "paper size (d 1024)": {"input_dim": 1024, "d_model": 1024},
+}
+
+
+def time_interleaved(fns: dict[str, Callable[[], Any]], repeats: int, desc: str = "") -> dict[str, dict[str, float]]:
+    """Time several callables in turn, ``repeats`` rounds, so that drifts in the machine's load hit them alike."""
+    for fn in fns.values():
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in tqdm(range(repeats), desc=desc, leave=False, disable=not desc):
+        for name, fn in fns.items():
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            fn()
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            times[name].append((time.perf_counter() - t0) * 1000.0)
+    return {k: {"median_ms": statistics.median(v), "p99_ms": percentile(v, 99), "n": len(v)} for k, v in times.items()}
+
+
+def reference_module() -> Any:
+    """Today's (pre-issue-10) DropFormer kept by the tests, when this is a source checkout; else None."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "tests" / "dropformer" / "reference_dropformer.py"
+    if not path.is_file():
+        return None
+    spec = importlib.util.spec_from_file_location("reference_dropformer", path)
+    if spec is None or spec.loader is None:
+        return None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # (its dataclasses look themselves up there)
+    spec.loader.exec_module(module)
+    return module
+
+
 @torch.inference_mode()
-def bench_head(device: torch.device, repeats: int, d_model: int = 1024, tokens: int = 150) -> list[dict[str, Any]]:
-    """Paper-size head (d = WavLM-Large width) on one 150-token utterance, with and without TDM."""
+def bench_head(device: torch.device, repeats: int, tokens: int = 150, batch: int = 1) -> list[dict[str, Any]]:
+    """DropFormer, its no-TDM preset and the vanilla Transformer (same weights) on one 3 s window
+    (150 tokens) at the default model's size and at the paper's, timed in turn in one run; today's
+    implementation (the tests' reference) beside them when this is a source checkout."""
     from dropformer import DropFormer, preset
 
-    torch.manual_seed(0)
-    with_tdm = DropFormer(preset("dropformer", input_dim=d_model, d_model=d_model)).to(device).eval()
-    without = DropFormer(preset("no_tdm", input_dim=d_model, d_model=d_model)).to(device).eval()
-    without.load_state_dict(with_tdm.state_dict())
-    x = torch.randn(1, tokens, d_model, device=device)
-    n = torch.tensor([tokens], device=device)
+    reference = reference_module()
     rows = []
-    for name, model in (("DropFormer head, no TDM (baseline)", without), ("DropFormer head, TDM DR=0.1", with_tdm)):
-        r = time_calls(lambda m=model: m(x, n), repeats, desc=name)  # type: ignore[misc]
-        kept = int(model(x, n).kept_tokens[0, -1])
-        rows.append({"what": f"{name}, d={d_model}, {tokens} tokens", "tokens_kept": kept, **r})
+    for size, kw in HEAD_SIZES.items():
+        torch.manual_seed(0)
+        x = torch.randn(batch, tokens, kw["input_dim"], device=device)
+        n = torch.full((batch,), tokens, device=device)
+        models: dict[str, Any] = {}
+        state = None
+        for name in ("vanilla", "no_tdm", "dropformer"):
+            models[name] = DropFormer(preset(name, **kw)).to(device).eval()
+            state = state or models[name].state_dict()
+            models[name].load_state_dict(state)
+            if reference is not None and name != "no_tdm":
+                models[f"{name} (today's code)"] = reference.ReferenceDropFormer(preset(name, **kw)).to(device).eval()
+                models[f"{name} (today's code)"].load_state_dict(state)
+        timed = time_interleaved({k: partial(m, x, n) for k, m in models.items()}, repeats, desc=f"head, {size}")
+        base = timed["no_tdm"]["median_ms"]
+        for name, model in models.items():
+            title = {"vanilla": "vanilla Transformer", "no_tdm": "DropFormer w/o TDM (baseline)",
+                     "dropformer": "DropFormer (TDM, DR 0.1)"}.get(name.split(" (")[0], name)
+            rows.append({
+                "what": f"{title}{name[len(name.split(' (')[0]):]}, {size}, {tokens} tokens, batch {batch}",
+                **timed[name], "tokens_kept": int(model(x, n).kept_tokens[0, -1]),
+                "vs_no_tdm": f"{100 * (timed[name]['median_ms'] / base - 1):+.1f}%",
+            })
     return rows
 
 
@@ -154,32 +212,6 @@ def bench_rss(seconds: float) -> list[dict[str, Any]]:
         label = f"daemon peak RSS, {folder.name if folder else '?'}" + (" (baseline)" if name else " (default)")
         rows.append({"what": label, "median_ms": float("nan"), "p99_ms": float("nan"), "n": 1,
                      "peak_rss_mb": round(peak_kb / 1024.0, 1), "seconds": seconds, "exit": proc.returncode})
-    return rows
-
-
-@torch.inference_mode()
-def bench_wavlm(device: torch.device, repeats: int) -> list[dict[str, Any]]:
-    """WavLM-Large architecture (random weights) up to layer 12, fp32 vs bf16, one 3 s window."""
-    from transformers import Wav2Vec2FeatureExtractor, WavLMConfig, WavLMModel
-
-    from dropformer import FrontendConfig, build_frontend
-
-    cfg = WavLMConfig(
-        hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
-        do_stable_layer_norm=True, feat_extract_norm="layer", conv_bias=True,
-    )
-    rows = []
-    with tempfile.TemporaryDirectory() as d:
-        WavLMModel(cfg).save_pretrained(d)
-        Wav2Vec2FeatureExtractor(do_normalize=True, return_attention_mask=True).save_pretrained(d)
-        wave = torch.randn(1, 48000, device=device) * 0.1
-        n = torch.tensor([48000], device=device)
-        for dtype in ("float32", "bfloat16"):
-            fe = build_frontend(FrontendConfig(kind="wavlm", model=d, layer=12, dtype=dtype)).to(device)
-            r = time_calls(lambda fe=fe: fe(wave, n), max(3, repeats // 5), desc=f"wavlm {dtype}")  # type: ignore[misc]
-            label = "WavLM-Large layers 1-12" + (" fp32 (baseline)" if dtype == "float32" else " bf16")
-            rows.append({"what": f"{label}, 3 s window", **r})
-            del fe
     return rows
 
 

@@ -101,8 +101,11 @@ def test_wavlm_never_loads_the_layers_above_the_chosen_one(tiny_wavlm_dir: Path)
 
 
 @pytest.mark.parametrize("conv_dtype", [None, "float32"])
-def test_wavlm_bfloat16_agrees_with_float32(tiny_wavlm_dir: Path, conv_dtype: str | None) -> None:
+def test_wavlm_bfloat16_agrees_with_float32(
+    tiny_wavlm_dir: Path, conv_dtype: str | None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """bf16 layers (and bf16 or fp32 convolutions) stay close to the exact fp32 features."""
+    monkeypatch.setenv("EMOTION_MONITOR_CACHE", str(tmp_path))
     exact = build_frontend(FrontendConfig(kind="wavlm", model=str(tiny_wavlm_dir), layer=2))
     fast = build_frontend(FrontendConfig(kind="wavlm", model=str(tiny_wavlm_dir), layer=2, dtype="bfloat16",
                                          conv_dtype=conv_dtype))
@@ -118,3 +121,21 @@ def test_wavlm_bfloat16_agrees_with_float32(tiny_wavlm_dir: Path, conv_dtype: st
     assert cos > 0.99
     with pytest.raises(ConfigError, match="frontend.conv_dtype"):
         FrontendConfig(kind="wavlm", conv_dtype="int8")
+
+
+def test_wavlm_low_precision_weights_are_converted_once_into_the_cache(
+    tiny_wavlm_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bf16 front end loads a cached bf16 copy of the layers it needs (made once), not the fp32 file."""
+    import json
+
+    monkeypatch.setenv("EMOTION_MONITOR_CACHE", str(tmp_path))
+    cfg = FrontendConfig(kind="wavlm", model=str(tiny_wavlm_dir), layer=2, dtype="bfloat16")
+    first = build_frontend(cfg)
+    (copy,) = tmp_path.glob("wavlm-layers1-2-bfloat16-*")
+    assert json.loads((copy / "config.json").read_text())["num_hidden_layers"] == 2
+    stamp = (copy / "model.safetensors").stat().st_mtime_ns
+    second = build_frontend(cfg)
+    assert (copy / "model.safetensors").stat().st_mtime_ns == stamp  # not written again
+    wave = torch.randn(1, 16000) * 0.1
+    assert torch.equal(first(wave, torch.tensor([16000]))[0], second(wave, torch.tensor([16000]))[0])

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import types
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from dropformer.configio import dataclass_from_dict
@@ -243,6 +245,8 @@ class WavLMFrontend(Frontend):
             source = low_precision_copy(source, config.layer, config.dtype) or source
         model = _quietly(lambda: WavLMModel.from_pretrained(source, config=wavlm_config, dtype=load_dtype))
         _fold_weight_norm(model.encoder.pos_conv_embed.conv)
+        for layer in model.encoder.layers:
+            layer.attention.torch_multi_head_self_attention = types.MethodType(_wavlm_attention, layer.attention)
         model.eval().requires_grad_(False)
         if dtype != conv_dtype:
             model.feature_projection.to(dtype)
@@ -344,6 +348,24 @@ def _quietly(load: Any) -> Any:
         hf_logging.set_verbosity(level)
         if bars:
             hf_logging.enable_progress_bar()
+
+
+def _wavlm_attention(
+    self: Any, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None, gated_position_bias: torch.Tensor
+) -> tuple[torch.Tensor, None]:
+    """WavLM's self-attention (transformers' ``torch_multi_head_self_attention``), the same arithmetic in
+    batch-first layout through ``scaled_dot_product_attention``. The original hands time-first views to
+    ``F.multi_head_attention_forward``, whose projections of a batch of more than one window then expand
+    each weight matrix to (T, D, D) and copy it in bf16 (seconds per window on CPU); it also averages
+    attention weights nobody reads.  hidden_states (B, T, D) -> (B, T, D), None"""
+    b, t, d = hidden_states.shape
+    h = self.num_heads
+    q, k, v = (proj(hidden_states).view(b, t, h, d // h).transpose(1, 2) for proj in (self.q_proj, self.k_proj, self.v_proj))
+    bias = gated_position_bias.view(b, h, t, t).to(q.dtype)  # (B, H, T, T)
+    if attention_mask is not None:
+        bias = bias.masked_fill(attention_mask.ne(1)[:, None, None, :], float("-inf"))
+    y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)  # (B, H, T, D / H)
+    return self.out_proj(y.transpose(1, 2).reshape(b, t, d)), None
 
 
 def _fold_weight_norm(conv: nn.Module) -> None:

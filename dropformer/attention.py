@@ -27,18 +27,24 @@ from torch import nn
 
 @functools.lru_cache(maxsize=256)
 def _band(num_tokens: int, offsets: tuple[int, ...] | None, device: str, dtype: torch.dtype) -> torch.Tensor:
-    """The static band, built once per (length, offsets, device, dtype).  # (T, T)"""
-    if offsets is None:
-        return torch.ones(num_tokens, num_tokens, dtype=dtype, device=device)
-    idx = torch.arange(num_tokens, device=device)
-    dist = (idx[:, None] - idx[None, :]).abs()  # (T, T)
-    return torch.isin(dist, torch.tensor(offsets, device=device)).to(dtype)
+    """The static band, built once per (length, offsets, device, dtype).  # (T, T)
+
+    Built outside inference mode (a plain tensor), so that training may save it for backward
+    even when an inference-mode call built it first.
+    """
+    with torch.inference_mode(False):
+        if offsets is None:
+            return torch.ones(num_tokens, num_tokens, dtype=dtype, device=device)
+        idx = torch.arange(num_tokens, device=device)
+        dist = (idx[:, None] - idx[None, :]).abs()  # (T, T)
+        return torch.isin(dist, torch.tensor(offsets, device=device)).to(dtype)
 
 
 @functools.lru_cache(maxsize=256)
 def _outside_band(num_tokens: int, offsets: tuple[int, ...], device: str, dtype: torch.dtype) -> torch.Tensor:
     """1 - M_s, cached like the band.  # (T, T)"""
-    return 1 - _band(num_tokens, offsets, device, dtype)
+    with torch.inference_mode(False):
+        return 1 - _band(num_tokens, offsets, device, dtype)
 
 
 def static_band_mask(

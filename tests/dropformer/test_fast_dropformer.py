@@ -128,6 +128,19 @@ def test_static_band_is_built_once_per_length() -> None:
     assert torch.equal(static_band_mask(40, (0, 1, 3)), reference_band(40, (0, 1, 3)))
 
 
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_training_after_inference_on_the_same_lengths(name: str) -> None:
+    """Masks cached by an inference-mode call (the daemon, a validation pass) serve training too."""
+    torch.manual_seed(0)
+    model = DropFormer(preset(name, **SMALL))
+    x, lengths = torch.randn(2, 23, 24), torch.tensor([23, 17])
+    with torch.inference_mode():
+        model.eval()(x, lengths)
+    loss = model.train()(x, lengths).logits.sum()
+    loss.backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
 def test_dropped_tokens_cut_the_work_of_every_later_step() -> None:
     """In inference the output projection and FFN of a block already run on its survivors only."""
     torch.manual_seed(0)

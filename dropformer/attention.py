@@ -26,7 +26,9 @@ from torch import nn
 
 
 @functools.lru_cache(maxsize=256)
-def _band(num_tokens: int, offsets: tuple[int, ...] | None, device: str, dtype: torch.dtype) -> torch.Tensor:
+def _band(
+    num_tokens: int, offsets: tuple[int, ...] | None, device: str, dtype: torch.dtype
+) -> torch.Tensor:
     """The static band, built once per (length, offsets, device, dtype).  # (T, T)
 
     Built outside inference mode (a plain tensor), so that training may save it for backward
@@ -41,7 +43,9 @@ def _band(num_tokens: int, offsets: tuple[int, ...] | None, device: str, dtype: 
 
 
 @functools.lru_cache(maxsize=256)
-def _outside_band(num_tokens: int, offsets: tuple[int, ...], device: str, dtype: torch.dtype) -> torch.Tensor:
+def _outside_band(
+    num_tokens: int, offsets: tuple[int, ...], device: str, dtype: torch.dtype
+) -> torch.Tensor:
     """1 - M_s, cached like the band.  # (T, T)"""
     with torch.inference_mode(False):
         return 1 - _band(num_tokens, offsets, device, dtype)
@@ -81,7 +85,10 @@ def keep_counts(rate: float, lengths: list[int]) -> list[int]:
 
 
 def top_tokens(
-    importance: torch.Tensor, valid: torch.Tensor, keep_rate: float, lengths: list[int] | None = None
+    importance: torch.Tensor,
+    valid: torch.Tensor,
+    keep_rate: float,
+    lengths: list[int] | None = None,
 ) -> torch.Tensor:
     """The tokens whose rows and columns M_d keeps: S at least the k-th largest.  # (B, H, T)
 
@@ -104,13 +111,17 @@ def _top_tokens(
         return torch.zeros_like(importance, dtype=torch.bool), None
     padded = any(n < t for n in lengths)
     if padded:
-        importance = importance.masked_fill(~valid[:, None, :], float("-inf"))  # padding never ranks
+        importance = importance.masked_fill(
+            ~valid[:, None, :], float("-inf")
+        )  # padding never ranks
     ranked, index = importance.topk(k_max, dim=-1)  # (B, H, k_max), descending
     if min(ks) == k_max:
         kth = ranked[..., k_max - 1 :]  # (B, H, 1)
     else:
         k_idx = torch.tensor([max(k - 1, 0) for k in ks], device=importance.device)
-        kth = ranked.gather(-1, k_idx[:, None, None].expand(-1, importance.shape[1], 1))  # (B, H, 1)
+        kth = ranked.gather(
+            -1, k_idx[:, None, None].expand(-1, importance.shape[1], 1)
+        )  # (B, H, 1)
     top = importance >= kth  # (B, H, T)
     if padded:
         top &= valid[:, None, :]
@@ -119,7 +130,9 @@ def _top_tokens(
     return top, index
 
 
-def dynamic_topk_mask(importance: torch.Tensor, valid: torch.Tensor, keep_rate: float) -> torch.Tensor:
+def dynamic_topk_mask(
+    importance: torch.Tensor, valid: torch.Tensor, keep_rate: float
+) -> torch.Tensor:
     """M_d (Eq. 2): True at (a, b) iff both a and b are among the top-k tokens of S.
 
     importance (B, H, T), valid (B, T) -> (B, H, T, T); see :func:`top_tokens`.
@@ -206,14 +219,18 @@ class DropAttention(nn.Module):
             y = self.attn_dropout(w) @ v  # (B, H, T, Dh)
         return y.transpose(1, 2).reshape(b, t, d), s
 
-    def mask(self, s: torch.Tensor, valid: torch.Tensor, lengths: list[int], dtype: torch.dtype) -> torch.Tensor:
+    def mask(
+        self, s: torch.Tensor, valid: torch.Tensor, lengths: list[int], dtype: torch.dtype
+    ) -> torch.Tensor:
         """M = M_d OR M_s from S (B, H, T), as 0/1 of ``dtype``: (B, H, T, T), or (T, T) for M_s alone.
 
         Built in floating point (an outer product of the top-k vectors, then the
         maximum with the cached band): broadcast boolean ops are several times slower.
         """
         t = s.shape[-1]
-        band = static_band_mask(t, self.static_offsets, s.device, dtype) if self.use_static else None  # (T, T)
+        band = (
+            static_band_mask(t, self.static_offsets, s.device, dtype) if self.use_static else None
+        )  # (T, T)
         if not self.use_dynamic:
             return band if band is not None else torch.zeros(t, t, dtype=dtype, device=s.device)
         top = top_tokens(s, valid, self.keep_rate, lengths).to(dtype)  # (B, H, T)
@@ -221,7 +238,12 @@ class DropAttention(nn.Module):
         return m.clamp_(min=band) if band is not None else m
 
     def masked_product(
-        self, w: torch.Tensor, v: torch.Tensor, s: torch.Tensor, valid: torch.Tensor, lengths: list[int]
+        self,
+        w: torch.Tensor,
+        v: torch.Tensor,
+        s: torch.Tensor,
+        valid: torch.Tensor,
+        lengths: list[int],
     ) -> torch.Tensor:
         """(W * M) V without materialising M or the zeros it makes (inference; no attention dropout).
 
@@ -234,7 +256,9 @@ class DropAttention(nn.Module):
         offsets = self.static_offsets if self.use_static else ()
         if offsets is None:  # M_s is all ones: M too
             return w @ v
-        top, index = _top_tokens(s, valid, self.keep_rate, lengths) if self.use_dynamic else (None, None)
+        top, index = (
+            _top_tokens(s, valid, self.keep_rate, lengths) if self.use_dynamic else (None, None)
+        )
         if top is not None and index is not None and int(top.sum(-1).amax()) > index.shape[-1]:
             return (w * self.mask(s, valid, lengths, w.dtype)) @ v  # ties past k: rare
         y = torch.zeros_like(v)  # (B, H, T, Dh)
@@ -244,15 +268,25 @@ class DropAttention(nn.Module):
             if o == 0:
                 y.addcmul_(w.diagonal(0, -2, -1)[..., None], v)
                 continue
-            y[..., : t - o, :].addcmul_(w.diagonal(o, -2, -1)[..., None], v[..., o:, :])  # b = a + o
-            y[..., o:, :].addcmul_(w.diagonal(-o, -2, -1)[..., None], v[..., : t - o, :])  # b = a - o
+            y[..., : t - o, :].addcmul_(
+                w.diagonal(o, -2, -1)[..., None], v[..., o:, :]
+            )  # b = a + o
+            y[..., o:, :].addcmul_(
+                w.diagonal(-o, -2, -1)[..., None], v[..., : t - o, :]
+            )  # b = a - o
         if top is None or index is None:
             return y
         k, dh = index.shape[-1], v.shape[-1]
-        flat = index[..., :, None] * t + index[..., None, :]  # (B, H, k, k) positions in the flattened (T, T)
-        block = w.flatten(-2).gather(-1, flat.flatten(-2)).view(flat.shape)  # (B, H, k, k) W on top x top
+        flat = (
+            index[..., :, None] * t + index[..., None, :]
+        )  # (B, H, k, k) positions in the flattened (T, T)
+        block = (
+            w.flatten(-2).gather(-1, flat.flatten(-2)).view(flat.shape)
+        )  # (B, H, k, k) W on top x top
         if self.use_static:  # pairs the band already counted
-            block = block * torch.take(_outside_band(t, tuple(sorted(set(offsets))), str(w.device), w.dtype), flat)
+            block = block * torch.take(
+                _outside_band(t, tuple(sorted(set(offsets))), str(w.device), w.dtype), flat
+            )
         if min(keep_counts(self.keep_rate, lengths)) < k:  # items with fewer top tokens than k_max
             chosen = top.gather(-1, index).to(w.dtype)  # (B, H, k): 1 on real top tokens
             block = block * chosen[..., :, None] * chosen[..., None, :]
@@ -260,7 +294,9 @@ class DropAttention(nn.Module):
         return y.scatter_add_(-2, expand, block @ v.gather(-2, expand))
 
 
-def plain_attention_reference(x: torch.Tensor, valid: torch.Tensor, attn: DropAttention) -> torch.Tensor:
+def plain_attention_reference(
+    x: torch.Tensor, valid: torch.Tensor, attn: DropAttention
+) -> torch.Tensor:
     """The same projections through ``F.scaled_dot_product_attention`` (for tests and checks)."""
     b, t, d = x.shape
     q, k, v = attn.qkv(x).view(b, t, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)

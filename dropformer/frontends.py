@@ -84,11 +84,17 @@ class FrontendConfig:
         if self.kind not in ("wavlm", "logmel", "whisper"):
             raise ConfigError(f"frontend.kind = {self.kind!r}; use 'whisper', 'wavlm' or 'logmel'")
         if self.layer < 1:
-            raise ConfigError(f"frontend.layer = {self.layer} must be >= 1 (1-based transformer layer)")
+            raise ConfigError(
+                f"frontend.layer = {self.layer} must be >= 1 (1-based transformer layer)"
+            )
         if not 1 <= self.concat_layers <= self.layer:
-            raise ConfigError(f"frontend.concat_layers = {self.concat_layers} must lie in 1..layer ({self.layer})")
+            raise ConfigError(
+                f"frontend.concat_layers = {self.concat_layers} must lie in 1..layer ({self.layer})"
+            )
         if self.concat_layers > 1 and self.kind != "whisper":
-            raise ConfigError("frontend.concat_layers > 1 is only supported with frontend.kind=whisper")
+            raise ConfigError(
+                "frontend.concat_layers > 1 is only supported with frontend.kind=whisper"
+            )
         for key in ("dtype", "conv_dtype"):
             value = getattr(self, key)
             if value not in DTYPES and not (key == "conv_dtype" and value is None):
@@ -96,10 +102,17 @@ class FrontendConfig:
         if self.level not in ("absolute", "peak"):
             raise ConfigError(f"frontend.level = {self.level!r}; use 'absolute' or 'peak'")
         if self.normalize not in ("utterance", "level", "none"):
-            raise ConfigError(f"frontend.normalize = {self.normalize!r}; use 'utterance', 'level' or 'none'")
+            raise ConfigError(
+                f"frontend.normalize = {self.normalize!r}; use 'utterance', 'level' or 'none'"
+            )
         base_rate = 1000.0 / self.hop_ms
-        if self.frame_rate_hz <= 0 or abs(base_rate / self.frame_rate_hz - round(base_rate / self.frame_rate_hz)) > 1e-6:
-            raise ConfigError(f"frontend.frame_rate_hz = {self.frame_rate_hz} must divide 1000/hop_ms = {base_rate}")
+        if (
+            self.frame_rate_hz <= 0
+            or abs(base_rate / self.frame_rate_hz - round(base_rate / self.frame_rate_hz)) > 1e-6
+        ):
+            raise ConfigError(
+                f"frontend.frame_rate_hz = {self.frame_rate_hz} must divide 1000/hop_ms = {base_rate}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -125,11 +138,15 @@ class Frontend(nn.Module):
     feature_dim: int
     frame_rate_hz: float
 
-    def forward(self, waveform: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, waveform: torch.Tensor, lengths: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
 
-def masked_standardize(x: torch.Tensor, lengths: torch.Tensor, dim: int, eps: float) -> torch.Tensor:
+def masked_standardize(
+    x: torch.Tensor, lengths: torch.Tensor, dim: int, eps: float
+) -> torch.Tensor:
     """Zero mean, unit variance along ``dim`` over the first ``lengths`` entries; padding set to 0."""
     valid = torch.arange(x.shape[dim], device=x.device)[None, :] < lengths[:, None]  # (B, N)
     shape = [x.shape[0]] + [1] * (x.dim() - 1)
@@ -169,8 +186,13 @@ class LogMelFrontend(Frontend):
         self.n_fft = 1 << (self.win_samples - 1).bit_length()
         self.pool = round(1000.0 / config.hop_ms / config.frame_rate_hz)
         fb = mel_filter_bank(
-            num_frequency_bins=self.n_fft // 2 + 1, num_mel_filters=config.n_mels, min_frequency=20.0,
-            max_frequency=SAMPLE_RATE_HZ / 2, sampling_rate=SAMPLE_RATE_HZ, norm="slaney", mel_scale="slaney",
+            num_frequency_bins=self.n_fft // 2 + 1,
+            num_mel_filters=config.n_mels,
+            min_frequency=20.0,
+            max_frequency=SAMPLE_RATE_HZ / 2,
+            sampling_rate=SAMPLE_RATE_HZ,
+            norm="slaney",
+            mel_scale="slaney",
         )
         self.mel_fb: torch.Tensor
         self.window: torch.Tensor
@@ -180,20 +202,31 @@ class LogMelFrontend(Frontend):
         self.frame_rate_hz = config.frame_rate_hz
 
     def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
-        frames = torch.div(lengths - self.n_fft, self.hop_samples, rounding_mode="floor") + 1  # stft frames span n_fft
+        frames = (
+            torch.div(lengths - self.n_fft, self.hop_samples, rounding_mode="floor") + 1
+        )  # stft frames span n_fft
         return torch.div(frames.clamp(min=0), self.pool, rounding_mode="floor")
 
-    def forward(self, waveform: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, waveform: torch.Tensor, lengths: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         waveform = waveform.float()
         spec = torch.stft(
-            waveform, self.n_fft, hop_length=self.hop_samples, win_length=self.win_samples,
-            window=self.window, center=False, return_complex=True,
+            waveform,
+            self.n_fft,
+            hop_length=self.hop_samples,
+            win_length=self.win_samples,
+            window=self.window,
+            center=False,
+            return_complex=True,
         )  # (B, F, frames)
         mel = spec.abs().pow(2).transpose(1, 2) @ self.mel_fb  # (B, frames, M)
         logmel = torch.log(mel + 1e-8)
         b, n, m = logmel.shape
         n_pooled = n // self.pool
-        feats = logmel[:, : n_pooled * self.pool].reshape(b, n_pooled, self.pool, m).mean(2)  # (B, T, M)
+        feats = (
+            logmel[:, : n_pooled * self.pool].reshape(b, n_pooled, self.pool, m).mean(2)
+        )  # (B, T, M)
         out_lengths = self.output_lengths(lengths.to(waveform.device)).clamp(max=n_pooled)
         return normalize_logmel(feats, out_lengths, self.config.normalize), out_lengths
 
@@ -208,7 +241,9 @@ class Autocast(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         low = self.dtype != torch.float32
-        with torch.autocast(x.device.type, dtype=self.dtype if low else torch.bfloat16, enabled=low):
+        with torch.autocast(
+            x.device.type, dtype=self.dtype if low else torch.bfloat16, enabled=low
+        ):
             return self.inner(x.to(self.dtype)).to(self.out_dtype)
 
 
@@ -236,17 +271,23 @@ class WavLMFrontend(Frontend):
             ) from exc
         total = int(wavlm_config.num_hidden_layers)
         if config.layer > total:
-            raise ConfigError(f"frontend.layer = {config.layer} but {config.model!r} has only {total} layers")
+            raise ConfigError(
+                f"frontend.layer = {config.layer} but {config.model!r} has only {total} layers"
+            )
         wavlm_config.num_hidden_layers = config.layer  # layers above are never built, loaded or run
         dtype, conv_dtype = DTYPES[config.dtype], DTYPES[config.conv_dtype or config.dtype]
         load_dtype = dtype if dtype == conv_dtype else torch.float32
         source = str(config.model)
         if load_dtype != torch.float32:
             source = low_precision_copy(source, config.layer, config.dtype) or source
-        model = _quietly(lambda: WavLMModel.from_pretrained(source, config=wavlm_config, dtype=load_dtype))
+        model = _quietly(
+            lambda: WavLMModel.from_pretrained(source, config=wavlm_config, dtype=load_dtype)
+        )
         _fold_weight_norm(model.encoder.pos_conv_embed.conv)
         for layer in model.encoder.layers:
-            layer.attention.torch_multi_head_self_attention = types.MethodType(_wavlm_attention, layer.attention)
+            layer.attention.torch_multi_head_self_attention = types.MethodType(
+                _wavlm_attention, layer.attention
+            )
         model.eval().requires_grad_(False)
         if dtype != conv_dtype:
             model.feature_projection.to(dtype)
@@ -274,15 +315,22 @@ class WavLMFrontend(Frontend):
     def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
         return self.wavlm._get_feat_extract_output_lengths(lengths).long()
 
-    def forward(self, waveform: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, waveform: torch.Tensor, lengths: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         lengths = lengths.to(waveform.device)
         x = waveform.float()
         if self.normalize_waveform:
             x = masked_standardize(x, lengths, dim=1, eps=1e-7)
-        attention_mask = (torch.arange(x.shape[1], device=x.device)[None, :] < lengths[:, None]).long()
+        attention_mask = (
+            torch.arange(x.shape[1], device=x.device)[None, :] < lengths[:, None]
+        ).long()
         self._captured.clear()
         low = self.dtype != torch.float32
-        with torch.no_grad(), torch.autocast(x.device.type, dtype=self.dtype if low else torch.bfloat16, enabled=low):
+        with (
+            torch.no_grad(),
+            torch.autocast(x.device.type, dtype=self.dtype if low else torch.bfloat16, enabled=low),
+        ):
             self.wavlm(x, attention_mask=attention_mask)
         feats = self._captured.pop().float()  # (B, T, D) output of the chosen layer
         out_lengths = self.output_lengths(lengths).clamp(max=feats.shape[1])
@@ -309,13 +357,17 @@ def low_precision_copy(source: str, layers: int, dtype: str) -> str | None:
     except (OSError, ValueError):
         return None
     stat = weights.stat()
-    key = hashlib.sha256(f"{weights.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    key = hashlib.sha256(
+        f"{weights.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()
+    ).hexdigest()[:16]
     folder = cache_root() / f"wavlm-layers1-{layers}-{dtype}-{key}"
     if not (folder / "config.json").is_file():
         tmp = folder.with_name(f"{folder.name}.tmp{os.getpid()}")
         log.info("writing a %s copy of %s (layers 1-%d) to %s, once", dtype, source, layers, folder)
         code = "import sys; from dropformer.frontends import write_low_precision_copy as w; w(*sys.argv[1:])"
-        subprocess.run([sys.executable, "-c", code, source, str(tmp), str(layers), dtype], check=True)
+        subprocess.run(
+            [sys.executable, "-c", code, source, str(tmp), str(layers), dtype], check=True
+        )
         try:
             os.replace(tmp, folder)
         except OSError:  # another process wrote it meanwhile
@@ -351,7 +403,10 @@ def _quietly(load: Any) -> Any:
 
 
 def _wavlm_attention(
-    self: Any, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None, gated_position_bias: torch.Tensor
+    self: Any,
+    hidden_states: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    gated_position_bias: torch.Tensor,
 ) -> tuple[torch.Tensor, None]:
     """WavLM's self-attention (transformers' ``torch_multi_head_self_attention``), the same arithmetic in
     batch-first layout through ``scaled_dot_product_attention``. The original hands time-first views to
@@ -360,7 +415,10 @@ def _wavlm_attention(
     attention weights nobody reads.  hidden_states (B, T, D) -> (B, T, D), None"""
     b, t, d = hidden_states.shape
     h = self.num_heads
-    q, k, v = (proj(hidden_states).view(b, t, h, d // h).transpose(1, 2) for proj in (self.q_proj, self.k_proj, self.v_proj))
+    q, k, v = (
+        proj(hidden_states).view(b, t, h, d // h).transpose(1, 2)
+        for proj in (self.q_proj, self.k_proj, self.v_proj)
+    )
     bias = gated_position_bias.view(b, h, t, t).to(q.dtype)  # (B, H, T, T)
     if attention_mask is not None:
         bias = bias.masked_fill(attention_mask.ne(1)[:, None, None, :], float("-inf"))
@@ -382,7 +440,10 @@ def _feature_extractor_normalizes(source: str) -> bool:
 
         return bool(Wav2Vec2FeatureExtractor.from_pretrained(source).do_normalize)
     except (OSError, ValueError):
-        log.warning("no feature-extractor config found for %r; normalising the waveform (WavLM-Large's setting)", source)
+        log.warning(
+            "no feature-extractor config found for %r; normalising the waveform (WavLM-Large's setting)",
+            source,
+        )
         return True
 
 
@@ -407,14 +468,23 @@ class WhisperFrontend(Frontend):
         encoder: Any = _load_whisper_encoder(resolve_source(str(config.model)))
         total = len(encoder.layers)
         if config.layer > total:
-            raise ConfigError(f"frontend.layer = {config.layer} but {config.model!r} has only {total} encoder layers")
+            raise ConfigError(
+                f"frontend.layer = {config.layer} but {config.model!r} has only {total} encoder layers"
+            )
         encoder.layers = encoder.layers[: config.layer]  # layers above are never run
         self.final_norm = config.layer == total  # the encoder's last output is layer-normed
         self.encoder = encoder.float().eval().requires_grad_(False)
         self.max_tokens = int(encoder.embed_positions.weight.shape[0])
         n_mels = int(encoder.config.num_mel_bins)
-        fb = mel_filter_bank(num_frequency_bins=201, num_mel_filters=n_mels, min_frequency=0.0, max_frequency=8000.0,
-                             sampling_rate=SAMPLE_RATE_HZ, norm="slaney", mel_scale="slaney")
+        fb = mel_filter_bank(
+            num_frequency_bins=201,
+            num_mel_filters=n_mels,
+            min_frequency=0.0,
+            max_frequency=8000.0,
+            sampling_rate=SAMPLE_RATE_HZ,
+            norm="slaney",
+            mel_scale="slaney",
+        )
         self.mel_fb: torch.Tensor
         self.window: torch.Tensor
         self.register_buffer("mel_fb", torch.from_numpy(fb).float(), persistent=False)  # (F, M)
@@ -429,14 +499,18 @@ class WhisperFrontend(Frontend):
 
     @staticmethod
     def output_lengths(lengths: torch.Tensor) -> torch.Tensor:
-        frames = torch.div(lengths.clamp(min=400), 160, rounding_mode="floor")  # mel frames (last STFT frame dropped)
+        frames = torch.div(
+            lengths.clamp(min=400), 160, rounding_mode="floor"
+        )  # mel frames (last STFT frame dropped)
         return torch.div(frames - 1, 2, rounding_mode="floor") + 1  # conv2 has stride 2
 
     def log_mel(self, wave: torch.Tensor) -> torch.Tensor:
         """Whisper's log-mel of one waveform (N,) -> (M, N // 160)."""
         if wave.shape[0] < 400:
             wave = torch.nn.functional.pad(wave, (0, 400 - wave.shape[0]))
-        spec = torch.stft(wave, 400, 160, window=self.window, return_complex=True)[:, :-1]  # (F, frames)
+        spec = torch.stft(wave, 400, 160, window=self.window, return_complex=True)[
+            :, :-1
+        ]  # (F, frames)
         mel = self.mel_fb.T @ spec.abs().pow(2)  # (M, frames)
         log_spec = torch.clamp(mel, min=1e-10).log10()
         peak = log_spec.max()
@@ -445,26 +519,37 @@ class WhisperFrontend(Frontend):
             log_spec = log_spec - peak + self.config.peak_ref
         return (log_spec + 4.0) / 4.0
 
-    def forward(self, waveform: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, waveform: torch.Tensor, lengths: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         lengths = lengths.to(waveform.device)
         mels = [self.log_mel(waveform[i, : int(n)].float()) for i, n in enumerate(lengths)]
         frames = torch.tensor([m.shape[1] for m in mels], device=waveform.device)
-        x = torch.zeros(len(mels), mels[0].shape[0], int(frames.max()), device=waveform.device)  # (B, M, N)
+        x = torch.zeros(
+            len(mels), mels[0].shape[0], int(frames.max()), device=waveform.device
+        )  # (B, M, N)
         for i, m in enumerate(mels):
             x[i, :, : m.shape[1]] = m
         out_lengths = self.output_lengths(lengths)
         if int(out_lengths.max()) > self.max_tokens:
-            raise ConfigError(f"Whisper takes at most {self.max_tokens / 50:.0f} s per input; "
-                              f"got {float(lengths.max()) / SAMPLE_RATE_HZ:.1f} s: use shorter windows or crops")
+            raise ConfigError(
+                f"Whisper takes at most {self.max_tokens / 50:.0f} s per input; "
+                f"got {float(lengths.max()) / SAMPLE_RATE_HZ:.1f} s: use shorter windows or crops"
+            )
         enc: Any = self.encoder
         with torch.no_grad():
             h = torch.nn.functional.gelu(enc.conv1(x))  # (B, D, N)
-            h = h * (torch.arange(h.shape[2], device=h.device)[None, :] < frames[:, None])[:, None, :]
+            h = (
+                h
+                * (torch.arange(h.shape[2], device=h.device)[None, :] < frames[:, None])[:, None, :]
+            )
             h = torch.nn.functional.gelu(enc.conv2(h)).transpose(1, 2)  # (B, T, D)
             steps = h.shape[1]
             h = h + enc.embed_positions.weight[:steps]
             valid = torch.arange(steps, device=h.device)[None, :] < out_lengths[:, None]  # (B, T)
-            bias = torch.zeros(valid.shape, device=h.device).masked_fill(~valid, torch.finfo(h.dtype).min)
+            bias = torch.zeros(valid.shape, device=h.device).masked_fill(
+                ~valid, torch.finfo(h.dtype).min
+            )
             bias = bias[:, None, None, :]  # (B, 1, 1, T) additive key-padding mask
             outputs = []
             for i, layer in enumerate(enc.layers):

@@ -50,23 +50,37 @@ def tdm_keep_index(
     score = importance.masked_fill(~valid, float("inf"))  # padding is never "bottom"
     order = score.argsort(dim=-1, stable=True)  # (B, T) ascending
     n_drop_t = torch.tensor(n_drop, device=importance.device)
-    rank_is_dropped = torch.arange(t, device=importance.device)[None, :] < n_drop_t[:, None]  # (B, T)
+    rank_is_dropped = (
+        torch.arange(t, device=importance.device)[None, :] < n_drop_t[:, None]
+    )  # (B, T)
     dropped = torch.zeros_like(valid).scatter(1, order, rank_is_dropped)  # (B, T)
     keep = valid & ~dropped  # (B, T)
     t_new = max(new_lengths) if b else 0
-    pack = (~keep).to(torch.int8).argsort(dim=-1, stable=True)[:, :t_new]  # kept first, in time order
+    pack = (
+        (~keep).to(torch.int8).argsort(dim=-1, stable=True)[:, :t_new]
+    )  # kept first, in time order
     return pack, new_lengths
 
 
 def gather_tokens(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """x (B, T, ...) at index (B, T') along time -> (B, T', ...), as whole-row copies."""
     b, t = x.shape[:2]
-    flat = index if b == 1 else index + torch.arange(0, b * t, t, device=index.device)[:, None]  # (B, T')
-    return x.reshape(b * t, *x.shape[2:]).index_select(0, flat.reshape(-1)).view(b, index.shape[1], *x.shape[2:])
+    flat = (
+        index if b == 1 else index + torch.arange(0, b * t, t, device=index.device)[:, None]
+    )  # (B, T')
+    return (
+        x.reshape(b * t, *x.shape[2:])
+        .index_select(0, flat.reshape(-1))
+        .view(b, index.shape[1], *x.shape[2:])
+    )
 
 
 def token_dropout(
-    x: torch.Tensor, valid: torch.Tensor, importance: torch.Tensor, positions: torch.Tensor, drop_rate: float
+    x: torch.Tensor,
+    valid: torch.Tensor,
+    importance: torch.Tensor,
+    positions: torch.Tensor,
+    drop_rate: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """TDM (Eq. 5-6): drop the int(drop_rate * length) least important valid tokens.
 
@@ -76,7 +90,11 @@ def token_dropout(
     """
     index, new_lengths = tdm_keep_index(importance, valid, valid.sum(-1).tolist(), drop_rate)
     new = torch.tensor(new_lengths, device=x.device, dtype=torch.long)
-    return gather_tokens(x, index), lengths_to_valid(new, index.shape[1]), gather_tokens(positions, index)
+    return (
+        gather_tokens(x, index),
+        lengths_to_valid(new, index.shape[1]),
+        gather_tokens(positions, index),
+    )
 
 
 class DropFormerBlock(nn.Module):
@@ -97,13 +115,20 @@ class DropFormerBlock(nn.Module):
         )
         self.norm1 = nn.LayerNorm(cfg.d_model)
         self.ffn = nn.Sequential(
-            nn.Linear(cfg.d_model, cfg.ffn_dim), nn.ReLU(), nn.Dropout(cfg.dropout), nn.Linear(cfg.ffn_dim, cfg.d_model)
+            nn.Linear(cfg.d_model, cfg.ffn_dim),
+            nn.ReLU(),
+            nn.Dropout(cfg.dropout),
+            nn.Linear(cfg.ffn_dim, cfg.d_model),
         )
         self.norm2 = nn.LayerNorm(cfg.d_model)
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(
-        self, x: torch.Tensor, valid: torch.Tensor, positions: torch.Tensor, lengths: list[int] | None = None
+        self,
+        x: torch.Tensor,
+        valid: torch.Tensor,
+        positions: torch.Tensor,
+        lengths: list[int] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """x (B, T, D) -> (x, valid, positions) after TDM, and importance (B, T) before it.
 
@@ -123,13 +148,21 @@ class DropFormerBlock(nn.Module):
             x = x * valid[..., None]  # keep padding at exactly zero
             importance = reduce_heads(s, self.cfg.importance_reduction, padded)  # (B, T)
             if tdm:
-                x, valid, positions = token_dropout(x, valid, importance, positions, self.cfg.drop_rate)
+                x, valid, positions = token_dropout(
+                    x, valid, importance, positions, self.cfg.drop_rate
+                )
             return x, valid, positions, importance
         y, s = self.attn.mix(x, valid, lengths)  # (B, T, D) before the output projection, (B, H, T)
         importance = reduce_heads(s, self.cfg.importance_reduction, padded)  # (B, T)
         if tdm:
-            index, lengths = tdm_keep_index(importance, valid, lengths, self.cfg.drop_rate)  # (B, T')
-            y, x, positions = gather_tokens(y, index), gather_tokens(x, index), gather_tokens(positions, index)
+            index, lengths = tdm_keep_index(
+                importance, valid, lengths, self.cfg.drop_rate
+            )  # (B, T')
+            y, x, positions = (
+                gather_tokens(y, index),
+                gather_tokens(x, index),
+                gather_tokens(positions, index),
+            )
             valid = valid_mask(lengths, index.shape[1], x.device)
             padded = any(n < index.shape[1] for n in lengths)
         x = self.norm1(x + self.attn.out(y))
@@ -171,9 +204,13 @@ class DropFormer(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.input_norm = nn.LayerNorm(cfg.input_dim)
-        self.input_proj = nn.Linear(cfg.input_dim, cfg.d_model) if cfg.input_dim != cfg.d_model else nn.Identity()
+        self.input_proj = (
+            nn.Linear(cfg.input_dim, cfg.d_model) if cfg.input_dim != cfg.d_model else nn.Identity()
+        )
         self.pos_table: torch.Tensor
-        self.register_buffer("pos_table", sinusoidal_positions(cfg.max_positions, cfg.d_model), persistent=False)
+        self.register_buffer(
+            "pos_table", sinusoidal_positions(cfg.max_positions, cfg.d_model), persistent=False
+        )
         self.input_dropout = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(DropFormerBlock(cfg, i) for i in range(cfg.num_layers))
         layers: list[nn.Module] = []
@@ -194,8 +231,12 @@ class DropFormer(nn.Module):
     def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> DropFormerOutput:
         b, t, _ = features.shape
         if t > self.cfg.max_positions:
-            raise ValueError(f"{t} tokens exceed max_positions={self.cfg.max_positions}; raise it in the config")
-        lens = [min(max(int(n), 0), t) for n in lengths.tolist()]  # host ints: no device sync per layer
+            raise ValueError(
+                f"{t} tokens exceed max_positions={self.cfg.max_positions}; raise it in the config"
+            )
+        lens = [
+            min(max(int(n), 0), t) for n in lengths.tolist()
+        ]  # host ints: no device sync per layer
         padded = any(n < t for n in lens)
         valid = valid_mask(lens, t, features.device)  # (B, T)
         x = self.input_proj(self.input_norm(features))  # (B, T, D)
@@ -211,11 +252,19 @@ class DropFormer(nn.Module):
             before_valid, before_pos = valid, positions
             x, valid, positions, imp = block(x, valid, positions, lens)  # imp (B, T_before)
             if padded:
-                full = torch.full((b, t + 1), float("nan"), device=x.device, dtype=imp.dtype)  # last column: padding sink
-                full.scatter_(1, before_pos.masked_fill(~before_valid, t), imp.masked_fill(~before_valid, float("nan")))
+                full = torch.full(
+                    (b, t + 1), float("nan"), device=x.device, dtype=imp.dtype
+                )  # last column: padding sink
+                full.scatter_(
+                    1,
+                    before_pos.masked_fill(~before_valid, t),
+                    imp.masked_fill(~before_valid, float("nan")),
+                )
                 full = full[:, :t]  # (B, T) on the original time axis
             else:
-                full = torch.full((b, t), float("nan"), device=x.device, dtype=imp.dtype).scatter_(1, before_pos, imp)
+                full = torch.full((b, t), float("nan"), device=x.device, dtype=imp.dtype).scatter_(
+                    1, before_pos, imp
+                )
             importance.append(full)
             if tdm:
                 lens = [n - d for n, d in zip(lens, keep_counts(self.cfg.drop_rate, lens))]
@@ -225,5 +274,7 @@ class DropFormer(nn.Module):
             pooled = (x * valid[..., None]).sum(1) / denom  # (B, D)
         else:
             pooled = x.sum(1) / max(x.shape[1], 1)  # (B, D)
-        kept_tokens = torch.tensor(kept, dtype=torch.long, device=x.device).T.reshape(b, len(kept))  # (B, L + 1)
+        kept_tokens = torch.tensor(kept, dtype=torch.long, device=x.device).T.reshape(
+            b, len(kept)
+        )  # (B, L + 1)
         return DropFormerOutput(self.head(pooled), importance, kept_tokens, kept_index, pooled)

@@ -85,7 +85,9 @@ class BenchConfig(StrictModel):
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--parts", default=None, help="comma-separated: head,window,model,rss,wavlm,latency,ingest")
+    parser.add_argument(
+        "--parts", default=None, help="comma-separated: head,window,model,rss,wavlm,latency,ingest"
+    )
 
 
 def main(args: argparse.Namespace, config: dict[str, Any]) -> int:
@@ -95,7 +97,9 @@ def main(args: argparse.Namespace, config: dict[str, Any]) -> int:
     known = {"head", "window", "model", "rss", "wavlm", "latency", "ingest"}
     unknown = set(cfg.parts) - known
     if unknown:
-        raise ConfigError(f"parts has unknown entries {sorted(unknown)}; choose from {', '.join(sorted(known))}")
+        raise ConfigError(
+            f"parts has unknown entries {sorted(unknown)}; choose from {', '.join(sorted(known))}"
+        )
     import torch
 
     from streamer import bench
@@ -120,7 +124,9 @@ def main(args: argparse.Namespace, config: dict[str, Any]) -> int:
     if "latency" in cfg.parts:
         audio = sorted(Path(cfg.audio_dir).glob("*.wav")) if cfg.audio_dir else [demo_audio_path()]
         if not audio or not audio[0].is_file():
-            raise ConfigError(f"audio_dir {cfg.audio_dir!r} holds no .wav files; point it at a folder of WAV files")
+            raise ConfigError(
+                f"audio_dir {cfg.audio_dir!r} holds no .wav files; point it at a folder of WAV files"
+            )
         for n in (1, cfg.streams):
             rows.append(bench.bench_latency(n, cfg.duration_s, audio, cfg.checkpoint, str(device)))
     ingest: dict[str, Any] | None = None
@@ -131,14 +137,29 @@ def main(args: argparse.Namespace, config: dict[str, Any]) -> int:
 
         audio = sorted(Path(cfg.audio_dir).glob("*.wav")) if cfg.audio_dir else [demo_audio_path()]
         if not audio:
-            raise ConfigError(f"audio_dir {cfg.audio_dir!r} holds no .wav files; point it at a folder of WAV files")
-        ingest = asyncio.run(bench_ingest.ramp(
-            audio=audio, checkpoint=cfg.checkpoint, device=str(device), threads=cfg.threads,
-            protocol=cfg.protocol, legs_start=cfg.legs_start, legs_step=cfg.legs_step, legs_max=cfg.legs_max,
-            step_s=cfg.step_s, settle_s=cfg.settle_s, p99_limit_ms=cfg.p99_limit_ms, daemon_overrides=cfg.daemon_set,
-        ))
-    header = (f"device={device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else platform.processor() or platform.machine()}), "
-              f"torch {torch.__version__}, threads={cfg.threads}")
+            raise ConfigError(
+                f"audio_dir {cfg.audio_dir!r} holds no .wav files; point it at a folder of WAV files"
+            )
+        ingest = asyncio.run(
+            bench_ingest.ramp(
+                audio=audio,
+                checkpoint=cfg.checkpoint,
+                device=str(device),
+                threads=cfg.threads,
+                protocol=cfg.protocol,
+                legs_start=cfg.legs_start,
+                legs_step=cfg.legs_step,
+                legs_max=cfg.legs_max,
+                step_s=cfg.step_s,
+                settle_s=cfg.settle_s,
+                p99_limit_ms=cfg.p99_limit_ms,
+                daemon_overrides=cfg.daemon_set,
+            )
+        )
+    header = (
+        f"device={device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else platform.processor() or platform.machine()}), "
+        f"torch {torch.__version__}, threads={cfg.threads}"
+    )
     print(header)
     if rows:
         print(bench.markdown(rows))
@@ -156,8 +177,19 @@ def main(args: argparse.Namespace, config: dict[str, Any]) -> int:
         text.append(bench_live.markdown(wavlm))
         print(text[-1])
     if cfg.out:
-        Path(cfg.out).write_text(json.dumps({"environment": header, "config": cfg.model_dump(), "rows": rows,
-                                             "ingest": ingest, "wavlm": wavlm}, indent=2, default=str))
+        Path(cfg.out).write_text(
+            json.dumps(
+                {
+                    "environment": header,
+                    "config": cfg.model_dump(),
+                    "rows": rows,
+                    "ingest": ingest,
+                    "wavlm": wavlm,
+                },
+                indent=2,
+                default=str,
+            )
+        )
     if cfg.md:
         Path(cfg.md).write_text("\n\n".join(text) + "\n")
     return 0
@@ -170,26 +202,45 @@ def run_wavlm(cfg: BenchConfig, device: Any) -> dict[str, Any]:
 
     from streamer import bench_live
 
-    audio_dir = Path(cfg.audio_dir) if cfg.audio_dir else Path(__file__).resolve().parents[2] / "tests" / "data" / "emodb"
+    audio_dir = (
+        Path(cfg.audio_dir)
+        if cfg.audio_dir
+        else Path(__file__).resolve().parents[2] / "tests" / "data" / "emodb"
+    )
     if not any(audio_dir.glob("*.wav")) and not any(audio_dir.glob("wav/*.wav")):
-        raise ConfigError(f"audio_dir {str(audio_dir)!r} holds no EmoDB .wav files; point it at EmoDB's wav folder")
+        raise ConfigError(
+            f"audio_dir {str(audio_dir)!r} holds no EmoDB .wav files; point it at EmoDB's wav folder"
+        )
     live = bench_live.LiveConfig(
-        device=device, audio_dir=audio_dir, threads=cfg.wavlm_threads or os.cpu_count() or 1, repeats=min(cfg.repeats, 10),
-        train_files=cfg.train_files, agreement_windows=cfg.agreement_windows, streams=cfg.live_streams,
-        naive_streams=cfg.naive_streams, step_s=cfg.live_step_s, settle_s=cfg.live_settle_s, max_batch=cfg.max_batch,
-        p99_limit_ms=cfg.live_p99_limit_ms, frontend=cfg.frontend,
+        device=device,
+        audio_dir=audio_dir,
+        threads=cfg.wavlm_threads or os.cpu_count() or 1,
+        repeats=min(cfg.repeats, 10),
+        train_files=cfg.train_files,
+        agreement_windows=cfg.agreement_windows,
+        streams=cfg.live_streams,
+        naive_streams=cfg.naive_streams,
+        step_s=cfg.live_step_s,
+        settle_s=cfg.live_settle_s,
+        max_batch=cfg.max_batch,
+        p99_limit_ms=cfg.live_p99_limit_ms,
+        frontend=cfg.frontend,
         batch_sizes=cfg.batch_sizes or ([1, 2, 4, 8, 16, 32, 64] if device.type == "cuda" else []),
     )
 
     def partial(result: dict[str, Any]) -> None:  # a run cut short still leaves what it measured
         if cfg.out:
-            Path(cfg.out).with_suffix(".partial.json").write_text(json.dumps(result, indent=2, default=str))
+            Path(cfg.out).with_suffix(".partial.json").write_text(
+                json.dumps(result, indent=2, default=str)
+            )
         if cfg.md:
             Path(cfg.md).with_suffix(".partial.md").write_text(bench_live.markdown(result) + "\n")
 
     cache = os.environ.get("EMOTION_MONITOR_CACHE")
     with tempfile.TemporaryDirectory(prefix="bench-wavlm-") as workdir:
-        os.environ["EMOTION_MONITOR_CACHE"] = workdir  # converted copies of the random WavLM die with it
+        os.environ["EMOTION_MONITOR_CACHE"] = (
+            workdir  # converted copies of the random WavLM die with it
+        )
         try:
             result = bench_live.run(live, Path(workdir), partial)
         finally:

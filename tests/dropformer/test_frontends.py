@@ -24,8 +24,15 @@ def test_logmel_uses_library_filter_bank() -> None:
     from transformers.audio_utils import mel_filter_bank
 
     fe = build_frontend(FrontendConfig(kind="logmel"))
-    ref = mel_filter_bank(num_frequency_bins=257, num_mel_filters=80, min_frequency=20.0, max_frequency=8000,
-                          sampling_rate=16000, norm="slaney", mel_scale="slaney")
+    ref = mel_filter_bank(
+        num_frequency_bins=257,
+        num_mel_filters=80,
+        min_frequency=20.0,
+        max_frequency=8000,
+        sampling_rate=16000,
+        norm="slaney",
+        mel_scale="slaney",
+    )
     assert np.allclose(fe.mel_fb.numpy(), ref)
 
 
@@ -43,7 +50,9 @@ def test_wavlm_loads_from_folder_and_returns_chosen_layer(tiny_wavlm_dir: Path) 
     calls: list[int] = []
     for i, layer in enumerate(full.encoder.layers):
         layer.register_forward_hook(lambda m, a, o, i=i: calls.append(i))
-    x = (wave[:1] - wave[:1].mean()) / torch.sqrt(wave[:1].var(unbiased=False) + 1e-7)  # do_normalize
+    x = (wave[:1] - wave[:1].mean()) / torch.sqrt(
+        wave[:1].var(unbiased=False) + 1e-7
+    )  # do_normalize
     with torch.no_grad():
         ref = full(x, output_hidden_states=True).hidden_states[2]
     assert calls == [0, 1, 2, 3]
@@ -94,9 +103,14 @@ def test_wavlm_never_loads_the_layers_above_the_chosen_one(tiny_wavlm_dir: Path)
 
     fe = build_frontend(FrontendConfig(kind="wavlm", model=str(tiny_wavlm_dir), layer=2))
     full = WavLMModel.from_pretrained(tiny_wavlm_dir)
-    _fold_weight_norm(full.encoder.pos_conv_embed.conv)  # (weight_g, weight_v) -> weight, as the front end does
+    _fold_weight_norm(
+        full.encoder.pos_conv_embed.conv
+    )  # (weight_g, weight_v) -> weight, as the front end does
     upper = sum(p.numel() for layer in full.encoder.layers[2:] for p in layer.parameters())
-    assert sum(p.numel() for p in fe.wavlm.parameters()) == sum(p.numel() for p in full.parameters()) - upper
+    assert (
+        sum(p.numel() for p in fe.wavlm.parameters())
+        == sum(p.numel() for p in full.parameters()) - upper
+    )
     assert not any(k.startswith("encoder.layers.2.") for k in fe.wavlm.state_dict())
 
 
@@ -107,8 +121,15 @@ def test_wavlm_bfloat16_agrees_with_float32(
     """bf16 layers (and bf16 or fp32 convolutions) stay close to the exact fp32 features."""
     monkeypatch.setenv("EMOTION_MONITOR_CACHE", str(tmp_path))
     exact = build_frontend(FrontendConfig(kind="wavlm", model=str(tiny_wavlm_dir), layer=2))
-    fast = build_frontend(FrontendConfig(kind="wavlm", model=str(tiny_wavlm_dir), layer=2, dtype="bfloat16",
-                                         conv_dtype=conv_dtype))
+    fast = build_frontend(
+        FrontendConfig(
+            kind="wavlm",
+            model=str(tiny_wavlm_dir),
+            layer=2,
+            dtype="bfloat16",
+            conv_dtype=conv_dtype,
+        )
+    )
     assert next(fast.wavlm.encoder.parameters()).dtype == torch.bfloat16
     conv_weight = next(fast.wavlm.feature_extractor.parameters())
     assert conv_weight.dtype == (torch.float32 if conv_dtype == "float32" else torch.bfloat16)
@@ -138,4 +159,6 @@ def test_wavlm_low_precision_weights_are_converted_once_into_the_cache(
     second = build_frontend(cfg)
     assert (copy / "model.safetensors").stat().st_mtime_ns == stamp  # not written again
     wave = torch.randn(1, 16000) * 0.1
-    assert torch.equal(first(wave, torch.tensor([16000]))[0], second(wave, torch.tensor([16000]))[0])
+    assert torch.equal(
+        first(wave, torch.tensor([16000]))[0], second(wave, torch.tensor([16000]))[0]
+    )

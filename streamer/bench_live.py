@@ -104,6 +104,8 @@ class LiveConfig:
     """Batch sizes of the batching curve; [] = none on CPU, 1..64 on GPU."""
     frontend: dict[str, Any] | None = None
     """Force the monitor's front-end settings instead of choosing among the candidates."""
+    skip: list[str] = field(default_factory=list)
+    """Candidates (by name, see :func:`candidates`) not to measure; exact fp32 always is."""
 
 
 # ------------------------------------------------------------------ assets
@@ -537,7 +539,8 @@ def run(
     del naive
     gc.collect()
     torch.set_num_threads(cfg.threads)
-    for name, overrides in tqdm(candidates(dev), desc="front-end candidates", leave=False):
+    tried = [c for i, c in enumerate(candidates(dev)) if i == 0 or c[0] not in cfg.skip]
+    for name, overrides in tqdm(tried, desc="front-end candidates", leave=False):
         engine = Engine.load(
             str(assets["checkpoint"]), device=str(dev), frontend_overrides=overrides
         )
@@ -550,8 +553,8 @@ def run(
             "threads": cfg.threads,
             **timing,
         }
-        if name != candidates(dev)[0][0]:
-            row.update(agreement(probs[candidates(dev)[0][0]], probs[name]))
+        if name != tried[0][0]:
+            row.update(agreement(probs[tried[0][0]], probs[name]))
         else:
             counts = np.bincount(probs[name].argmax(1), minlength=len(LABELS))
             result["exact_label_spread"] = dict(zip(LABELS, counts.tolist()))

@@ -82,6 +82,8 @@ class BenchConfig(StrictModel):
     frontend: dict[str, Any] | None = None
     """wavlm part: force the monitor's front-end settings (e.g. {dtype: bfloat16}); null = the fastest
     candidate that keeps the agreement targets."""
+    skip_candidates: list[str] = Field(default_factory=list)
+    """wavlm part: front-end candidates not to measure, by name (e.g. ["bf16 throughout"]); exact fp32 always is."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -225,6 +227,7 @@ def run_wavlm(cfg: BenchConfig, device: Any) -> dict[str, Any]:
         max_batch=cfg.max_batch,
         p99_limit_ms=cfg.live_p99_limit_ms,
         frontend=cfg.frontend,
+        skip=cfg.skip_candidates,
         batch_sizes=cfg.batch_sizes or ([1, 2, 4, 8, 16, 32, 64] if device.type == "cuda" else []),
     )
 

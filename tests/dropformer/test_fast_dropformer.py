@@ -15,7 +15,8 @@ from tests.dropformer.reference_dropformer import ReferenceDropFormer, dynamic_t
 from tests.dropformer.reference_dropformer import static_band_mask as reference_band
 
 SMALL = dict(input_dim=24, d_model=32, num_heads=4, ffn_dim=64, head_hidden=(32,))
-DEFAULT_SIZE = dict(input_dim=64, d_model=128, num_heads=4, ffn_dim=256, head_hidden=(128,))
+# The default model's head (configs/train/whisper.yaml): 1024-dim Whisper-base features -> d 128.
+DEFAULT_SIZE = dict(input_dim=1024, d_model=128, num_heads=4, ffn_dim=256, head_hidden=(128,))
 
 
 def pair(name: str, seed: int, **size: object) -> tuple[DropFormer, ReferenceDropFormer]:
@@ -59,7 +60,7 @@ def test_inference_equals_todays_implementation_at_the_default_size(name: str) -
     """150 tokens (a 3 s window) at the default model's width, with and without padding."""
     fast, ref = pair(name, 0, **DEFAULT_SIZE)
     fast.eval(), ref.eval()
-    x = torch.randn(3, 150, 64)
+    x = torch.randn(3, 150, 1024)
     with torch.inference_mode():
         assert_same_outputs(fast, ref, x, torch.tensor([150, 150, 150]))
         assert_same_outputs(fast, ref, x, torch.tensor([150, 101, 75]))
@@ -149,6 +150,6 @@ def test_dropped_tokens_cut_the_work_of_every_later_step() -> None:
     for block in model.blocks:
         block.ffn.register_forward_hook(lambda m, args, out: seen.append(args[0].shape[1]))
     with torch.inference_mode():
-        out = model(torch.randn(1, 150, 64), torch.tensor([150]))
+        out = model(torch.randn(1, 150, 1024), torch.tensor([150]))
     assert out.kept_tokens[0].tolist() == [150, 135, 122, 110, 99]
     assert seen == [135, 122, 110, 99]

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import types
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from dropformer.configio import dataclass_from_dict
@@ -30,6 +32,8 @@ log = logging.getLogger(__name__)
 SAMPLE_RATE_HZ = 16000
 #: The model each pretrained front-end kind loads when ``model`` is not set.
 DEFAULT_MODELS = {"wavlm": "microsoft/wavlm-large", "whisper": "openai/whisper-base"}
+#: Precisions a pretrained front end may compute in.
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass
@@ -56,8 +60,12 @@ class FrontendConfig:
     peak_ref: float = 1.2
     """whisper, level='peak': log10 mel power of the loudest bin (speech peaks measured on EmoDB and nEMO: 1.0-1.6)."""
     dtype: str = "float32"
-    """wavlm: 'float32' or 'bfloat16' weights. bf16 is for GPUs: on the CPU build measured here its
-    convolutions ran ~30x slower and the whole front end 16x slower (BENCHMARKS.md)."""
+    """wavlm: precision of the transformer layers: 'float32' (exact), 'bfloat16' (weights stored in bf16,
+    matrix products in bf16 through autocast, norms and softmax kept in fp32; about 2x faster on CPUs with
+    AMX or AVX512-BF16 and on GPUs, much slower on CPUs without them) or 'float16' (GPUs only)."""
+    conv_dtype: str | None = None
+    """wavlm: precision of the convolutional feature encoder; None = ``dtype``. Its own setting because
+    bf16 convolutions are fast on some CPUs (AMX) and ~30x slower on others (BENCHMARKS.md)."""
     n_mels: int = 80
     """logmel: mel bands."""
     win_ms: float = 25.0
@@ -76,20 +84,35 @@ class FrontendConfig:
         if self.kind not in ("wavlm", "logmel", "whisper"):
             raise ConfigError(f"frontend.kind = {self.kind!r}; use 'whisper', 'wavlm' or 'logmel'")
         if self.layer < 1:
-            raise ConfigError(f"frontend.layer = {self.layer} must be >= 1 (1-based transformer layer)")
+            raise ConfigError(
+                f"frontend.layer = {self.layer} must be >= 1 (1-based transformer layer)"
+            )
         if not 1 <= self.concat_layers <= self.layer:
-            raise ConfigError(f"frontend.concat_layers = {self.concat_layers} must lie in 1..layer ({self.layer})")
+            raise ConfigError(
+                f"frontend.concat_layers = {self.concat_layers} must lie in 1..layer ({self.layer})"
+            )
         if self.concat_layers > 1 and self.kind != "whisper":
-            raise ConfigError("frontend.concat_layers > 1 is only supported with frontend.kind=whisper")
-        if self.dtype not in ("float32", "bfloat16"):
-            raise ConfigError(f"frontend.dtype = {self.dtype!r}; use 'float32' or 'bfloat16'")
+            raise ConfigError(
+                "frontend.concat_layers > 1 is only supported with frontend.kind=whisper"
+            )
+        for key in ("dtype", "conv_dtype"):
+            value = getattr(self, key)
+            if value not in DTYPES and not (key == "conv_dtype" and value is None):
+                raise ConfigError(f"frontend.{key} = {value!r}; use one of {', '.join(DTYPES)}")
         if self.level not in ("absolute", "peak"):
             raise ConfigError(f"frontend.level = {self.level!r}; use 'absolute' or 'peak'")
         if self.normalize not in ("utterance", "level", "none"):
-            raise ConfigError(f"frontend.normalize = {self.normalize!r}; use 'utterance', 'level' or 'none'")
+            raise ConfigError(
+                f"frontend.normalize = {self.normalize!r}; use 'utterance', 'level' or 'none'"
+            )
         base_rate = 1000.0 / self.hop_ms
-        if self.frame_rate_hz <= 0 or abs(base_rate / self.frame_rate_hz - round(base_rate / self.frame_rate_hz)) > 1e-6:
-            raise ConfigError(f"frontend.frame_rate_hz = {self.frame_rate_hz} must divide 1000/hop_ms = {base_rate}")
+        if (
+            self.frame_rate_hz <= 0
+            or abs(base_rate / self.frame_rate_hz - round(base_rate / self.frame_rate_hz)) > 1e-6
+        ):
+            raise ConfigError(
+                f"frontend.frame_rate_hz = {self.frame_rate_hz} must divide 1000/hop_ms = {base_rate}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -115,11 +138,15 @@ class Frontend(nn.Module):
     feature_dim: int
     frame_rate_hz: float
 
-    def forward(self, waveform: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, waveform: torch.Tensor, lengths: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
 
-def masked_standardize(x: torch.Tensor, lengths: torch.Tensor, dim: int, eps: float) -> torch.Tensor:
+def masked_standardize(
+    x: torch.Tensor, lengths: torch.Tensor, dim: int, eps: float
+) -> torch.Tensor:
     """Zero mean, unit variance along ``dim`` over the first ``lengths`` entries; padding set to 0."""
     valid = torch.arange(x.shape[dim], device=x.device)[None, :] < lengths[:, None]  # (B, N)
     shape = [x.shape[0]] + [1] * (x.dim() - 1)
@@ -159,8 +186,13 @@ class LogMelFrontend(Frontend):
         self.n_fft = 1 << (self.win_samples - 1).bit_length()
         self.pool = round(1000.0 / config.hop_ms / config.frame_rate_hz)
         fb = mel_filter_bank(
-            num_frequency_bins=self.n_fft // 2 + 1, num_mel_filters=config.n_mels, min_frequency=20.0,
-            max_frequency=SAMPLE_RATE_HZ / 2, sampling_rate=SAMPLE_RATE_HZ, norm="slaney", mel_scale="slaney",
+            num_frequency_bins=self.n_fft // 2 + 1,
+            num_mel_filters=config.n_mels,
+            min_frequency=20.0,
+            max_frequency=SAMPLE_RATE_HZ / 2,
+            sampling_rate=SAMPLE_RATE_HZ,
+            norm="slaney",
+            mel_scale="slaney",
         )
         self.mel_fb: torch.Tensor
         self.window: torch.Tensor
@@ -170,48 +202,100 @@ class LogMelFrontend(Frontend):
         self.frame_rate_hz = config.frame_rate_hz
 
     def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
-        frames = torch.div(lengths - self.n_fft, self.hop_samples, rounding_mode="floor") + 1  # stft frames span n_fft
+        frames = (
+            torch.div(lengths - self.n_fft, self.hop_samples, rounding_mode="floor") + 1
+        )  # stft frames span n_fft
         return torch.div(frames.clamp(min=0), self.pool, rounding_mode="floor")
 
-    def forward(self, waveform: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, waveform: torch.Tensor, lengths: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         waveform = waveform.float()
         spec = torch.stft(
-            waveform, self.n_fft, hop_length=self.hop_samples, win_length=self.win_samples,
-            window=self.window, center=False, return_complex=True,
+            waveform,
+            self.n_fft,
+            hop_length=self.hop_samples,
+            win_length=self.win_samples,
+            window=self.window,
+            center=False,
+            return_complex=True,
         )  # (B, F, frames)
         mel = spec.abs().pow(2).transpose(1, 2) @ self.mel_fb  # (B, frames, M)
         logmel = torch.log(mel + 1e-8)
         b, n, m = logmel.shape
         n_pooled = n // self.pool
-        feats = logmel[:, : n_pooled * self.pool].reshape(b, n_pooled, self.pool, m).mean(2)  # (B, T, M)
+        feats = (
+            logmel[:, : n_pooled * self.pool].reshape(b, n_pooled, self.pool, m).mean(2)
+        )  # (B, T, M)
         out_lengths = self.output_lengths(lengths.to(waveform.device)).clamp(max=n_pooled)
         return normalize_logmel(feats, out_lengths, self.config.normalize), out_lengths
 
 
+class Autocast(nn.Module):
+    """Runs ``inner`` in its own precision (float32 as is, bf16/fp16 through autocast) and hands its
+    output on in ``out_dtype``, the precision of what follows."""
+
+    def __init__(self, inner: nn.Module, dtype: torch.dtype, out_dtype: torch.dtype) -> None:
+        super().__init__()
+        self.inner, self.dtype, self.out_dtype = inner, dtype, out_dtype
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        low = self.dtype != torch.float32
+        with torch.autocast(
+            x.device.type, dtype=self.dtype if low else torch.bfloat16, enabled=low
+        ):
+            return self.inner(x.to(self.dtype)).to(self.out_dtype)
+
+
 class WavLMFrontend(Frontend):
-    """Frozen WavLM, truncated after ``config.layer``; returns that layer's output."""
+    """Frozen WavLM, truncated after ``config.layer``; returns that layer's output.
+
+    Only the layers up to ``config.layer`` are built and loaded (the weights of
+    the layers above are never read into memory), and the positional
+    convolution's weight norm is folded once at load (exact). The feature
+    encoder and the transformer layers each compute in their configured
+    precision (``conv_dtype``, ``dtype``).
+    """
 
     def __init__(self, config: FrontendConfig) -> None:
         super().__init__()
-        from transformers import WavLMModel
+        from transformers import WavLMConfig, WavLMModel
 
         self.config = config
         try:
-            model = WavLMModel.from_pretrained(str(config.model))
+            wavlm_config = WavLMConfig.from_pretrained(str(config.model))
         except (OSError, ValueError) as exc:
             raise CheckpointError(
                 f"cannot load WavLM from {config.model!r}: {exc}. Set frontend.model to a local folder "
                 "saved with save_pretrained, or to a hub id with network access (HF_HUB_OFFLINE unset)."
             ) from exc
-        total = len(model.encoder.layers)
+        total = int(wavlm_config.num_hidden_layers)
         if config.layer > total:
-            raise ConfigError(f"frontend.layer = {config.layer} but {config.model!r} has only {total} layers")
-        model.encoder.layers = model.encoder.layers[: config.layer]  # layers above are never run
-        model.config.num_hidden_layers = config.layer
+            raise ConfigError(
+                f"frontend.layer = {config.layer} but {config.model!r} has only {total} layers"
+            )
+        wavlm_config.num_hidden_layers = config.layer  # layers above are never built, loaded or run
+        dtype, conv_dtype = DTYPES[config.dtype], DTYPES[config.conv_dtype or config.dtype]
+        load_dtype = dtype if dtype == conv_dtype else torch.float32
+        source = str(config.model)
+        if load_dtype != torch.float32:
+            source = low_precision_copy(source, config.layer, config.dtype) or source
+        model = _quietly(
+            lambda: WavLMModel.from_pretrained(source, config=wavlm_config, dtype=load_dtype)
+        )
+        _fold_weight_norm(model.encoder.pos_conv_embed.conv)
+        for layer in model.encoder.layers:
+            layer.attention.torch_multi_head_self_attention = types.MethodType(
+                _wavlm_attention, layer.attention
+            )
         model.eval().requires_grad_(False)
-        if config.dtype == "bfloat16":
-            model = model.to(torch.bfloat16)  # type: ignore[arg-type]
+        if dtype != conv_dtype:
+            model.feature_projection.to(dtype)
+            model.encoder.to(dtype)
+            model.feature_extractor.to(conv_dtype)
+        model.feature_extractor = Autocast(model.feature_extractor, conv_dtype, dtype)
         self.wavlm = model
+        self.dtype = dtype
         self.normalize_waveform = config.normalize_waveform
         if self.normalize_waveform is None:
             self.normalize_waveform = _feature_extractor_normalizes(str(config.model))
@@ -229,22 +313,125 @@ class WavLMFrontend(Frontend):
         return self
 
     def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
-        return self.wavlm._get_feat_extract_output_lengths(lengths).long()  # type: ignore[arg-type]
+        return self.wavlm._get_feat_extract_output_lengths(lengths).long()
 
-    def forward(self, waveform: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, waveform: torch.Tensor, lengths: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         lengths = lengths.to(waveform.device)
         x = waveform.float()
         if self.normalize_waveform:
             x = masked_standardize(x, lengths, dim=1, eps=1e-7)
-        x = x.to(next(self.wavlm.parameters()).dtype)
-        attention_mask = (torch.arange(x.shape[1], device=x.device)[None, :] < lengths[:, None]).long()
+        attention_mask = (
+            torch.arange(x.shape[1], device=x.device)[None, :] < lengths[:, None]
+        ).long()
         self._captured.clear()
-        with torch.no_grad():
+        low = self.dtype != torch.float32
+        with (
+            torch.no_grad(),
+            torch.autocast(x.device.type, dtype=self.dtype if low else torch.bfloat16, enabled=low),
+        ):
             self.wavlm(x, attention_mask=attention_mask)
         feats = self._captured.pop().float()  # (B, T, D) output of the chosen layer
         out_lengths = self.output_lengths(lengths).clamp(max=feats.shape[1])
         mask = torch.arange(feats.shape[1], device=feats.device)[None, :] < out_lengths[:, None]
         return feats * mask[..., None], out_lengths
+
+
+def low_precision_copy(source: str, layers: int, dtype: str) -> str | None:
+    """A folder holding layers 1..``layers`` of the WavLM at ``source`` in ``dtype``, made once (in a child
+    process) and cached, so that a low-precision front end never has the fp32 weights resident next to
+    its own: loaded from it, the weights are the file's pages, half the fp32 size. None when the source's
+    weights are not one local safetensors file (the front end then converts while loading)."""
+    import hashlib
+    import os
+    import subprocess
+    import sys
+
+    from transformers.utils import cached_file
+
+    from dropformer.whisper import cache_root
+
+    try:
+        weights = Path(str(cached_file(source, "model.safetensors")))
+    except (OSError, ValueError):
+        return None
+    stat = weights.stat()
+    key = hashlib.sha256(
+        f"{weights.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()
+    ).hexdigest()[:16]
+    folder = cache_root() / f"wavlm-layers1-{layers}-{dtype}-{key}"
+    if not (folder / "config.json").is_file():
+        tmp = folder.with_name(f"{folder.name}.tmp{os.getpid()}")
+        log.info("writing a %s copy of %s (layers 1-%d) to %s, once", dtype, source, layers, folder)
+        code = "import sys; from dropformer.frontends import write_low_precision_copy as w; w(*sys.argv[1:])"
+        subprocess.run(
+            [sys.executable, "-c", code, source, str(tmp), str(layers), dtype], check=True
+        )
+        try:
+            os.replace(tmp, folder)
+        except OSError:  # another process wrote it meanwhile
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+    return str(folder)
+
+
+def write_low_precision_copy(source: str, folder: str, layers: str, dtype: str) -> None:
+    """Child process of :func:`low_precision_copy`: load layers 1..``layers`` in ``dtype``, save them."""
+    from transformers import WavLMConfig, WavLMModel
+
+    config = WavLMConfig.from_pretrained(source)
+    config.num_hidden_layers = int(layers)
+    model = _quietly(lambda: WavLMModel.from_pretrained(source, config=config, dtype=DTYPES[dtype]))
+    _quietly(lambda: model.save_pretrained(folder))
+
+
+def _quietly(load: Any) -> Any:
+    """Run a transformers loader without its report of the (deliberately) unused upper-layer weights."""
+    from transformers.utils import logging as hf_logging
+
+    level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        return load()
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def _wavlm_attention(
+    self: Any,
+    hidden_states: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    gated_position_bias: torch.Tensor,
+) -> tuple[torch.Tensor, None]:
+    """WavLM's self-attention (transformers' ``torch_multi_head_self_attention``), the same arithmetic in
+    batch-first layout through ``scaled_dot_product_attention``. The original hands time-first views to
+    ``F.multi_head_attention_forward``, whose projections of a batch of more than one window then expand
+    each weight matrix to (T, D, D) and copy it in bf16 (seconds per window on CPU); it also averages
+    attention weights nobody reads.  hidden_states (B, T, D) -> (B, T, D), None"""
+    b, t, d = hidden_states.shape
+    h = self.num_heads
+    q, k, v = (
+        proj(hidden_states).view(b, t, h, d // h).transpose(1, 2)
+        for proj in (self.q_proj, self.k_proj, self.v_proj)
+    )
+    bias = gated_position_bias.view(b, h, t, t).to(q.dtype)  # (B, H, T, T)
+    if attention_mask is not None:
+        bias = bias.masked_fill(attention_mask.ne(1)[:, None, None, :], float("-inf"))
+    y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)  # (B, H, T, D / H)
+    return self.out_proj(y.transpose(1, 2).reshape(b, t, d)), None
+
+
+def _fold_weight_norm(conv: nn.Module) -> None:
+    """Replace a weight-normed convolution's parametrisation by the weight it computes (exact, done once)."""
+    from torch.nn.utils import parametrize
+
+    if parametrize.is_parametrized(conv, "weight"):
+        parametrize.remove_parametrizations(conv, "weight", leave_parametrized=True)
 
 
 def _feature_extractor_normalizes(source: str) -> bool:
@@ -253,7 +440,10 @@ def _feature_extractor_normalizes(source: str) -> bool:
 
         return bool(Wav2Vec2FeatureExtractor.from_pretrained(source).do_normalize)
     except (OSError, ValueError):
-        log.warning("no feature-extractor config found for %r; normalising the waveform (WavLM-Large's setting)", source)
+        log.warning(
+            "no feature-extractor config found for %r; normalising the waveform (WavLM-Large's setting)",
+            source,
+        )
         return True
 
 
@@ -278,14 +468,23 @@ class WhisperFrontend(Frontend):
         encoder: Any = _load_whisper_encoder(resolve_source(str(config.model)))
         total = len(encoder.layers)
         if config.layer > total:
-            raise ConfigError(f"frontend.layer = {config.layer} but {config.model!r} has only {total} encoder layers")
+            raise ConfigError(
+                f"frontend.layer = {config.layer} but {config.model!r} has only {total} encoder layers"
+            )
         encoder.layers = encoder.layers[: config.layer]  # layers above are never run
         self.final_norm = config.layer == total  # the encoder's last output is layer-normed
         self.encoder = encoder.float().eval().requires_grad_(False)
         self.max_tokens = int(encoder.embed_positions.weight.shape[0])
         n_mels = int(encoder.config.num_mel_bins)
-        fb = mel_filter_bank(num_frequency_bins=201, num_mel_filters=n_mels, min_frequency=0.0, max_frequency=8000.0,
-                             sampling_rate=SAMPLE_RATE_HZ, norm="slaney", mel_scale="slaney")
+        fb = mel_filter_bank(
+            num_frequency_bins=201,
+            num_mel_filters=n_mels,
+            min_frequency=0.0,
+            max_frequency=8000.0,
+            sampling_rate=SAMPLE_RATE_HZ,
+            norm="slaney",
+            mel_scale="slaney",
+        )
         self.mel_fb: torch.Tensor
         self.window: torch.Tensor
         self.register_buffer("mel_fb", torch.from_numpy(fb).float(), persistent=False)  # (F, M)
@@ -300,14 +499,18 @@ class WhisperFrontend(Frontend):
 
     @staticmethod
     def output_lengths(lengths: torch.Tensor) -> torch.Tensor:
-        frames = torch.div(lengths.clamp(min=400), 160, rounding_mode="floor")  # mel frames (last STFT frame dropped)
+        frames = torch.div(
+            lengths.clamp(min=400), 160, rounding_mode="floor"
+        )  # mel frames (last STFT frame dropped)
         return torch.div(frames - 1, 2, rounding_mode="floor") + 1  # conv2 has stride 2
 
     def log_mel(self, wave: torch.Tensor) -> torch.Tensor:
         """Whisper's log-mel of one waveform (N,) -> (M, N // 160)."""
         if wave.shape[0] < 400:
             wave = torch.nn.functional.pad(wave, (0, 400 - wave.shape[0]))
-        spec = torch.stft(wave, 400, 160, window=self.window, return_complex=True)[:, :-1]  # (F, frames)
+        spec = torch.stft(wave, 400, 160, window=self.window, return_complex=True)[
+            :, :-1
+        ]  # (F, frames)
         mel = self.mel_fb.T @ spec.abs().pow(2)  # (M, frames)
         log_spec = torch.clamp(mel, min=1e-10).log10()
         peak = log_spec.max()
@@ -316,26 +519,37 @@ class WhisperFrontend(Frontend):
             log_spec = log_spec - peak + self.config.peak_ref
         return (log_spec + 4.0) / 4.0
 
-    def forward(self, waveform: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, waveform: torch.Tensor, lengths: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         lengths = lengths.to(waveform.device)
         mels = [self.log_mel(waveform[i, : int(n)].float()) for i, n in enumerate(lengths)]
         frames = torch.tensor([m.shape[1] for m in mels], device=waveform.device)
-        x = torch.zeros(len(mels), mels[0].shape[0], int(frames.max()), device=waveform.device)  # (B, M, N)
+        x = torch.zeros(
+            len(mels), mels[0].shape[0], int(frames.max()), device=waveform.device
+        )  # (B, M, N)
         for i, m in enumerate(mels):
             x[i, :, : m.shape[1]] = m
         out_lengths = self.output_lengths(lengths)
         if int(out_lengths.max()) > self.max_tokens:
-            raise ConfigError(f"Whisper takes at most {self.max_tokens / 50:.0f} s per input; "
-                              f"got {float(lengths.max()) / SAMPLE_RATE_HZ:.1f} s: use shorter windows or crops")
+            raise ConfigError(
+                f"Whisper takes at most {self.max_tokens / 50:.0f} s per input; "
+                f"got {float(lengths.max()) / SAMPLE_RATE_HZ:.1f} s: use shorter windows or crops"
+            )
         enc: Any = self.encoder
         with torch.no_grad():
             h = torch.nn.functional.gelu(enc.conv1(x))  # (B, D, N)
-            h = h * (torch.arange(h.shape[2], device=h.device)[None, :] < frames[:, None])[:, None, :]
+            h = (
+                h
+                * (torch.arange(h.shape[2], device=h.device)[None, :] < frames[:, None])[:, None, :]
+            )
             h = torch.nn.functional.gelu(enc.conv2(h)).transpose(1, 2)  # (B, T, D)
             steps = h.shape[1]
             h = h + enc.embed_positions.weight[:steps]
             valid = torch.arange(steps, device=h.device)[None, :] < out_lengths[:, None]  # (B, T)
-            bias = torch.zeros(valid.shape, device=h.device).masked_fill(~valid, torch.finfo(h.dtype).min)
+            bias = torch.zeros(valid.shape, device=h.device).masked_fill(
+                ~valid, torch.finfo(h.dtype).min
+            )
             bias = bias[:, None, None, :]  # (B, 1, 1, T) additive key-padding mask
             outputs = []
             for i, layer in enumerate(enc.layers):

@@ -39,6 +39,11 @@ class ModelConfig(StrictModel):
     """auto | cpu | cuda | cuda:N."""
     threads: int = Field(1, ge=1, le=256)
     """torch intra-op threads on CPU; 1 is steadiest on a shared machine."""
+    frontend: dict[str, Any] = Field(default_factory=dict)
+    """Front-end settings over the checkpoint's (FrontendConfig fields), e.g. {dtype: bfloat16, conv_dtype: float32}
+    for WavLM on CPUs with AMX/AVX512-BF16 or on GPUs (BENCHMARKS.md); {} = the checkpoint's own."""
+    warm_up: bool = True
+    """Run one window through the model at start-up so the first live window does not pay one-time costs."""
 
 
 class WorkerConfig(StrictModel):

@@ -67,7 +67,12 @@ class Daemon:
         m, w = self.cfg.model, self.cfg.worker
 
         def load() -> Engine:
-            return Engine.load(m.checkpoint, device=m.device, frontend_model=m.frontend_model, threads=m.threads)
+            engine = Engine.load(m.checkpoint, device=m.device, frontend_model=m.frontend_model, threads=m.threads,
+                                 frontend_overrides=m.frontend or None)
+            if m.warm_up:
+                seconds = engine.warm_up(round(self.cfg.windowing.window_s * 16000))
+                log.info("model warmed up in %.1f s", seconds)
+            return engine
 
         return InferenceWorker(load, max_batch=w.max_batch, max_wait_ms=w.max_wait_ms, queue_size=w.queue_size)
 

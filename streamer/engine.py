@@ -91,10 +91,11 @@ class Engine:
     @classmethod
     def load(
         cls, checkpoint: str | Path | None, *, device: str = "auto", frontend_model: str | None = None,
-        threads: int | None = None,
+        threads: int | None = None, frontend_overrides: dict[str, Any] | None = None,
     ) -> Engine:
         """Load ``checkpoint`` (a folder or a shipped model's name; None: the bundled default model, else a random
-        log-mel model, loudly)."""
+        log-mel model, loudly). ``frontend_overrides`` replace fields of the checkpoint's front-end config
+        (e.g. ``{"dtype": "bfloat16"}``)."""
         if threads:
             torch.set_num_threads(threads)
         dev = resolve_device(device)
@@ -113,9 +114,21 @@ class Engine:
             ckpt = load_checkpoint(path)
         if frontend_model is not None:
             ckpt.frontend_config.model = frontend_model
+        if frontend_overrides:
+            ckpt.frontend_config = FrontendConfig.from_dict({**ckpt.frontend_config.to_dict(), **frontend_overrides})
         engine = cls(ckpt, dev, random_init=random_init)
         log.info("model %s (front end %s, labels %s) on %s", engine.info["rev"], engine.info["frontend"], engine.labels, dev)
         return engine
+
+    def warm_up(self, window_samples: int, batch_sizes: tuple[int, ...] = (1,)) -> float:
+        """Run windows of low noise through the model once per batch size, so that one-time costs
+        (kernel selection, allocator growth) are paid at start-up, not on the first live window.
+        Returns the seconds it took."""
+        t0 = time.perf_counter()
+        rng = np.random.default_rng(0)
+        for b in batch_sizes:
+            self.run([(1e-3 * rng.standard_normal(window_samples)).astype(np.float32) for _ in range(b)])
+        return time.perf_counter() - t0
 
     @torch.inference_mode()
     def run(self, waves: list[np.ndarray], norms: list[NormStats | None] | None = None) -> BatchResult:

@@ -24,8 +24,15 @@ def test_logmel_uses_library_filter_bank() -> None:
     from transformers.audio_utils import mel_filter_bank
 
     fe = build_frontend(FrontendConfig(kind="logmel"))
-    ref = mel_filter_bank(num_frequency_bins=257, num_mel_filters=80, min_frequency=20.0, max_frequency=8000,
-                          sampling_rate=16000, norm="slaney", mel_scale="slaney")
+    ref = mel_filter_bank(
+        num_frequency_bins=257,
+        num_mel_filters=80,
+        min_frequency=20.0,
+        max_frequency=8000,
+        sampling_rate=16000,
+        norm="slaney",
+        mel_scale="slaney",
+    )
     assert np.allclose(fe.mel_fb.numpy(), ref)
 
 
@@ -43,7 +50,9 @@ def test_wavlm_loads_from_folder_and_returns_chosen_layer(tiny_wavlm_dir: Path) 
     calls: list[int] = []
     for i, layer in enumerate(full.encoder.layers):
         layer.register_forward_hook(lambda m, a, o, i=i: calls.append(i))
-    x = (wave[:1] - wave[:1].mean()) / torch.sqrt(wave[:1].var(unbiased=False) + 1e-7)  # do_normalize
+    x = (wave[:1] - wave[:1].mean()) / torch.sqrt(
+        wave[:1].var(unbiased=False) + 1e-7
+    )  # do_normalize
     with torch.no_grad():
         ref = full(x, output_hidden_states=True).hidden_states[2]
     assert calls == [0, 1, 2, 3]
@@ -85,3 +94,71 @@ def test_level_normalisation_removes_gain_and_keeps_spectral_tilt() -> None:
     assert tilt[:, :20].mean() - tilt[:, 60:].mean() > 1.0
     cmvn = build_frontend(FrontendConfig(kind="logmel"))(dull, torch.tensor([32000]))[0][0]
     assert abs(cmvn[:, :20].mean() - cmvn[:, 60:].mean()) < 0.1
+
+
+def test_wavlm_never_loads_the_layers_above_the_chosen_one(tiny_wavlm_dir: Path) -> None:
+    from transformers import WavLMModel
+
+    from dropformer.frontends import _fold_weight_norm
+
+    fe = build_frontend(FrontendConfig(kind="wavlm", model=str(tiny_wavlm_dir), layer=2))
+    full = WavLMModel.from_pretrained(tiny_wavlm_dir)
+    _fold_weight_norm(
+        full.encoder.pos_conv_embed.conv
+    )  # (weight_g, weight_v) -> weight, as the front end does
+    upper = sum(p.numel() for layer in full.encoder.layers[2:] for p in layer.parameters())
+    assert (
+        sum(p.numel() for p in fe.wavlm.parameters())
+        == sum(p.numel() for p in full.parameters()) - upper
+    )
+    assert not any(k.startswith("encoder.layers.2.") for k in fe.wavlm.state_dict())
+
+
+@pytest.mark.parametrize("conv_dtype", [None, "float32"])
+def test_wavlm_bfloat16_agrees_with_float32(
+    tiny_wavlm_dir: Path, conv_dtype: str | None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """bf16 layers (and bf16 or fp32 convolutions) stay close to the exact fp32 features."""
+    monkeypatch.setenv("EMOTION_MONITOR_CACHE", str(tmp_path))
+    exact = build_frontend(FrontendConfig(kind="wavlm", model=str(tiny_wavlm_dir), layer=2))
+    fast = build_frontend(
+        FrontendConfig(
+            kind="wavlm",
+            model=str(tiny_wavlm_dir),
+            layer=2,
+            dtype="bfloat16",
+            conv_dtype=conv_dtype,
+        )
+    )
+    assert next(fast.wavlm.encoder.parameters()).dtype == torch.bfloat16
+    conv_weight = next(fast.wavlm.feature_extractor.parameters())
+    assert conv_weight.dtype == (torch.float32 if conv_dtype == "float32" else torch.bfloat16)
+    torch.manual_seed(0)
+    wave, lengths = torch.randn(2, 16000) * 0.1, torch.tensor([16000, 12000])
+    a, la = exact(wave, lengths)
+    b, lb = fast(wave, lengths)
+    assert b.dtype == torch.float32 and torch.equal(la, lb)
+    cos = torch.nn.functional.cosine_similarity(a[0].flatten(), b[0].flatten(), dim=0)
+    assert cos > 0.99
+    with pytest.raises(ConfigError, match="frontend.conv_dtype"):
+        FrontendConfig(kind="wavlm", conv_dtype="int8")
+
+
+def test_wavlm_low_precision_weights_are_converted_once_into_the_cache(
+    tiny_wavlm_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bf16 front end loads a cached bf16 copy of the layers it needs (made once), not the fp32 file."""
+    import json
+
+    monkeypatch.setenv("EMOTION_MONITOR_CACHE", str(tmp_path))
+    cfg = FrontendConfig(kind="wavlm", model=str(tiny_wavlm_dir), layer=2, dtype="bfloat16")
+    first = build_frontend(cfg)
+    (copy,) = tmp_path.glob("wavlm-layers1-2-bfloat16-*")
+    assert json.loads((copy / "config.json").read_text())["num_hidden_layers"] == 2
+    stamp = (copy / "model.safetensors").stat().st_mtime_ns
+    second = build_frontend(cfg)
+    assert (copy / "model.safetensors").stat().st_mtime_ns == stamp  # not written again
+    wave = torch.randn(1, 16000) * 0.1
+    assert torch.equal(
+        first(wave, torch.tensor([16000]))[0], second(wave, torch.tensor([16000]))[0]
+    )

@@ -133,6 +133,54 @@ def test_shipped_default_model_scores_the_fixture(tmp_path: Path) -> None:
     assert ev["utterance"]["mean"]["wa"] >= 10 / 12
 
 
+def test_shipped_whisper_default_model_labels_real_speech(tmp_path: Path) -> None:
+    """The daemon's default (`whisper_emodb_nemo`): its card's facts hold and it labels the 12 fixture files.
+
+    The fixture files are in its training data (EmoDB): this guards the artifact; held-out figures are in
+    BENCHMARKS.md. The Whisper encoder comes from the offline conversion (`emotion-monitor convert-whisper`).
+    """
+    from dropformer.pretrained import DEFAULT_NAME, bundled
+
+    folder = bundled()
+    assert DEFAULT_NAME == "whisper_emodb_nemo" and folder is not None
+    assert (folder / "model.safetensors").stat().st_size < 5_000_000 and (folder / "README.md").is_file()
+    ckpt = load_checkpoint(folder)
+    assert ckpt.labels == ["neutral", "happy", "angry", "sad"] and ckpt.frontend_config.kind == "whisper"
+    assert ckpt.meta["trained_on"] == "emodb+nemo" and ckpt.meta["licence"] == "CC-BY-NC-SA-4.0"
+    assert ckpt.meta["command"].startswith("emotion-monitor train --config configs/train/whisper.yaml")
+    assert ckpt.stream_norm is not None and ckpt.norm_prior is not None and 0.3 < ckpt.temperature < 5
+    cfg = _config(tmp_path)
+    cfg["frontend"] = ckpt.frontend_config.to_dict()
+    (tmp_path / "eval.yaml").write_text(yaml.safe_dump(cfg))
+    assert cli(["evaluate", "--config", str(tmp_path / "eval.yaml"), "--checkpoint", str(folder),
+                "--out", str(tmp_path / "ev"), "--log-level", "WARNING"]) == 0
+    ev = json.loads((tmp_path / "ev" / "evaluation.json").read_text())
+    assert ev["utterance"]["pooled"]["count"] == 12
+    assert ev["utterance"]["mean"]["wa"] >= 10 / 12
+
+
+def test_export_carries_the_data_and_licence_of_the_fold_it_ships(tmp_path: Path) -> None:
+    """Leave one corpus out, then ship fold 2 (trained without nEMO): MIT, trained on EmoDB; fold 1 carries nEMO's."""
+    from tests.dropformer.test_data_readers import _nemo_tree
+
+    cfg = _config(tmp_path, epochs=2, selection="last", val_count=0, folds_scheme="corpus", folds=None)
+    cfg["data"] = {"sources": [{"name": "emodb", "corpus": "emodb", "root": str(FIXTURE)},
+                               {"name": "nemo", "corpus": "nemo", "root": str(_nemo_tree(tmp_path / "nemo"))}]}
+    (tmp_path / "loco.yaml").write_text(yaml.safe_dump(cfg))
+    base = ["train", "--config", str(tmp_path / "loco.yaml"), "--log-level", "WARNING"]
+    assert cli([*base, "--export", str(tmp_path / "emodb_only"), "--export-fold", "2", "--export-fp16"]) == 0
+    shipped = load_checkpoint(tmp_path / "emodb_only")
+    assert shipped.meta["test"] == "nemo" and shipped.meta["trained_on"] == "emodb"
+    assert shipped.meta["licence"] == "MIT" and shipped.meta["data_licences"] == {"emodb": "CC0-1.0"}
+    st = __import__("safetensors.torch", fromlist=["load_file"]).load_file(tmp_path / "emodb_only" / "model.safetensors")
+    assert all(v.dtype == torch.float16 for k, v in st.items() if not k.startswith("stream_norm."))
+    # the finished run is not trained again; fold 1 (tested on EmoDB) was trained on nEMO and carries its licence
+    assert cli([*base, "--export", str(tmp_path / "nemo_only"), "--export-fold", "1"]) == 0
+    assert load_checkpoint(tmp_path / "nemo_only").meta["licence"] == "CC-BY-NC-SA-4.0"
+    assert cli([*base, "--export", str(tmp_path / "none"), "--export-fold", "3"]) == 2
+    assert not (tmp_path / "none").exists()
+
+
 def test_ablate_and_sweep_cli(tmp_path: Path) -> None:
     cfg = _config(tmp_path, epochs=2, selection="last", val_count=0)
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))

@@ -4,7 +4,8 @@
  * URL parameters:
  *   ?ws=ws://host:port/ws   WebSocket endpoint (default: this page's host, path /ws)
  *   ?streams=a,b            show only these streams (also set by the stream chips)
- *   ?token=...              ingest token, for the microphone button when the monitor has one
+ *   ?token=...              the monitor's token (access.token), when it has one: sent with
+ *                           the events connection and the microphone's /ingest connection
  *
  * The "listen to this browser's microphone" button asks for consent in the
  * page, then getUserMedia -> AudioWorklet (mic-worklet.js, 16-bit PCM) ->
@@ -84,10 +85,21 @@
 
   // ------------------------------------------------------------ page state
   const params = new URLSearchParams(location.search);
+  function withToken(url) {  // browsers cannot send headers: the token goes in the query
+    const token = params.get("token");
+    if (!token) return url;
+    try {
+      const u = new URL(url);
+      if (!u.searchParams.has("token")) u.searchParams.set("token", token);
+      return u.toString();
+    } catch (err) {
+      return url;  // a bad ?ws= is reported when connecting
+    }
+  }
   const defaultWs = location.host
     ? `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`
     : "ws://127.0.0.1:8765/ws";
-  const wsUrl = params.get("ws") || defaultWs;
+  const wsUrl = withToken(params.get("ws") || defaultWs);
   const initial = (params.get("streams") || "").split(",").map((s) => s.trim()).filter(Boolean);
 
   const streams = new Map();   // stream id -> view state

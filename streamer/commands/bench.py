@@ -69,12 +69,12 @@ def main(args: argparse.Namespace, config: dict[str, Any]) -> int:
         raise ConfigError(f"parts has unknown entries {sorted(unknown)}; choose from {', '.join(sorted(known))}")
     import torch
 
+    from dropformer.device import resolve_device
     from streamer import bench
     from streamer.config import demo_audio_path
-    from streamer.engine import resolve_device
 
     torch.set_num_threads(cfg.threads)
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg.device, "device")
     rows: list[dict[str, Any]] = []
     if "head" in cfg.parts:
         rows += bench.bench_head(device, cfg.repeats)

@@ -68,6 +68,7 @@ class Daemon:
         self.hub = Hub()
         self.backend: InferenceBackend = backend or wiring.make_worker(cfg.model, cfg.worker)
         self.cores: dict[str, StreamCore] = {}
+        self.sources: dict[str, Source] = {}  # each running stream's source
         self._locks: dict[str, asyncio.Lock] = {}
         self.websocket: Any = None
         self._stack: contextlib.AsyncExitStack | None = None
@@ -241,6 +242,7 @@ class Daemon:
         try:
             source, realtime = wiring.make_source(sc) if network_source is None else (network_source, True)
             stale_s = self.cfg.worker.stale_after_s if realtime else None
+            self.sources[sc.id] = source
             async with source:
                 dropped_seen = 0
 
@@ -270,6 +272,7 @@ class Daemon:
         finally:
             for t in pending:
                 t.cancel()
+            self.sources.pop(sc.id, None)
             if heartbeat is not None:
                 heartbeat.cancel()
             self.publish(core.stop(error=error))

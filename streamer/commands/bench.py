@@ -15,6 +15,7 @@ from dropformer.configio import StrictModel, validate
 from dropformer.errors import ConfigError
 
 HELP = "measure inference time and audio-to-publish latency"
+SET_EXAMPLE = "threads=2"
 log = logging.getLogger(__name__)
 
 

@@ -16,6 +16,7 @@ from dropformer.configio import validate
 from streamer.config import DaemonConfig, config_summary
 
 HELP = "run the live monitor"
+SET_EXAMPLE = "model.device=cpu"
 # The default stream as a plain dict, so that `--set streams.0.source.path=...`
 # works without a config file (the YAML file and --set are merged on top; every
 # other default comes from the config models).

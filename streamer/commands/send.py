@@ -34,6 +34,7 @@ from dropformer.errors import EmotionMonitorError
 from streamer.access import TOKEN_ENV, token_from_env
 
 HELP = "stream a file or the microphone to a remote monitor's /ingest endpoint"
+SET_EXAMPLE = "block_ms=50"
 DEFAULTS: dict[str, Any] = {}
 log = logging.getLogger(__name__)
 

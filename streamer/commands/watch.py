@@ -19,6 +19,7 @@ from typing import Any
 from dropformer.configio import validate
 
 HELP = "print live estimates from a running monitor"
+SET_EXAMPLE = "url=ws://127.0.0.1:8765/ws"
 
 DEFAULTS: dict[str, Any] = {}
 

@@ -48,6 +48,7 @@ import asyncio
 import logging
 import random
 from collections import deque
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
@@ -93,6 +94,15 @@ def _json(obj: dict[str, Any]) -> bytes:
 
 
 _Item = tuple[str | None, str, bytes]  # (stream id, topic, payload)
+
+
+@dataclass
+class MqttStats(PublisherStats):
+    """``superseded``: retained values replaced by a newer one before they were sent (the
+    topic's latest value is what counts; not a loss); ``ignored``: events without a topic."""
+
+    superseded: int = 0
+    ignored: int = 0
 
 
 class _Outbox:
@@ -174,9 +184,8 @@ class MqttPublisher:
         self.importance, self.home_assistant = cfg.importance, cfg.home_assistant
         self.discovery_prefix = cfg.discovery_prefix
         self._last_status: dict[str, dict[str, Any]] = {}
-        self.stats = PublisherStats()
-        self.superseded = 0
-        self.ignored = 0
+        self.counters = MqttStats()
+        self.stats: PublisherStats = self.counters  # the hub reports every field
         self.connects = 0
         self.connected = False
         self.last_error: str | None = None
@@ -203,7 +212,7 @@ class MqttPublisher:
         kind, sid = message.type, message.stream_id
         route = ROUTES.get(kind) if kind is not None else None
         if route is None or sid is None:
-            self.ignored += 1
+            self.counters.ignored += 1
             key = f"{kind!r}" if route is None else f"{kind!r} without stream_id"
             if key not in self._ignored_types:
                 self._ignored_types.add(key)
@@ -256,7 +265,7 @@ class MqttPublisher:
     def _set_retained(self, topic: str, payload: bytes, stream_id: str | None) -> None:
         self._forget_after_send.discard(topic)
         if topic in self._dirty:
-            self.superseded += 1
+            self.counters.superseded += 1
         self._retained[topic] = (stream_id, payload)
         self._dirty[topic] = None
         self._queue.wake()
@@ -426,5 +435,5 @@ class MqttPublisher:
         return {
             **self.stats.as_dict(), "connected": self.connected, "connects": self.connects,
             "queued": len(self._queue), "retained_pending": len(self._dirty),
-            "superseded": self.superseded, "ignored": self.ignored, "last_error": self.last_error,
+            "last_error": self.last_error,
         }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -197,3 +198,41 @@ async def test_reconnects_after_a_broker_restart(mosquitto_broker: MosquittoBrok
             await eventually(lambda: bool(live.on("emotion/mic0/estimate")), "a new estimate")
         assert live.on("emotion/mic0/estimate") == [estimate("mic0", 99)]
         assert live.on("emotion/mic0/status")[0]["state"] == "speech"
+
+
+async def test_a_read_only_account_cannot_publish_commands_or_spoof_estimates(tmp_path: Any) -> None:
+    """The ACL SECURITY.md recommends for a robot or dashboard account (read emotion/#, nothing
+    else): what it publishes never reaches anyone, on the estimate topics or a command topic."""
+    from tests.fixtures.services import _running_broker
+
+    brokers = _running_broker(tmp_path / "broker", {"daemon": ["topic read robot/#"]})
+    b = next(brokers)
+    try:
+        got: list[tuple[str, bytes]] = []
+        async with aiomqtt.Client(b.host, b.port, username="daemon", password=b.users["daemon"],
+                                  protocol=aiomqtt.ProtocolVersion.V5) as watcher:
+            await watcher.subscribe("emotion/#", qos=1)
+            await watcher.subscribe("robot/#", qos=1)
+
+            async def collect() -> None:
+                async for m in watcher.messages:
+                    assert isinstance(m.payload, bytes)
+                    got.append((str(m.topic), m.payload))
+
+            reader = asyncio.create_task(collect())
+            async with aiomqtt.Client(b.host, b.port, username="robot", password=b.users["robot"],
+                                      protocol=aiomqtt.ProtocolVersion.V5) as robot:
+                spoof = json.dumps(transition("mic0", "happy")).encode()
+                await robot.publish("emotion/mic0/state", spoof, qos=1, retain=True)
+                await robot.publish("emotion/mic0/estimate", spoof, qos=1)
+                await robot.publish("robot/head/cmd", b'{"action": "calm_down"}', qos=1)
+            await watcher.publish("emotion/marker", b"{}", qos=1)  # the daemon's own, allowed
+            await eventually(lambda: any(t == "emotion/marker" for t, _ in got), "the marker")
+            reader.cancel()
+        assert [t for t, _ in got] == ["emotion/marker"]
+        async with subscriber(b, "daemon") as late:  # nothing retained was planted either
+            await asyncio.sleep(0.5)
+        assert late.on("emotion/mic0/state") == []
+    finally:
+        with contextlib.suppress(StopIteration):
+            next(brokers)

@@ -63,18 +63,32 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file {str(p)!r} does not exist; pass an existing YAML file to --config")
+    if p.stat().st_size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config file {str(p)!r} is larger than {MAX_CONFIG_BYTES // 1024} kB; is it a config file?")
+    return parse_yaml(p.read_bytes(), repr(str(p)))
+
+
+MAX_CONFIG_BYTES = 1024 * 1024
+
+
+def parse_yaml(data: bytes | str, name: str = "config") -> dict[str, Any]:
+    """A YAML mapping from ``data`` (text or UTF-8 bytes); :class:`ConfigError` for anything else
+    (binary data, duplicate keys, nesting too deep, not a mapping)."""
     try:
-        data = yaml.load(p.read_text(encoding="utf-8"), Loader=_StrictLoader)  # a SafeLoader subclass
+        text = data.decode("utf-8") if isinstance(data, bytes) else data
+        doc = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"config file {str(p)!r} is not UTF-8 text ({exc.reason} at byte {exc.start}); "
+        raise ConfigError(f"config file {name} is not UTF-8 text ({exc.reason} at byte {exc.start}); "
                           "pass a YAML file") from exc
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {str(p)!r} is not valid YAML: {exc}") from exc
-    if data is None:
+        raise ConfigError(f"config file {name} is not valid YAML: {exc}") from exc
+    except RecursionError:
+        raise ConfigError(f"config file {name} nests too deep; is it a config file?") from None
+    if doc is None:
         return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {str(p)!r} must hold a mapping at the top level, not {type(data).__name__}")
-    return data
+    if not isinstance(doc, dict):
+        raise ConfigError(f"config file {name} must hold a mapping at the top level, not {type(doc).__name__}")
+    return doc
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:
@@ -90,8 +104,8 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     if not key or any(not part for part in key.split(".")):
         raise ConfigError(f"--set {item!r} has an empty key part; write it as --set dotted.key=value")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
+        value = yaml.load(raw, Loader=_StrictLoader) if raw.strip() else ""
+    except (yaml.YAMLError, RecursionError):
         value = raw
     return key.split("."), value
 
@@ -247,6 +261,9 @@ def format_validation_error(exc: ValidationError, source: str = "config", model:
         loc, holders, siblings = user_loc(model, tuple(err["loc"]))
         key = ".".join(str(p) for p in loc) or "<top level>"
         kind = err["type"]
+        settable = kind != "invalid_key" and all(
+            isinstance(p, int) or (isinstance(p, str) and p and not set(p) & set(".= ")) for p in loc
+        )
         if kind == "extra_forbidden":
             name = str(loc[-1])
             parent = ".".join(str(p) for p in loc[:-1])
@@ -261,7 +278,7 @@ def format_validation_error(exc: ValidationError, source: str = "config", model:
                 fix = "remove it or check its spelling against configs/*.yaml"
             msg = "unknown key"
         elif kind == "missing":
-            fix = f"add it to the YAML file or pass --set {key}=..."
+            fix = f"add it to the YAML file or pass --set {key}=..." if settable else "add it to the YAML file"
             msg = "required key is missing"
         elif kind == "value_error":  # the project's own checks: their message names the fix
             text = str(err["msg"]).removeprefix("Value error, ")
@@ -272,7 +289,7 @@ def format_validation_error(exc: ValidationError, source: str = "config", model:
         else:
             given = err.get("input")
             msg = f"{err['msg']} (got {given!r})" if not isinstance(given, (dict, list)) else err["msg"]
-            fix = f"set a valid value with --set {key}=..."
+            fix = f"set a valid value with --set {key}=..." if settable else "fix it in the config file"
         line = f"  - {key}: {msg}; {fix}"
         if line not in lines:  # the branches of a union report one key twice
             lines.append(line)

@@ -272,6 +272,7 @@ class PublishConfig(StrictModel):
 WEBHOOK_TOKEN_ENV = "EMOTION_MONITOR_WEBHOOK_TOKEN"
 TRACK_NAME = r"^[A-Za-z0-9_-]{1,32}$"
 MIN_TOKEN_CHARS = 16
+MAX_TOKEN_FILE_BYTES = 4096
 
 
 def is_loopback(host: str) -> bool:
@@ -338,9 +339,16 @@ class AccessConfig(StrictModel):
 
     def read_token_file(self) -> str:
         assert self.token_file is not None
+        path = Path(self.token_file)
         try:
-            token = Path(self.token_file).read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError) as exc:
+            if not path.is_file():
+                raise OSError("not a file")
+            with path.open("rb") as f:
+                raw = f.read(MAX_TOKEN_FILE_BYTES + 1)
+            if len(raw) > MAX_TOKEN_FILE_BYTES:
+                raise OSError(f"larger than {MAX_TOKEN_FILE_BYTES} bytes")
+            token = raw.decode("utf-8").strip()
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
             raise ValueError(f"token_file {self.token_file!r} cannot be read ({exc}); fix the path") from None
         if len(token) < MIN_TOKEN_CHARS:
             raise ValueError(f"the token in token_file {self.token_file!r} must be at least {MIN_TOKEN_CHARS} characters")

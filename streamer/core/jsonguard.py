@@ -13,6 +13,7 @@ with a ``code`` and a WebSocket close code.
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Any, Final
 
@@ -64,8 +65,8 @@ def nesting_depth(text: str) -> int:
 def loads_bounded(
     data: str | bytes, *, max_bytes: int, max_depth: int = MAX_DEPTH, what: str = "message"
 ) -> Any:
-    """``json.loads(data)`` after checking its size (bytes) and nesting; NaN and Infinity
-    are refused too (they are not JSON). Raises :class:`MessageError`."""
+    """``json.loads(data)`` after checking its size (bytes) and nesting; NaN, Infinity and
+    numbers beyond a float's range are refused too. Raises :class:`MessageError`."""
     size = len(data.encode("utf-8", "surrogatepass")) if isinstance(data, str) else len(data)
     if size > max_bytes:
         raise MessageError("too_large", f"{what} of {size} bytes exceeds the limit of {max_bytes} bytes")
@@ -78,7 +79,7 @@ def loads_bounded(
     if depth > max_depth:
         raise MessageError("too_deep", f"{what} nests {depth} levels deep; at most {max_depth}")
     try:
-        return json.loads(data, parse_constant=_refuse_constant)
+        return json.loads(data, parse_constant=_refuse_constant, parse_float=_finite_float)
     except (ValueError, RecursionError) as exc:
         raise MessageError("bad_json", f"{what} is not valid JSON ({exc})") from None
 
@@ -95,3 +96,10 @@ def loads_object(
 
 def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400 parses as inf
+        raise ValueError(f"{text[:20]} is out of range")
+    return value

@@ -176,6 +176,8 @@ def key_exists(model: type[BaseModel], dotted: str) -> bool:
     """Whether ``--set dotted=...`` names a key of ``model`` (list indexes allowed)."""
     loc = tuple(int(p) if p.isdigit() else p for p in dotted.split("."))
     path, holders, _ = user_loc(model, loc)
+    if isinstance(loc[-1], int):  # an item of a list: the list must be a key
+        return bool(loc[:-1]) and key_exists(model, ".".join(str(p) for p in loc[:-1]))
     return path == list(loc) and any(loc[-1] in m.model_fields for m in holders)
 
 

@@ -93,11 +93,17 @@ class PublisherStats:
     dropped: int = 0
     lost_by_stream: dict[str, int] = field(default_factory=dict, repr=False)
 
+    def track(self, stream_id: str | None) -> None:
+        """Keep a per-stream count for ``stream_id`` (publishers call it for each message)."""
+        if stream_id is not None and stream_id not in self.lost_by_stream:
+            self.lost_by_stream[stream_id] = 0
+
     def lose(self, stream_id: str | None, n: int = 1) -> None:
-        """Count ``n`` lost messages of ``stream_id``."""
+        """Count ``n`` lost messages of ``stream_id`` (per stream only while it is tracked:
+        a stream that ended and was forgotten counts in the total alone)."""
         self.dropped += n
-        if stream_id is not None:
-            self.lost_by_stream[stream_id] = self.lost_by_stream.get(stream_id, 0) + n
+        if stream_id in self.lost_by_stream:
+            self.lost_by_stream[stream_id] += n
 
     def forget(self, stream_id: str) -> None:
         """An ended stream: stop keeping its per-stream count (the total stays)."""

@@ -59,6 +59,7 @@ class JsonlSink:
 
     def publish(self, message: Message) -> None:
         """Queue ``message`` for writing; never blocks."""
+        self.stats.track(message.stream_id)
         dropped = self._queue.push((message.stream_id, (message.text_for(self.importance) + "\n").encode()))
         if dropped is not None:
             self.stats.lose(dropped[0])

@@ -219,6 +219,7 @@ class MqttPublisher:
                 log.warning("mqtt: events of type %s have no MQTT topic; not published", key)
             return
         payload = message.text_for(self.importance).encode()
+        self.stats.track(sid)
         if sid not in self._streams:
             self._streams[sid] = None
             if self.home_assistant:

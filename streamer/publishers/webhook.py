@@ -93,6 +93,7 @@ class WebhookPublisher:
         ignored. Never blocks."""
         if message.type not in self.types:
             return
+        self.stats.track(message.stream_id)
         self._idle.clear()
         dropped = self._queue.push((message.stream_id, message.text))
         if dropped is not None:

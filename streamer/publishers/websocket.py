@@ -247,6 +247,7 @@ class WebSocketPublisher:
         text = message.text_for(self.importance)
         self.stats.published += 1
         sid = message.stream_id
+        self.stats.track(sid)
         now = asyncio.get_running_loop().time() if self._clients else 0.0
         for client in list(self._clients):
             if client.closing or not client.wants(sid):
@@ -302,7 +303,7 @@ class WebSocketPublisher:
         client = _Client(conn, DropOldestQueue(self.max_queue), streams)
         self._clients.add(client)
         self.connections_total += 1
-        client.queue.put((None, encode_json(self._hello())))
+        self._reply(client, self._hello())
         sender = asyncio.get_running_loop().create_task(self._send_loop(client))
         client.tasks.add(sender)
         try:
@@ -352,7 +353,7 @@ class WebSocketPublisher:
             sub = parse_control(raw, max_bytes=self.cfg.max_control_bytes)
         except ControlError as exc:
             self.control_errors[exc.code] = self.control_errors.get(exc.code, 0) + 1
-            client.queue.put((None, encode_json({"type": "error", "v": PROTOCOL_VERSION, "message": exc.message})))
+            self._reply(client, {"type": "error", "v": PROTOCOL_VERSION, "message": exc.message})
             return None
         except MessageError as exc:
             self.control_errors[exc.code] = self.control_errors.get(exc.code, 0) + 1
@@ -361,11 +362,18 @@ class WebSocketPublisher:
                             exc.message, self.control_errors[exc.code])
             return exc
         client.streams = sub.streams
-        client.queue.put((None, encode_json({
+        self._reply(client, {
             "type": "subscribed", "v": PROTOCOL_VERSION,
             "streams": sorted(client.streams) if client.streams is not None else None,
-        })))
+        })
         return None
+
+    def _reply(self, client: _Client, doc: dict[str, Any]) -> None:
+        """Queue the server's own message for one client (what it pushes out is counted)."""
+        dropped = client.queue.push((None, encode_json(doc)))
+        if dropped is not None:
+            client.dropped += 1
+            self.stats.lose(dropped[0])
 
     # -- plain HTTP --------------------------------------------------------
     def _process_request(self, conn: ServerConnection, request: Request) -> Response | None:

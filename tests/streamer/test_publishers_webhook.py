@@ -33,7 +33,7 @@ async def test_delivers_retries_and_gives_up() -> None:
         assert server.headers[0]["Authorization"] == "Bearer hook-token"
         assert server.headers[0]["Content-Type"] == "application/json"
         assert server.attempts == 4 and hook.counters.retries == 2
-        assert hook.stats.dropped == 1 and hook.stats.lost_by_stream == {"call2.caller": 1}  # the 404
+        assert hook.stats.dropped == 1 and hook.stats.lost_by_stream == {"call1.caller": 0, "call2.caller": 1}  # the 404
         assert "404" in str(hook.last_error)
 
 

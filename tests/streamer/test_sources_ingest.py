@@ -324,6 +324,7 @@ async def test_200_sessions_leave_nothing_behind(tmp_path: Path) -> None:
         grown = after - before
         health = daemon.health()
         assert daemon.cores == {} and daemon._locks == {} and daemon._network_tasks == {}
+        assert daemon.sources == {} and all(not p.stats.lost_by_stream for _, p in daemon.hub.publishers)
         assert daemon.hub.snapshot() == {"streams": [], "last_status": {}, "last_estimate": {},
                                          "last_importance": {}, "transitions": {}}  # fmt: skip
         assert health["network"]["active"] == 0 and health["ended_streams"]["streams"] == 220

@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 import yaml
-from pydantic_core import PydanticUndefined
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from pydantic_core import PydanticUndefined
 
 from clients.robot.links import MAX_MESSAGE_BYTES, WebSocketLink
 from clients.robot.rules import RobotRule, RuleEngine
@@ -29,7 +29,16 @@ from dropformer.configio import ConfigError, apply_overrides, parse_yaml, valida
 from dropformer.errors import AudioError
 from streamer.config import DaemonConfig
 from streamer.core.control import ControlError, Subscribe, parse_control
-from streamer.core.ingest import FATAL, NON_FATAL, Audio, IngestLimits, IngestProtocol, Problem, Start, Stop
+from streamer.core.ingest import (
+    FATAL,
+    NON_FATAL,
+    Audio,
+    IngestLimits,
+    IngestProtocol,
+    Problem,
+    Start,
+    Stop,
+)
 from streamer.core.jsonguard import MessageError, loads_object
 from streamer.core.twilio import CallStart, CallStop, TrackAudio, TrackNames, TwilioProtocol
 from streamer.sources.base import MAX_BLOCK_BYTES

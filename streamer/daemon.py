@@ -61,7 +61,7 @@ STREAM_LOSSES = ("skipped_stale", "dropped_frames", "lost_results", "inference_e
 
 
 class Daemon:
-    """``async with Daemon(cfg) as d: await d.run()`` (or ``await d.run_until(stop)``)."""
+    """``async with Daemon(cfg) as d: await d.run()`` (or ``await d.run(stop)``)."""
 
     def __init__(self, cfg: DaemonConfig, *, backend: InferenceBackend | None = None) -> None:
         self.cfg = cfg

@@ -155,3 +155,17 @@ async def test_wrong_path_names_the_http_status() -> None:
         rc, _, err = await run_watch("--url", f"ws://127.0.0.1:{pub.port}/nope", "--once")
     assert rc == 2
     assert "HTTP 404" in err and "/ws" in err
+
+
+async def test_a_monitor_with_a_token() -> None:
+    from streamer.access import AccessPolicy
+
+    token = "watch-token-0123456789"
+    async with websocket_publisher(port=0, access=AccessPolicy(token=token)) as pub, publishing(
+        pub, lambda i: [estimate("mic0", i, "happy")]
+    ):
+        rc, _, err = await run_watch("--url", pub.url, "--once")
+        assert rc == 2 and "refused with HTTP 401" in err and "token" in err
+        rc, out, err = await run_watch("--url", pub.url, "--token", token, "--count", "2", "--json")
+        assert rc == 0, err
+    assert [json.loads(x)["label"] for x in out.splitlines()] == ["happy", "happy"]

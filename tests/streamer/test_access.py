@@ -135,6 +135,7 @@ async def test_deep_or_large_control_messages_are_refused_before_parsing(caplog:
     async with websocket_publisher() as server:
         with caplog.at_level(logging.INFO):
             for payload, code in (
+                ("[" * 60_000, 1009),  # the message: refused by size, before json.loads recursed
                 ("[" * 60_000 + "]" * 60_000, 1009),  # (beyond any route's frame limit: the library's 1009)
                 ('{"type": "subscribe", "streams": ["' + "a" * 5000 + '"]}', 1009),  # over max_control_bytes
                 ("[" * 2000 + "]" * 2000, 1008),  # small but deep
@@ -150,4 +151,4 @@ async def test_deep_or_large_control_messages_are_refused_before_parsing(caplog:
                 await ws.send('{"type": "subscribe", "streams": ["a"]}')
                 assert json.loads(await ws.recv())["type"] == "subscribed"
         assert "Traceback" not in caplog.text and "RecursionError" not in caplog.text
-        assert server.control_errors == {"too_large": 1, "too_deep": 2}
+        assert server.control_errors == {"too_large": 2, "too_deep": 2}

@@ -152,3 +152,19 @@ async def test_deep_or_large_control_messages_are_refused_before_parsing(caplog:
                 assert json.loads(await ws.recv())["type"] == "subscribed"
         assert "Traceback" not in caplog.text and "RecursionError" not in caplog.text
         assert server.control_errors == {"too_large": 2, "too_deep": 2}
+
+
+async def test_allow_insecure_starts_with_a_loud_warning(
+    tiny_checkpoint: Any, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from streamer.daemon import Daemon
+
+    monkeypatch.delenv("EMOTION_MONITOR_TOKEN", raising=False)
+    monkeypatch.delenv("EMOTION_MONITOR_INGEST_TOKEN", raising=False)
+    cfg = validate(DaemonConfig, load_config(None, [
+        f"model.checkpoint={tiny_checkpoint}", "streams=[]", "publish.websocket.host=0.0.0.0",
+        "publish.websocket.port=0", "access.allow_insecure=true"]))  # fmt: skip
+    with caplog.at_level(logging.WARNING):
+        async with Daemon(cfg):
+            pass
+    assert "WITHOUT A TOKEN" in caplog.text

@@ -683,6 +683,7 @@
     socket = ws;
     ws.onopen = () => {
       connected = true;
+      everConnected = true;
       backoffMs = BACKOFF_INITIAL_MS;
       setConn("connected", "connected");
       if (selected) sendSubscribe();
@@ -697,13 +698,30 @@
       retryAt = Date.now() + delay;
       retryTimer = setTimeout(connect, delay);
       showRetry();
+      checkAccess();
     };
   }
 
+  let tokenHint = "";  // why connecting fails, when the monitor says it needs a token
+  let accessChecked = false;
   function showRetry() {
     if (connected || !retryTimer) return;
     const left = Math.max(0, Math.ceil((retryAt - Date.now()) / 1000));
-    setConn("disconnected", `disconnected · reconnecting in ${left} s`);
+    setConn("disconnected", `disconnected · ${tokenHint}reconnecting in ${left} s`);
+  }
+
+  let everConnected = false;
+  function checkAccess() {  // a refused handshake looks like any failure to the page: ask /healthz
+    if (!location.host || tokenHint || everConnected || accessChecked) return;
+    accessChecked = true;  // once per page: a monitor that is down is not asked again and again
+    fetch("/healthz", { cache: "no-store" }).then((r) => r.json()).then((h) => {
+      if (h && h.access && h.access.token_required) {
+        tokenHint = params.get("token")
+          ? "the monitor refused this page's token · "
+          : "this monitor needs a token: open the page as /?token=… · ";
+        showRetry();
+      }
+    }).catch(() => {});
   }
 
   // ------------------------------------------------------ browser microphone

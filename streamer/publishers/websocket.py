@@ -447,6 +447,7 @@ class WebSocketPublisher:
             "connections_total": self.connections_total,
             "slow_clients_closed": self.slow_clients_closed,
             "refused": {str(k): v for k, v in sorted(self.refused.items())},
+            "access": {"token_required": self.access.token is not None},
             "control_errors": dict(self.control_errors),
         }
         if self._health is not None:

@@ -73,7 +73,7 @@ async def test_the_dashboard_passes_the_token_from_its_url(browser: Browser) -> 
     async with websocket_publisher(static_dir=DASHBOARD_DIR, access=AccessPolicy(token=TOKEN)) as monitor:
         page = await browser.new_page()
         await page.goto(f"http://127.0.0.1:{monitor.port}/")
-        await expect(page.locator("#conn-text")).to_contain_text("disconnected", timeout=WAIT_MS)
+        await expect(page.locator("#conn-text")).to_contain_text("this monitor needs a token", timeout=WAIT_MS)
         await page.goto(f"http://127.0.0.1:{monitor.port}/?token={TOKEN}")
         await expect(page.locator("#conn-text")).to_have_text("connected", timeout=WAIT_MS)
     assert monitor.refused.get(401, 0) >= 1 and monitor.connections_total == 1

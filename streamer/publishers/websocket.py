@@ -310,7 +310,8 @@ class WebSocketPublisher:
             async for raw in conn:
                 refused = self._on_message(client, raw)
                 if refused is not None:
-                    await conn.close(refused.close_code, refused.message[:120])
+                    reason = refused.message.encode("utf-8")[:120].decode("utf-8", "ignore")
+                    await conn.close(refused.close_code, reason)
                     break
         except ConnectionClosed:
             pass
@@ -318,8 +319,6 @@ class WebSocketPublisher:
             self._clients.discard(client)
             sender.cancel()
             await asyncio.wait([sender])
-            for sid, _ in client.queue.drain():  # not sent: the client went away
-                self.stats.lose(sid)
 
     def _hello(self) -> dict[str, Any]:
         snap = self._snapshot()

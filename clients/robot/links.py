@@ -286,15 +286,16 @@ class WebSocketLink(_Task):
 
     def _hello(self, hello: dict[str, Any]) -> None:
         """Where things stand: statuses, each stream's last transitions (oldest first), last estimates."""
-        for key in ("last_status", "last_estimate"):
-            if not isinstance(hello.get(key), dict):
-                hello[key] = {}
-        for status in hello["last_status"].values():
+        def part(key: str) -> dict[str, Any]:  # a malformed part is left out, not a crash
+            value = hello.get(key)
+            return value if isinstance(value, dict) else {}
+
+        for status in part("last_status").values():
             self.on_event(status, True)
-        for transitions in (hello.get("transitions") or {}).values():
+        for transitions in part("transitions").values():
             for tr in transitions if isinstance(transitions, list) else []:
                 self.on_event(tr, True)
-        for est in hello["last_estimate"].values():
+        for est in part("last_estimate").values():
             self.on_event(est, True)
 
 

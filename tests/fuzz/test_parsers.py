@@ -289,6 +289,7 @@ estimate_fields = {"type": st.sampled_from(["emotion.estimate", "emotion.transit
 
 @given(st.lists(messages(estimate_fields), max_size=8))
 @example(['{"type": "emotion.estimate", "v": 1, "seq": 1, "audio_end_ms": 1e400}'])
+@example(['{"stream_id": null, "type": "hello", "transitions": true}'])  # found by the fuzz run
 def test_robot_client_payloads(payloads: list[str | bytes]) -> None:
     engine = RuleEngine([RobotRule(name="calm", label="angry", min_confidence=0.5, min_duration_ms=500)])
     link = WebSocketLink("ws://127.0.0.1:1/ws", on_event=lambda e, r: engine.feed(e, replayed=r), on_outage=lambda: None)

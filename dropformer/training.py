@@ -68,7 +68,13 @@ from dropformer.metrics import (
     summarize,
 )
 from dropformer.model import DropFormer
-from dropformer.normalization import StreamNormConfig, prior_from, replay_streams
+from dropformer.normalization import (
+    Moments,
+    StreamNormalizer,
+    StreamNormConfig,
+    prior_from,
+    replay_streams,
+)
 
 log = logging.getLogger(__name__)
 
@@ -306,31 +312,50 @@ class StreamNorm:
     prior: tuple[np.ndarray, np.ndarray]
 
 
-def cold_replay(utts: Sequence[Utterance], feats: dict[str, np.ndarray], norm: StreamNorm | None,
-                seed: str = "eval") -> dict[str, Norm] | None:
-    """How the daemon would normalise each test utterance: each speaker replayed as a stream from a cold
-    start, in a seeded random order (causal: an utterance never sees its own statistics)."""
+def eval_norms(utts: Sequence[Utterance], feats: dict[str, np.ndarray], norm: StreamNorm | None,
+               start: str = "cold", seed: str = "eval") -> dict[str, Norm] | None:
+    """How the daemon would normalise each test utterance, each speaker being one stream.
+
+    ``cold``: the speaker's utterances replayed from a cold start in a seeded
+    random order (the first ones normalised by the training prior alone).
+    ``warm``: each utterance normalised as if all the speaker's *other*
+    utterances had been heard first (a stream that has listened for a while).
+    Causal either way: an utterance never sees its own statistics.
+    """
     if norm is None:
         return None
-    streams: dict[str, list[str]] = {}
-    for u in utts:
-        streams.setdefault(u.speaker, []).append(u.uid)
-    for v in streams.values():
-        v.sort()
-    return replay_streams(streams, feats, norm.prior, norm.config, random.Random(seed), warmup=False)
+    streams = speaker_streams(utts)
+    if start == "cold":
+        return replay_streams(streams, feats, norm.prior, norm.config, random.Random(seed), warmup=False)
+    if start != "warm":
+        raise ConfigError(f"normalisation start {start!r}: use 'cold' or 'warm'")
+    out: dict[str, Norm] = {}
+    rng = random.Random(seed)
+    for uids in streams.values():
+        order = [u for u in uids if u in feats]
+        rng.shuffle(order)
+        moments = {uid: Moments.of(feats[uid]) for uid in order}
+        for uid in order:
+            normalizer = StreamNormalizer(norm.prior[0], norm.prior[1], norm.config)
+            for other in order:
+                if other != uid:
+                    normalizer.update(moments[other])
+            out[uid] = normalizer.stats()
+    return out
 
 
 def evaluate_items(model: DropFormer, utts: Sequence[Utterance], feats: dict[str, np.ndarray], labels: Sequence[str],
                    fe: FrontendConfig, device: torch.device, window_s: float | None = None,
-                   norm: StreamNorm | None = None) -> dict[str, Any]:
+                   norm: StreamNorm | None = None, start: str = "cold") -> dict[str, Any]:
     """Scores on whole utterances and, with ``window_s``, on windows (each window labelled as its utterance).
 
-    With ``norm``, features are normalised per speaker-stream as the daemon would (:func:`cold_replay`).
+    With ``norm``, features are normalised per speaker-stream as the daemon would (:func:`eval_norms`,
+    from a ``cold`` or ``warm`` start).
     Logits are returned too (rounded), for calibration.
     """
     have = [u for u in utts if u.uid in feats]
     y = [list(labels).index(u.label) for u in have]
-    stats = cold_replay(have, feats, norm)
+    stats = eval_norms(have, feats, norm, start)
     norms = None if stats is None else [stats[u.uid] for u in have]
     logits = predict_logits(model, [feats[u.uid] for u in have], fe, device, norms)
     probs = softmax(logits)

@@ -37,6 +37,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--run", help="a training run folder (holds config.json and foldNN/)")
     group.add_argument("--checkpoint", help="one checkpoint folder, scored on the whole corpus of --config")
     parser.add_argument("--out", default=None, help="folder for evaluation.json and evaluation.md")
+    parser.add_argument("--norm-start", choices=("cold", "warm"), default="cold",
+                        help="per-stream normalisation: cold = each speaker replayed from a cold start (default); "
+                             "warm = as if the speaker's other utterances had been heard first. "
+                             "Results go to evaluation_warm.* for warm")
     parser.add_argument("--streaming", action="store_true",
                         help="also run each test speaker as one live stream through the daemon (streaming protocol)")
     parser.add_argument("--episode-s", type=float, default=12.0,
@@ -82,7 +86,7 @@ def main(args: argparse.Namespace, config: dict[str, Any]) -> int:
                 continue
             ckpt = load_checkpoint(best, map_location=device)
             res = evaluate_items(ckpt.model, fold.test, feats, list(corpus.labels), ckpt.frontend_config, device,
-                                 cfg.train.eval_window_s, norm_of(ckpt))
+                                 cfg.train.eval_window_s, norm_of(ckpt), args.norm_start)
             results.append({**res, "fold": fold.index, "name": fold.name})
             streams.append((f"fold{fold.index:02d}", best, fold.test))
         if not results:
@@ -99,7 +103,7 @@ def main(args: argparse.Namespace, config: dict[str, Any]) -> int:
                                   "set data.labels to the checkpoint's")
         device = resolve_device(cfg.train.device)
         res = evaluate_items(ckpt.model.to(device), corpus.utterances, feats, ckpt.labels, ckpt.frontend_config,
-                             device, cfg.train.eval_window_s, norm_of(ckpt))
+                             device, cfg.train.eval_window_s, norm_of(ckpt), args.norm_start)
         by_speaker: dict[str, list[Any]] = {}
         for u in corpus.utterances:
             by_speaker.setdefault(u.speaker, []).append(u)
@@ -109,9 +113,10 @@ def main(args: argparse.Namespace, config: dict[str, Any]) -> int:
         title = f"{corpus.name} {Path(args.checkpoint).name}"
     out = Path(args.out or (args.run or "."))
     out.mkdir(parents=True, exist_ok=True)
-    doc = write_summary(out, results, title, stem="evaluation")
-    print((out / "evaluation.md").read_text())
-    log.info("wrote %s and %s (UA %.1f%%)", out / "evaluation.json", out / "evaluation.md",
+    stem = "evaluation" if args.norm_start == "cold" else f"evaluation_{args.norm_start}"
+    doc = write_summary(out, results, f"{title} ({args.norm_start} start)" if norm_of(ckpt) else title, stem=stem)
+    print((out / f"{stem}.md").read_text())
+    log.info("wrote %s and %s (UA %.1f%%)", out / f"{stem}.json", out / f"{stem}.md",
              100 * doc["utterance"]["mean"]["ua"])
     if args.streaming:
         from dropformer.configio import apply_overrides

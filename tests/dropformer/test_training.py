@@ -189,3 +189,31 @@ def test_stream_normalisation_trains_and_is_served_the_same_in_evaluate_and_the_
     for a, b in zip(live_est, est, strict=True):
         assert a["raw"].keys() == b["raw"].keys()
         assert all(abs(a["raw"][k] - b["raw"][k]) < 1e-6 for k in a["raw"])
+
+
+@pytest.mark.parametrize("recipe", sorted((Path(__file__).resolve().parents[2] / "configs" / "train").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_shipped_training_recipes_validate(recipe: Path) -> None:
+    from dropformer.configio import load_config
+
+    cfg = training.parse_config(load_config(recipe))
+    assert cfg.train.epochs >= 1
+
+
+def test_warm_start_normalises_each_utterance_by_the_speakers_other_utterances() -> None:
+    from dropformer.data import Utterance
+    from dropformer.normalization import StreamNormalizer, StreamNormConfig
+
+    cfg = StreamNormConfig(kind="stream", prior_s=1.0)
+    feats = {u: np.full((50, 3), v) for u, v in (("a", 1.0), ("b", 2.0), ("c", 4.0), ("d", -5.0))}
+    utts = [Utterance(u, Path(u), "sad", "s1" if u != "d" else "s2") for u in feats]
+    norm = training.StreamNorm(cfg, (np.zeros(3), np.ones(3)))
+    warm = training.eval_norms(utts, feats, norm, "warm")
+    assert warm is not None
+    expected = StreamNormalizer(np.zeros(3), np.ones(3), cfg)
+    for other in ("b", "c"):  # never "a" itself, never speaker s2
+        expected.update(feats[other])
+    np.testing.assert_allclose(warm["a"][0], expected.stats()[0], rtol=1e-6)
+    np.testing.assert_allclose(warm["d"][0], 0.0)  # alone on its stream: only the prior
+    cold = training.eval_norms(utts, feats, norm, "cold")
+    assert cold is not None and sum(np.allclose(m, 0.0) for m, _ in cold.values()) == 2  # one first per speaker

@@ -14,7 +14,7 @@ SYSTEM_PACKAGES := mosquitto mosquitto-clients pulseaudio pulseaudio-utils libpo
 	libasound2-plugins libsndfile1 espeak-ng sox ffmpeg chromium chromium-driver openssl
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup run test lint system-deps bench clean
+.PHONY: setup run test lint system-deps bench fuzz soak clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -45,6 +45,14 @@ test: system-deps setup lint
 
 bench: setup
 	$(VENV)/bin/emotion-monitor bench $(ARGS)
+
+# Every parser of outside input with 10,000 generated cases each (CI runs a few hundred).
+fuzz: setup
+	HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest -q tests/fuzz -o timeout=3600 $(ARGS)
+
+# 24 hours of audio through the daemon with every publisher on; RSS, files, threads sampled.
+soak: setup
+	$(PY) tools/soak.py --hours 24 --streams 4 $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -32,6 +32,8 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 
 from dropformer.configio import StrictModel
 from dropformer.errors import ConfigError, EmotionMonitorError
+from streamer.access import token_from_env
+from streamer.core.jsonguard import MessageError, loads_object
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +53,11 @@ class WatchConfig(StrictModel):
         backoff_initial_s: first wait before reconnecting (seconds); doubles per failure.
         backoff_max_s: longest wait between reconnection attempts (seconds).
         bar_width_chars: width of the confidence bar in the text format.
+        token: the monitor's token (prefer the EMOTION_MONITOR_TOKEN environment variable).
     """
 
     url: str = DEFAULT_URL
+    token: str | None = None
     streams: list[str] = Field(default_factory=list)
     json_lines: bool = Field(default=False, alias="json")
     count: int | None = Field(default=None, ge=1)
@@ -163,12 +167,9 @@ class _Printer:
 
     def handle(self, raw: str | bytes) -> None:
         try:
-            event = json.loads(raw)
-        except ValueError:
-            log.warning("ignoring a message that is not JSON: %.80r", raw)
-            return
-        if not isinstance(event, dict):
-            log.warning("ignoring a JSON message that is not an object: %.80r", raw)
+            event = loads_object(raw, max_bytes=1 << 22, what="message")
+        except MessageError as exc:
+            log.warning("ignoring a message: %s: %.80r", exc, raw)
             return
         kind = event.get("type")
         if kind == "hello":
@@ -196,12 +197,21 @@ class _Printer:
         return self.config.count is not None and self.estimates >= self.config.count
 
 
+def auth_headers(token: str | None) -> dict[str, str]:
+    """``Authorization: Bearer`` for ``token``, else for EMOTION_MONITOR_TOKEN; none without one."""
+    token = token or token_from_env()
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
 def _connect_error(url: str, exc: BaseException) -> EmotionMonitorError:
     """A user-facing error for a failed connection attempt."""
     if isinstance(exc, InvalidURI):
         return ConfigError(f"url {url!r} is not a valid WebSocket URL ({exc}); use e.g. {DEFAULT_URL}")
     if isinstance(exc, InvalidStatus):
         code = exc.response.status_code
+        if code in (401, 403, 503):
+            reason = exc.response.body.decode("utf-8", "replace").strip()
+            return EmotionMonitorError(f"cannot watch {url}: the monitor refused with HTTP {code}: {reason}")
         return EmotionMonitorError(
             f"cannot watch {url}: the server answered HTTP {code} instead of a WebSocket; "
             "check the path in --url (the monitor serves events on /ws)")
@@ -235,8 +245,8 @@ async def watch(config: WatchConfig, out: TextIO | None = None) -> int:
     delay_s = config.backoff_initial_s
     while True:
         try:
-            async with connect(config.url, open_timeout=config.open_timeout_s,
-                               max_size=1 << 20) as ws:
+            async with connect(config.url, open_timeout=config.open_timeout_s, max_size=1 << 22,
+                               additional_headers=auth_headers(config.token)) as ws:
                 delay_s = config.backoff_initial_s
                 await _session(ws, printer)
                 if printer.done:

@@ -63,18 +63,32 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file {str(p)!r} does not exist; pass an existing YAML file to --config")
+    if p.stat().st_size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config file {str(p)!r} is larger than {MAX_CONFIG_BYTES // 1024} kB; is it a config file?")
+    return parse_yaml(p.read_bytes(), repr(str(p)))
+
+
+MAX_CONFIG_BYTES = 1024 * 1024
+
+
+def parse_yaml(data: bytes | str, name: str = "config") -> dict[str, Any]:
+    """A YAML mapping from ``data`` (text or UTF-8 bytes); :class:`ConfigError` for anything else
+    (binary data, duplicate keys, nesting too deep, not a mapping)."""
     try:
-        data = yaml.load(p.read_text(encoding="utf-8"), Loader=_StrictLoader)  # a SafeLoader subclass
+        text = data.decode("utf-8") if isinstance(data, bytes) else data
+        doc = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"config file {str(p)!r} is not UTF-8 text ({exc.reason} at byte {exc.start}); "
+        raise ConfigError(f"config file {name} is not UTF-8 text ({exc.reason} at byte {exc.start}); "
                           "pass a YAML file") from exc
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {str(p)!r} is not valid YAML: {exc}") from exc
-    if data is None:
+        raise ConfigError(f"config file {name} is not valid YAML: {exc}") from exc
+    except RecursionError:
+        raise ConfigError(f"config file {name} nests too deep; is it a config file?") from None
+    if doc is None:
         return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {str(p)!r} must hold a mapping at the top level, not {type(data).__name__}")
-    return data
+    if not isinstance(doc, dict):
+        raise ConfigError(f"config file {name} must hold a mapping at the top level, not {type(doc).__name__}")
+    return doc
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:
@@ -90,8 +104,8 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     if not key or any(not part for part in key.split(".")):
         raise ConfigError(f"--set {item!r} has an empty key part; write it as --set dotted.key=value")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
+        value = yaml.load(raw, Loader=_StrictLoader) if raw.strip() else ""
+    except (yaml.YAMLError, RecursionError):
         value = raw
     return key.split("."), value
 
@@ -165,48 +179,118 @@ def validate(model: type[M], raw: Mapping[str, Any], *, source: str = "config") 
         raise ConfigError(format_validation_error(exc, source, model)) from None
 
 
-def _known_keys(model: type[BaseModel] | None, loc: tuple[Any, ...]) -> list[str]:
-    """Field names of the sub-model that holds the key at ``loc`` (best effort)."""
-    node: Any = model
-    for part in loc[:-1]:
-        if isinstance(part, int) or node is None:
-            continue
-        fields = getattr(node, "model_fields", {})
-        if part not in fields:
-            return []
-        node = _model_in(fields[part].annotation)
-    return list(getattr(node, "model_fields", {}))
-
-
-def _model_in(annotation: Any) -> Any:
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    """Every pydantic model an annotation can hold (through unions, Optional, Annotated, lists)."""
     import typing
 
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
+        return [annotation]
+    out: list[type[BaseModel]] = []
     for arg in typing.get_args(annotation):
-        found = _model_in(arg)
-        if found is not None:
-            return found
+        out += [m for m in _models_in(arg) if m not in out]
+    return out
+
+
+def _tag(model: type[BaseModel]) -> tuple[str, Any] | None:
+    """``model``'s discriminator (a one-value Literal field, e.g. ``("kind", "file")``), if any."""
+    import typing
+
+    for name, f in model.model_fields.items():
+        args = typing.get_args(f.annotation)
+        if typing.get_origin(f.annotation) is typing.Literal and len(args) == 1:
+            return name, args[0]
     return None
 
 
-def format_validation_error(exc: ValidationError, source: str = "config", model: type[BaseModel] | None = None) -> str:
-    lines = [f"invalid {source} ({exc.error_count()} problem{'s' if exc.error_count() != 1 else ''}):"]
-    for err in exc.errors():
-        key = ".".join(str(p) for p in err["loc"]) or "<top level>"
-        kind = err["type"]
-        if kind == "extra_forbidden":
-            import difflib
+def user_loc(
+    model: type[BaseModel] | None, loc: tuple[Any, ...]
+) -> tuple[list[Any], list[type[BaseModel]], list[type[BaseModel]]]:
+    """The key path a user writes for pydantic's error location ``loc``, the models
+    that may hold its last key, and (after a tagged union) the union's other members.
 
-            close = difflib.get_close_matches(str(err["loc"][-1]), _known_keys(model, tuple(err["loc"])), n=1)
-            fix = f"did you mean {close[0]!r}?" if close else "remove it or check its spelling against configs/*.yaml"
+    Pydantic puts union branches into locations (``streams.0.source.file.block_ms``
+    for the file branch of a tagged union, ``...device.str`` for a ``str | int``
+    field); those parts are not keys a user can set, so they are left out
+    (``streams.0.source.block_ms``).
+    """
+    if model is None:
+        return list(loc), [], []
+    out: list[Any] = []
+    holders: list[type[BaseModel]] = [model]
+    siblings: list[type[BaseModel]] = []
+    node: Any = model
+    for i, part in enumerate(loc):
+        last = i == len(loc) - 1
+        if isinstance(part, int):
+            out.append(part)
+            continue  # the list's items: _models_in looks through list[...]
+        holders = _models_in(node)
+        owner = next((m for m in holders if part in m.model_fields), None)
+        if owner is not None:
+            out.append(part)
+            if not last:
+                node = owner.model_fields[part].annotation
+            continue
+        tagged = [m for m in holders if (_tag(m) or ("", None))[1] == part]
+        if tagged and not last:
+            siblings = [m for m in holders if m is not tagged[0]]
+            node = tagged[0]
+            continue
+        if holders or not _is_union(node):
+            out.append(part)  # an unknown key, or a key of a dict
+        # else: a branch name of a plain union (str, int, ...): not a key
+    return out, holders, siblings
+
+
+def _is_union(annotation: Any) -> bool:
+    import types
+    import typing
+
+    while typing.get_origin(annotation) is typing.Annotated:
+        annotation = typing.get_args(annotation)[0]
+    return typing.get_origin(annotation) in (typing.Union, types.UnionType)
+
+
+def format_validation_error(exc: ValidationError, source: str = "config", model: type[BaseModel] | None = None) -> str:
+    """One line per problem: the dotted key a user can set, what is wrong, and the fix
+    (a suggested key always exists: see :func:`user_loc`)."""
+    import difflib
+
+    lines: list[str] = []
+    for err in exc.errors():
+        loc, holders, siblings = user_loc(model, tuple(err["loc"]))
+        key = ".".join(str(p) for p in loc) or "<top level>"
+        kind = err["type"]
+        settable = kind != "invalid_key" and all(
+            isinstance(p, int) or (isinstance(p, str) and p and not set(p) & set(".= ")) for p in loc
+        )
+        if kind == "extra_forbidden":
+            name = str(loc[-1])
+            parent = ".".join(str(p) for p in loc[:-1])
+            owner = next((m for m in siblings if name in m.model_fields), None)
+            tag = _tag(owner) if owner is not None else None
+            close = difflib.get_close_matches(name, [k for m in holders for k in m.model_fields], n=1)
+            if tag is not None:
+                fix = f"it belongs to {tag[0]}={tag[1]}: set {parent + '.' if parent else ''}{tag[0]}={tag[1]} or remove it"
+            elif close:
+                fix = f"did you mean {(parent + '.' if parent else '') + close[0]!r}?"
+            else:
+                fix = "remove it or check its spelling against configs/*.yaml"
             msg = "unknown key"
         elif kind == "missing":
-            fix = f"add it to the YAML file or pass --set {key}=..."
+            fix = f"add it to the YAML file or pass --set {key}=..." if settable else "add it to the YAML file"
             msg = "required key is missing"
+        elif kind == "value_error":  # the project's own checks: their message names the fix
+            text = str(err["msg"]).removeprefix("Value error, ")
+            line = f"  - {key}: {text}" if loc else f"  - {text}"
+            if line not in lines:
+                lines.append(line)
+            continue
         else:
             given = err.get("input")
             msg = f"{err['msg']} (got {given!r})" if not isinstance(given, (dict, list)) else err["msg"]
-            fix = f"set a valid value with --set {key}=..."
-        lines.append(f"  - {key}: {msg}; {fix}")
-    return "\n".join(lines)
+            fix = f"set a valid value with --set {key}=..." if settable else "fix it in the config file"
+        line = f"  - {key}: {msg}; {fix}"
+        if line not in lines:  # the branches of a union report one key twice
+            lines.append(line)
+    return "\n".join([f"invalid {source} ({len(lines)} problem{'s' if len(lines) != 1 else ''}):", *lines])

@@ -2,6 +2,12 @@
 
 Every error a user can cause derives from :class:`EmotionMonitorError`; its
 message names the field or file at fault and the fix.
+
+Both packages share it (and ``dropformer.configio``, the config loading):
+``dropformer`` is the lower layer that ``streamer`` builds on, its package
+``__init__`` imports nothing eagerly, and these modules import only the
+standard library (configio: YAML and pydantic), so ``streamer.core`` stays
+sans-I/O (tests/streamer/core/test_sans_io.py checks what it imports).
 """
 
 from __future__ import annotations

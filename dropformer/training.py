@@ -54,6 +54,7 @@ from dropformer.configio import StrictModel, validate
 from dropformer.data import Corpus, Utterance
 from dropformer.data.folds import Fold, make_folds, select_folds
 from dropformer.data.load import SourceSpec, load_corpus, load_sources
+from dropformer.device import resolve_device as _resolve_device
 from dropformer.errors import ConfigError
 from dropformer.features import apply_gain_db, extract_features, normalize_batch
 from dropformer.frontends import FrontendConfig
@@ -219,11 +220,7 @@ def model_config(cfg: TrainConfig, input_dim: int, num_classes: int) -> DropForm
 
 
 def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"train.device={name!r} but CUDA is not available; use auto or cpu")
-    return torch.device(name)
+    return _resolve_device(name, "train.device")
 
 
 @dataclass

@@ -265,6 +265,8 @@ def start_daemon(
         "status_interval_s=null",
         "ingest.twilio.enabled=true",
         "ingest.max_sessions=2000",
+        "access.max_connections=4000",  # every leg of the ramp comes from this machine
+        "access.max_connections_per_address=4000",
         f"model.device={device}",
         f"model.threads={threads}",
         *([f"model.checkpoint={checkpoint}"] if checkpoint else []),
@@ -275,7 +277,7 @@ def start_daemon(
         cmd += ["--set", s]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     if token:
-        env["EMOTION_MONITOR_INGEST_TOKEN"] = token
+        env["EMOTION_MONITOR_TOKEN"] = token
     return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 

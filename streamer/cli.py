@@ -6,6 +6,7 @@ Subcommands live in their own modules and are imported lazily, so
 the subcommand that needs it. A subcommand module provides::
 
     HELP: str
+    SET_EXAMPLE: str  # optional: a key=value of its own config for the --set help
     def add_arguments(parser: argparse.ArgumentParser) -> None
     def main(args: argparse.Namespace, config: dict[str, Any]) -> int
 
@@ -73,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--config", metavar="FILE", default=None, help="YAML config file")
         p.add_argument(
             "--set", metavar="KEY=VALUE", dest="overrides", action="append", default=[],
-            help="override a config key, e.g. --set worker.device=cpu (repeatable)",
+            help="override a config key, e.g. --set dotted.key=value (repeatable)",
         )
         p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
         p.set_defaults(_module=module)
@@ -90,7 +91,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub_action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     if command in sub_action.choices:
         module = importlib.import_module(SUBCOMMANDS[command][0])
-        module.add_arguments(sub_action.choices[command])
+        sub = sub_action.choices[command]
+        module.add_arguments(sub)
+        example = getattr(module, "SET_EXAMPLE", None)
+        if example:  # a key of this subcommand's own config (tests check that it exists)
+            for action in sub._actions:
+                if action.dest == "overrides":
+                    action.help = f"override a config key, e.g. --set {example} (repeatable)"
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
         parser.print_help()

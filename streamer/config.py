@@ -10,15 +10,20 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 
 from dropformer.configio import StrictModel
+from streamer.access import TOKEN_ENV, token_from_env
+from streamer.sources.base import MAX_CHANNELS, MAX_RATE_HZ, MIN_RATE_HZ
 
 STREAM_ID = r"^[A-Za-z0-9_.:-]{1,128}$"
+URL_PATH = r"^/[A-Za-z0-9_./-]*$"
 
 
 def demo_audio_path() -> Path:
@@ -59,9 +64,10 @@ class WorkerConfig(StrictModel):
 
 class WindowConfig(StrictModel):
     window_s: float = Field(3.0, gt=0, le=60)
-    """Analysis window length in seconds."""
+    """Analysis window length in seconds (at least what the model needs; checked at start-up)."""
     hop_s: float = Field(1.0, gt=0, le=60)
-    """Time between window starts in seconds (one estimate per hop)."""
+    """Time between window starts in seconds (one estimate per hop). May exceed window_s:
+    the audio between windows is then not analysed (a low duty cycle that saves compute)."""
     first_window: Literal["full", "early"] = "full"
     """full: wait for window_s of audio; early: emit growing windows from min_window_s."""
     min_window_s: float = Field(1.0, gt=0, le=60)
@@ -69,10 +75,11 @@ class WindowConfig(StrictModel):
 
     @model_validator(mode="after")
     def _check(self) -> WindowConfig:
-        if self.hop_s > self.window_s:
-            raise ValueError(f"hop_s ({self.hop_s}) must not exceed window_s ({self.window_s}); audio between windows would be ignored")
         if self.min_window_s > self.window_s:
-            raise ValueError(f"min_window_s ({self.min_window_s}) must not exceed window_s ({self.window_s})")
+            raise ValueError(
+                f"min_window_s ({self.min_window_s}) must not exceed window_s ({self.window_s}); "
+                f"set windowing.min_window_s <= {self.window_s}"
+            )
         return self
 
 
@@ -83,8 +90,13 @@ class GateConfig(StrictModel):
     """energy: frame level (dBFS) above which a frame is speech."""
     hysteresis_db: float = Field(6.0, ge=0)
     """energy: a frame after speech stays speech down to threshold - hysteresis."""
-    frame_ms: float = Field(30.0, gt=0)
+    frame_ms: float = Field(30.0, ge=1, le=1000)
     """energy: frame length for the level measure in milliseconds."""
+    noise_floor_margin_db: float | None = Field(None, gt=0, le=60)
+    """energy: null keeps threshold_dbfs fixed; a number tracks the noise floor (10th percentile
+    of frame levels) and raises the threshold to at least floor + this margin (noisy rooms)."""
+    noise_floor_rise: float = Field(0.1, gt=0, le=1)
+    """energy: how fast the tracked noise floor rises per window (0..1; it falls at once)."""
     vad_threshold: float = Field(0.5, gt=0, lt=1)
     """silero: speech probability threshold per 32 ms chunk."""
     min_speech_share: float = Field(0.2, ge=0, le=1)
@@ -102,8 +114,13 @@ class SmoothingConfig(StrictModel):
     """During silence: hold the last scores, or decay toward neutral."""
     decay_time_constant_s: float = Field(5.0, gt=0)
     """decay: time constant of the move toward neutral, in seconds."""
+    neutral_label: str | None = "neutral"
+    """decay: the label silence decays toward (one of the model's labels); null, or a model
+    without it, decays toward uniform scores. Checked against the model at start-up."""
     silent_estimates: bool = True
-    """Also publish an estimate (speech=false) for silent windows."""
+    """Once a stream's first speech window has been classified, also publish an estimate
+    (speech=false, scores held or decaying) for each silent window. A stream that has had no
+    speech yet publishes no estimates, only its status."""
 
 
 class FileSourceConfig(StrictModel):
@@ -114,21 +131,21 @@ class FileSourceConfig(StrictModel):
     """true: paced like live audio; false: as fast as the worker allows (batch analysis, nothing skipped)."""
     loop: bool = False
     """Start again at the end (the demo loops)."""
-    block_ms: float = Field(100.0, gt=0, le=10000)
-    """Size of the blocks read from the file, in milliseconds."""
+    block_ms: float = Field(100.0, ge=1, le=10000)
+    """Size of the blocks read from the file, in milliseconds (reads are also bounded in bytes)."""
 
 
 class MicrophoneSourceConfig(StrictModel):
     kind: Literal["microphone"]
     device: str | int | None = None
     """Input device name (substring) or index; null = the system default. See `emotion-monitor devices`."""
-    block_ms: float = Field(20.0, gt=0, le=1000)
+    block_ms: float = Field(20.0, ge=1, le=1000)
     """Capture block length in milliseconds."""
     queue_blocks: int = Field(50, ge=1)
     """Blocks buffered between the audio thread and the loop; when full the oldest is dropped and counted."""
-    channels: int = Field(1, ge=1, le=64)
+    channels: int = Field(1, ge=1, le=MAX_CHANNELS)
     """Channels captured (mixed down to mono)."""
-    sample_rate_hz: float | None = Field(None, gt=0)
+    sample_rate_hz: float | None = Field(None, ge=MIN_RATE_HZ, le=MAX_RATE_HZ)
     """Capture rate; null = the device's native rate (resampled to 16 kHz either way)."""
 
 
@@ -153,20 +170,24 @@ class StreamConfig(StrictModel):
 class WebSocketConfig(StrictModel):
     enabled: bool = True
     host: str = "127.0.0.1"
-    """Listen address; 127.0.0.1 keeps it private to this machine."""
+    """Listen address; 127.0.0.1 keeps it private to this machine. Any other address needs
+    a token (section access) or access.allow_insecure."""
     port: int = Field(8765, ge=0, le=65535)
     """TCP port (0 = any free port)."""
-    path: str = "/ws"
+    path: str = Field("/ws", pattern=URL_PATH)
     """URL path of the event stream."""
     dashboard: bool = True
     """Serve the web dashboard on the same port at /."""
-    max_queue: int = Field(100, ge=1)
+    max_queue: int = Field(100, ge=1, le=100000)
     """Messages buffered per client; a slow client loses the oldest."""
-    slow_client_timeout_s: float = Field(10.0, gt=0)
+    slow_client_timeout_s: float = Field(10.0, ge=0.1)
     """A client whose queue stays full this long is disconnected."""
     importance: bool = True
     """Estimates carry where in the window the model listened (token importance, dropped
     tokens, waveform envelope; about 1 kB each), which the dashboard draws."""
+    max_control_bytes: int = Field(4096, ge=256, le=1024 * 1024)
+    """Largest message a client may send on `path` (a subscribe), bytes; checked before
+    parsing, larger closes the connection with 1009."""
 
 
 class MqttTlsConfig(StrictModel):
@@ -176,24 +197,38 @@ class MqttTlsConfig(StrictModel):
     insecure: bool = False
     """Skip certificate host-name checks (testing only)."""
 
+    @model_validator(mode="after")
+    def _files_exist(self) -> MqttTlsConfig:
+        for key in ("ca_file", "cert_file", "key_file"):
+            value = getattr(self, key)
+            if value is not None and not Path(value).is_file():
+                raise ValueError(f"{key} {value!r} does not exist; fix the path")
+        return self
+
+
+MQTT_PASSWORD_ENV = "EMOTION_MONITOR_MQTT_PASSWORD"
+TOPIC_PREFIX = r"^[^+#\x00/]+(/[^+#\x00/]+)*$"
+
 
 class MqttConfig(StrictModel):
     enabled: bool = False
     host: str = "127.0.0.1"
     port: int = Field(1883, ge=1, le=65535)
-    prefix: str = "emotion"
-    """Topics are <prefix>/<stream_id>/{estimate,state,status,alert}."""
+    prefix: str = Field("emotion", pattern=TOPIC_PREFIX)
+    """Topics are <prefix>/<stream_id>/{estimate,state,status,alert}; no '+', '#' or empty levels."""
     qos: Literal[0, 1, 2] = 1
     username: str | None = None
     password: str | None = None
     """Prefer the EMOTION_MONITOR_MQTT_PASSWORD environment variable to a password in a file."""
     tls: MqttTlsConfig | None = None
     client_id: str | None = None
-    keepalive_s: int = Field(30, ge=1)
-    max_queue: int = Field(1000, ge=1)
-    """Events buffered while disconnected; the oldest are dropped (counted) beyond this."""
-    reconnect_min_s: float = Field(0.5, gt=0)
-    reconnect_max_s: float = Field(30.0, gt=0)
+    keepalive_s: int = Field(30, ge=1, le=65535)
+    max_queue: int = Field(1000, ge=1, le=1_000_000)
+    """Estimates and alerts buffered while disconnected; beyond it the oldest estimate is
+    dropped (alerts only when no estimate is left) and counted. Retained topics (state, status)
+    are never dropped: the latest per topic is kept."""
+    reconnect_min_s: float = Field(0.5, ge=0.01)
+    reconnect_max_s: float = Field(30.0, ge=0.01, le=3600)
     importance: bool = False
     """Estimates carry token importance (about 1 kB more each); off to keep messages small."""
     home_assistant: bool = False
@@ -201,13 +236,29 @@ class MqttConfig(StrictModel):
     discovery_prefix: str = Field("homeassistant", pattern=r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$")
     """Home Assistant's discovery prefix (its MQTT option of that name)."""
 
+    @model_validator(mode="after")
+    def _check(self) -> MqttConfig:
+        if self.reconnect_min_s > self.reconnect_max_s:
+            raise ValueError(
+                f"reconnect_min_s ({self.reconnect_min_s}) exceeds reconnect_max_s "
+                f"({self.reconnect_max_s}); set reconnect_min_s <= reconnect_max_s"
+            )
+        return self
+
+    def password_value(self) -> str | None:
+        """The password from the config, else from EMOTION_MONITOR_MQTT_PASSWORD."""
+        return self.password or os.environ.get(MQTT_PASSWORD_ENV) or None
+
 
 class JsonlConfig(StrictModel):
     enabled: bool = False
     path: str = "emotion-events.jsonl"
     """File the events are appended to, one JSON object per line."""
-    rotate_mb: float | None = Field(None, gt=0)
-    """Rotate the file past this size in megabytes; null = never."""
+    rotate_mb: float | None = Field(None, ge=0.01)
+    """Rotate the file past this size in megabytes (to <path>.1, older ones shift up); null = never."""
+    rotate_keep: int | None = Field(5, ge=1, le=100000)
+    """Rotated files kept (<path>.1 ... <path>.N); older ones are deleted, each deletion logged.
+    null = keep every rotated file."""
     importance: bool = False
     """Estimates carry token importance (about 1 kB more each)."""
 
@@ -223,9 +274,10 @@ class PublishConfig(StrictModel):
         return any(p.enabled and p.importance for p in (self.websocket, self.mqtt, self.jsonl))
 
 
-INGEST_TOKEN_ENV = "EMOTION_MONITOR_INGEST_TOKEN"
 WEBHOOK_TOKEN_ENV = "EMOTION_MONITOR_WEBHOOK_TOKEN"
 TRACK_NAME = r"^[A-Za-z0-9_-]{1,32}$"
+MIN_TOKEN_CHARS = 16
+MAX_TOKEN_FILE_BYTES = 4096
 
 
 def is_loopback(host: str) -> bool:
@@ -236,6 +288,84 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+class AccessConfig(StrictModel):
+    """Who may connect to the daemon's port (events on /ws, /healthz, /ingest, /twilio). SECURITY.md."""
+
+    token: str | None = Field(None, min_length=MIN_TOKEN_CHARS)
+    """Bearer token every client must present (Authorization header, the subprotocol
+    'bearer.<token>', or ?token= for browsers); prefer the EMOTION_MONITOR_TOKEN environment
+    variable or token_file. Required when publish.websocket.host is not loopback."""
+    token_file: str | None = None
+    """A file holding the token (e.g. a container secret); surrounding white space is ignored."""
+    require_token: bool = False
+    """Refuse to start without a token even on loopback (behind a reverse proxy, set true)."""
+    allow_insecure: bool = False
+    """Start on a non-loopback address without a token (a loud warning instead of a refusal):
+    anyone who can reach the port reads the estimates and may feed audio."""
+    allowed_origins: list[str] = Field(default_factory=list)
+    """Web pages (scheme://host[:port]) from other origins whose browsers may connect; the
+    dashboard served by the daemon itself (same origin) always may. Others get 403."""
+    allowed_hosts: list[str] = Field(default_factory=list)
+    """Host names the daemon answers to besides IP addresses, localhost and publish.websocket.host,
+    e.g. monitor.example.com or *.example.com ('*' turns the check off). Others get 403
+    (this defeats DNS rebinding)."""
+    max_connections: int = Field(512, ge=1, le=100000)
+    """Open WebSocket connections on the port (all paths); more are refused with HTTP 503."""
+    max_connections_per_address: int = Field(64, ge=1, le=100000)
+    """Open WebSocket connections from one client address; more are refused with HTTP 503.
+    Behind a reverse proxy every client has the proxy's address: raise it."""
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _origins(cls, origins: list[str]) -> list[str]:
+        for origin in origins:
+            parts = urlsplit(origin)
+            if parts.scheme not in ("http", "https") or not parts.netloc or parts.path or parts.query:
+                raise ValueError(f"origin {origin!r} must be scheme://host[:port], e.g. https://monitor.example.com")
+        return [o.lower() for o in origins]
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _hosts(cls, hosts: list[str]) -> list[str]:
+        for host in hosts:
+            if host != "*" and not re.fullmatch(r"(\*\.)?[A-Za-z0-9_.-]+", host):
+                raise ValueError(f"host {host!r} must be a host name without port, *.domain, or '*'")
+        return [h.lower() for h in hosts]
+
+    @model_validator(mode="after")
+    def _check_token_source(self) -> AccessConfig:
+        if self.token is not None and self.token_file is not None:
+            raise ValueError("set access.token or access.token_file, not both")
+        if self.token_file is not None:
+            self.read_token_file()
+        return self
+
+    def read_token_file(self) -> str:
+        assert self.token_file is not None
+        path = Path(self.token_file)
+        try:
+            if not path.is_file():
+                raise OSError("not a file")
+            with path.open("rb") as f:
+                raw = f.read(MAX_TOKEN_FILE_BYTES + 1)
+            if len(raw) > MAX_TOKEN_FILE_BYTES:
+                raise OSError(f"larger than {MAX_TOKEN_FILE_BYTES} bytes")
+            token = raw.decode("utf-8").strip()
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise ValueError(f"token_file {self.token_file!r} cannot be read ({exc}); fix the path") from None
+        if len(token) < MIN_TOKEN_CHARS:
+            raise ValueError(f"the token in token_file {self.token_file!r} must be at least {MIN_TOKEN_CHARS} characters")
+        return token
+
+    def bearer_token(self) -> str | None:
+        """The token: access.token, else access.token_file, else EMOTION_MONITOR_TOKEN; None = none."""
+        if self.token is not None:
+            return self.token
+        if self.token_file is not None:
+            return self.read_token_file()
+        return token_from_env()
 
 
 class TwilioConfig(StrictModel):
@@ -261,11 +391,6 @@ class IngestConfig(StrictModel):
     Served on publish.websocket's port: off when that server is disabled."""
     path: str = Field("/ingest", pattern=r"^/[A-Za-z0-9_./-]*$")
     """URL path of the ingest WebSocket (on publish.websocket's port)."""
-    token: str | None = Field(None, min_length=16)
-    """Bearer token clients must send (Authorization header or ?token=); prefer the
-    EMOTION_MONITOR_INGEST_TOKEN environment variable. Required when the port is not loopback."""
-    require_token: bool = False
-    """Refuse to start without a token even on loopback (behind a reverse proxy, set true)."""
     max_sessions: int = Field(100, ge=1, le=100000)
     """Concurrent network sessions (ingest and Twilio); more are closed with 1013."""
     max_frame_bytes: int = Field(65536, ge=64, le=16 * 1024 * 1024)
@@ -290,13 +415,21 @@ class IngestConfig(StrictModel):
     recognition of workers is prohibited in the EU (AI Act Art. 5(1)(f)): off by default."""
     twilio: TwilioConfig = Field(default_factory=TwilioConfig)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            moved = sorted(k for k in ("token", "require_token") if k in data)
+            if moved:
+                raise ValueError(
+                    f"ingest.{moved[0]} is now access.{moved[0]}: one token guards /ws, /ingest "
+                    f"and /twilio (environment variable {TOKEN_ENV}); move it there"
+                )
+        return data
+
     @property
     def any_enabled(self) -> bool:
         return self.enabled or self.twilio.enabled
-
-    def bearer_token(self) -> str | None:
-        """The token from the config, else from EMOTION_MONITOR_INGEST_TOKEN; None = no auth."""
-        return self.token or os.environ.get(INGEST_TOKEN_ENV) or None
 
 
 class AlertRuleConfig(StrictModel):
@@ -383,8 +516,11 @@ class DaemonConfig(StrictModel):
     """Audio over the network: /ingest, Twilio Media Streams (docs/ingest.md, docs/twilio.md)."""
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     """Alert rules and the optional webhook (docs/alerts.md)."""
-    status_interval_s: float | None = Field(10.0, gt=0)
-    """Publish each stream's status (with fresh counters) at least this often; null = only on changes."""
+    access: AccessConfig = Field(default_factory=AccessConfig)
+    """Who may connect: token, allowed origins and host names, connection limits (SECURITY.md)."""
+    status_interval_s: float | None = Field(10.0, ge=0.1, le=86400)
+    """Publish each stream's status (with fresh counters) at least this often, and log the
+    running total of lost messages when it grew; null = statuses only on changes."""
     duration_s: float | None = Field(None, gt=0)
     """Stop after this many seconds (null = run until SIGINT/SIGTERM or every stream ended)."""
 
@@ -411,25 +547,39 @@ class DaemonConfig(StrictModel):
             )
         if not self.streams and not self.network_enabled:
             raise ValueError("at least one stream is needed (streams), or enable ingest or ingest.twilio")
-        if not self.network_enabled:
-            return self  # (the default ingest.enabled has no port to serve on: nothing to check)
-        paths = [ws.path, "/healthz"] + ([ing.path] if ing.enabled else []) + ([ing.twilio.path] if ing.twilio.enabled else [])
+        if not ws.enabled:
+            return self  # nothing listens
+        paths = [ws.path, "/healthz"]
+        if self.network_enabled:
+            paths += ([ing.path] if ing.enabled else []) + ([ing.twilio.path] if ing.twilio.enabled else [])
         if len(set(paths)) != len(paths):
             raise ValueError(f"ingest.path, ingest.twilio.path, publish.websocket.path and /healthz must differ; got {paths}")
-        token = ing.bearer_token()
-        if token is None and (ing.require_token or not is_loopback(ws.host)):
-            why = "ingest.require_token is set" if ing.require_token else f"publish.websocket.host={ws.host} is not loopback"
+        token = self.access.bearer_token()
+        if token is None and self.access.require_token:
             raise ValueError(
-                f"ingest needs a token: {why}. Set the {INGEST_TOKEN_ENV} environment variable "
-                "(e.g. to the output of `openssl rand -hex 24`) or ingest.token, or disable ingest"
+                f"access.require_token is set but there is no token: set the {TOKEN_ENV} environment variable "
+                "(e.g. to the output of `openssl rand -hex 24`), access.token_file or access.token"
             )
-        if token is not None and len(token) < 16:
-            raise ValueError(f"the ingest token from {INGEST_TOKEN_ENV} must be at least 16 characters")
+        if token is None and not is_loopback(ws.host) and not self.access.allow_insecure:
+            raise ValueError(
+                f"publish.websocket.host={ws.host} is not loopback: without a token anyone who can reach "
+                f"port {ws.port} reads the estimates (and may send audio). Set the {TOKEN_ENV} environment "
+                "variable (e.g. to the output of `openssl rand -hex 24`), access.token_file or access.token; "
+                "or set access.allow_insecure=true to accept that"
+            )
+        if token is not None and len(token) < MIN_TOKEN_CHARS:
+            raise ValueError(f"the token from {TOKEN_ENV} must be at least {MIN_TOKEN_CHARS} characters")
         return self
+
+    @property
+    def insecure(self) -> bool:
+        """Listening beyond loopback without a token (allowed only by access.allow_insecure)."""
+        ws = self.publish.websocket
+        return ws.enabled and not is_loopback(ws.host) and self.access.bearer_token() is None
 
 
 def config_summary(cfg: DaemonConfig) -> dict[str, Any]:
     return cfg.model_dump(
         mode="json",
-        exclude={"publish": {"mqtt": {"password"}}, "ingest": {"token"}, "alerts": {"webhook": {"token"}}},
+        exclude={"publish": {"mqtt": {"password"}}, "access": {"token"}, "alerts": {"webhook": {"token"}}},
     )

@@ -1,5 +1,6 @@
-"""The daemon: wires sources, the sans-I/O stream cores, the inference worker and
-the publishers from a :class:`DaemonConfig`.
+"""The daemon: starts, supervises and stops the parts :mod:`streamer.wiring` builds
+from a :class:`DaemonConfig` (sources, the sans-I/O stream cores, the inference
+worker, the publishers).
 
 Each stream runs in its own task. A stream that fails (a device that vanishes,
 a file that is not audio) publishes ``stream.status`` = ``error`` and, where a
@@ -15,44 +16,59 @@ status is published and every piece of its state is released (core, lock,
 snapshot, alert state, retained-topic cache); its counters are added to
 ``ended_streams`` in ``/healthz``. With no configured streams the daemon runs
 until it is stopped.
+
+Losses are counted where users look: each stream's ``stream.status`` carries,
+besides the core's counters, what every publisher lost of that stream
+(``lost_websocket``, ``lost_mqtt``, ``lost_jsonl``, ``lost_webhook``); the
+status heartbeat re-publishes them every ``status_interval_s``, a log line
+gives the running totals whenever they grew, and the shutdown summary (logged
+after the publishers closed, so what they could not deliver is in it) lists
+every stream's counters. A microphone that restarts goes on with the same
+``seq`` and audio time (``StreamCore(continues=...)``).
+
+:func:`run_daemon` returns the exit status: 1 when configured streams exist
+and none of them ever produced audio (every source failed), saying why.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import json
 import logging
 import time
 from collections.abc import Callable
 from typing import Any
 
 from dropformer.errors import EmotionMonitorError
-from streamer.config import DaemonConfig, StreamConfig, dashboard_dir, demo_audio_path
+from streamer import wiring
+from streamer.config import DaemonConfig, StreamConfig
 from streamer.core.alerts import AlertEvaluator
-from streamer.core.events import EmotionEstimate
-from streamer.core.events import Event as CoreEvent
-from streamer.core.gate import EnergyGate, Gate
-from streamer.core.smoother import Smoother
+from streamer.core.events import EmotionEstimate, Event, StreamStatus
 from streamer.core.stream import StreamCore, WindowRequest
-from streamer.core.windower import Windower
-from streamer.engine import Engine
 from streamer.hub import Hub
-from streamer.sources.base import Source
-from streamer.worker import InferenceBackend, InferenceOutcome, InferenceWorker
+from streamer.sources.base import OUTPUT_RATE_HZ, Source
+from streamer.worker import InferenceBackend, InferenceOutcome
 
 log = logging.getLogger(__name__)
 
 MAX_RESTART_S = 60.0
+LOSS_REPORT_S = 10.0
+"""How often the running loss totals are checked (and logged when they grew) without a heartbeat."""
+#: stream counters that count analysis lost (in the running totals and the summary)
+STREAM_LOSSES = ("skipped_stale", "dropped_frames", "lost_results", "inference_errors", "bad_results")
 
 
 class Daemon:
-    """``async with Daemon(cfg) as d: await d.run()`` (or ``await d.run_until(stop)``)."""
+    """``async with Daemon(cfg) as d: await d.run()`` (or ``await d.run(stop)``)."""
 
     def __init__(self, cfg: DaemonConfig, *, backend: InferenceBackend | None = None) -> None:
         self.cfg = cfg
         self.hub = Hub()
-        self.backend: InferenceBackend = backend or self._make_worker()
+        self.backend: InferenceBackend = backend or wiring.make_worker(cfg.model, cfg.worker, round(cfg.windowing.window_s * OUTPUT_RATE_HZ))
         self.cores: dict[str, StreamCore] = {}
+        self.sources: dict[str, Source] = {}  # each running stream's source
         self._locks: dict[str, asyncio.Lock] = {}
         self.websocket: Any = None
         self._stack: contextlib.AsyncExitStack | None = None
@@ -61,66 +77,27 @@ class Daemon:
         self.network: Any = None  # NetworkStats once the network endpoints are set up
         self.ended_streams: dict[str, int] = {"streams": 0}  # summed counters of released streams
         self._network_tasks: dict[str, asyncio.Task[dict[str, int]]] = {}
+        self.with_audio: set[str] = set()  # streams whose source delivered audio
+        self.failures: dict[str, str] = {}  # stream id -> why it last failed
+        self.summary: dict[str, Any] | None = None  # the shutdown summary, once stopped
+        self._losses_reported: dict[str, int] = {}
 
     # ---------------------------------------------------------------- set-up
-    def _make_worker(self) -> InferenceWorker:
-        m, w = self.cfg.model, self.cfg.worker
-
-        def load() -> Engine:
-            engine = Engine.load(m.checkpoint, device=m.device, frontend_model=m.frontend_model, threads=m.threads,
-                                 frontend_overrides=m.frontend or None)
-            if m.warm_up:
-                seconds = engine.warm_up(round(self.cfg.windowing.window_s * 16000))
-                log.info("model warmed up in %.1f s", seconds)
-            return engine
-
-        return InferenceWorker(load, max_batch=w.max_batch, max_wait_ms=w.max_wait_ms, queue_size=w.queue_size)
-
-    def _add_publishers(self) -> None:
-        p = self.cfg.publish
-        if p.websocket.enabled:
-            from streamer.publishers.websocket import WebSocketPublisher
-
-            static = dashboard_dir() if p.websocket.dashboard else None
-            self.websocket = self.hub.add(
-                WebSocketPublisher(
-                    p.websocket.host, p.websocket.port, p.websocket.path,
-                    static_dir=static if static is not None and static.is_dir() else None,
-                    max_queue=p.websocket.max_queue, slow_client_timeout_s=p.websocket.slow_client_timeout_s,
-                    snapshot=self.hub.snapshot, health=self.health, importance=p.websocket.importance,
-                ),
-                "websocket",
-            )
-        if p.mqtt.enabled:
-            import os
-
-            from streamer.publishers.mqtt import MqttPublisher
-
-            password = p.mqtt.password or os.environ.get("EMOTION_MONITOR_MQTT_PASSWORD")
-            self.hub.add(
-                MqttPublisher(
-                    p.mqtt.host, p.mqtt.port, prefix=p.mqtt.prefix, qos=p.mqtt.qos, username=p.mqtt.username,
-                    password=password, tls=p.mqtt.tls.model_dump() if p.mqtt.tls else None,
-                    client_id=p.mqtt.client_id, keepalive_s=p.mqtt.keepalive_s, max_queue=p.mqtt.max_queue,
-                    reconnect_min_s=p.mqtt.reconnect_min_s, reconnect_max_s=p.mqtt.reconnect_max_s,
-                    importance=p.mqtt.importance, home_assistant=p.mqtt.home_assistant,
-                    discovery_prefix=p.mqtt.discovery_prefix,
-                ),
-                "mqtt",
-            )
-        if p.jsonl.enabled:
-            from streamer.publishers.jsonl import JsonlSink
-
-            self.hub.add(JsonlSink(p.jsonl.path, rotate_mb=p.jsonl.rotate_mb, importance=p.jsonl.importance), "jsonl")
-
     async def __aenter__(self) -> Daemon:
         async with contextlib.AsyncExitStack() as stack:
             await stack.enter_async_context(self.backend)  # loads the model once
             if self.backend.model_info.get("random_init"):
                 log.warning("!!! estimates come from an UNTRAINED model (model.random_init=true in every event) !!!")
-            self._add_publishers()
-            self._add_alerts()
+            await wiring.check_pipeline(self.cfg, self.backend)
+            self.websocket = wiring.add_publishers(self.cfg, self.hub, health=self.health)
+            self.alerts = wiring.add_alerts(self.cfg, self.backend.labels, self.hub)
             self._add_network()
+            if self.cfg.insecure:
+                log.warning(
+                    "!!! listening on %s WITHOUT A TOKEN (access.allow_insecure): anyone who can reach "
+                    "port %d reads every estimate and may send audio. Set EMOTION_MONITOR_TOKEN. !!!",
+                    self.cfg.publish.websocket.host, self.cfg.publish.websocket.port,
+                )
             await stack.enter_async_context(self.hub)
             self._stack = stack.pop_all()
         if self.websocket is not None:
@@ -134,6 +111,54 @@ class Daemon:
         stack, self._stack = self._stack, None
         if stack is not None:
             await stack.aclose()
+            self._log_summary()  # after the publishers closed: what they could not deliver is in it
+
+    # ----------------------------------------------------------------- losses
+    def _counters(self, core: StreamCore) -> dict[str, int]:
+        """A stream's counters with what each publisher lost of it."""
+        return {**core.counters, **self.hub.losses(core.stream_id)}
+
+    def losses(self) -> dict[str, int]:
+        """Running totals of everything lost: per publisher, and the streams' analysis losses."""
+        totals = {f"lost_{name}": n for name, n in self.hub.lost_total().items()}
+        if self.hub.invalid:
+            totals["invalid_events"] = self.hub.invalid
+        for key in STREAM_LOSSES:
+            totals[key] = self.ended_streams.get(key, 0) + sum(c.counters.get(key, 0) for c in self.cores.values())
+        return totals
+
+    def _report_losses(self) -> None:
+        """Log the running loss totals when they grew since the last report."""
+        totals = self.losses()
+        grown = {k: v - self._losses_reported.get(k, 0) for k, v in totals.items() if v > self._losses_reported.get(k, 0)}
+        if grown:
+            log.warning("lost so far: %s (since the last report: %s)",
+                        ", ".join(f"{k} {v}" for k, v in totals.items() if v),
+                        ", ".join(f"{k} +{v}" for k, v in grown.items()))
+        self._losses_reported = totals
+
+    async def _loss_reporter(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.status_interval_s or LOSS_REPORT_S)
+            self._report_losses()
+
+    def _log_summary(self) -> None:
+        self.summary = {
+            "streams": {sid: self._counters(core) for sid, core in self.cores.items()},
+            "ended_streams": dict(self.ended_streams),
+            "publishers": self.hub.stats()["publishers"],
+            "lost": self.losses(),
+        }
+        level = logging.WARNING if any(self.summary["lost"].values()) else logging.INFO
+        log.log(level, "shutdown summary: %s", json.dumps(self.summary, separators=(",", ":")))
+
+    def exit_problem(self) -> str | None:
+        """Why the run failed as a whole (configured streams, none of which ever produced
+        audio, with a failure to tell), else ``None``."""
+        if not self.cfg.streams or self.with_audio or not self.failures or self.ended_streams["streams"]:
+            return None
+        why = "; ".join(f"{sid}: {text}" for sid, text in self.failures.items())
+        return f"no stream produced any audio ({why}); fix the sources (streams.N.source) and start again"
 
     def health(self) -> dict[str, Any]:
         worker_stats = getattr(self.backend, "stats", None)
@@ -141,10 +166,11 @@ class Daemon:
             "uptime_s": round(time.monotonic() - self.started_at, 1),
             "model": self.backend.model_info,
             "worker": worker_stats.as_dict() if worker_stats is not None else {},
-            "streams": {sid: core.counters for sid, core in self.cores.items()},
+            "streams": {sid: self._counters(core) for sid, core in self.cores.items()},
             "hub": self.hub.stats(),
             **({"network": self.network.as_dict()} if self.network is not None else {}),
             "ended_streams": dict(self.ended_streams),
+            "lost": self.losses(),
             **({"alerts": {"fired": self.alerts.fired, "streams": self.alerts.streams}} if self.alerts else {}),
         }
 
@@ -154,67 +180,30 @@ class Daemon:
         stop = stop or asyncio.Event()
         tasks = [asyncio.create_task(self._supervise(sc), name=f"stream:{sc.id}") for sc in self.cfg.streams]
         waiter = asyncio.create_task(stop.wait())
+        reporter = asyncio.create_task(self._loss_reporter())
         try:
             all_done: asyncio.Future[Any] = asyncio.gather(*tasks, return_exceptions=True)
             ends = {waiter, all_done} if tasks else {waiter}  # network only: run until stopped
             await asyncio.wait(ends, timeout=self.cfg.duration_s, return_when=asyncio.FIRST_COMPLETED)
         finally:
             waiter.cancel()
+            reporter.cancel()
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await self._stop_network_streams()
+            self._report_losses()
 
-    def publish(self, event: CoreEvent) -> None:
+    def publish(self, event: Event) -> None:
+        """Hand ``event`` to the hub (a stream's status with its publishers' losses), then
+        feed estimates to the alert rules."""
+        if isinstance(event, StreamStatus):
+            event = dataclasses.replace(event, counters={**event.counters, **self.hub.losses(event.stream_id)})
         self.hub.publish(event.to_dict())
         if self.alerts is not None and isinstance(event, EmotionEstimate):
             for alert in self.alerts.update(event):
                 log.info("alert %s on %s: %s", alert.kind, alert.stream_id, alert.message)
                 self.hub.publish(alert.to_dict())
-
-    def _make_core(self, sc: StreamConfig) -> StreamCore:
-        c = self.cfg
-        gate: Gate | None
-        if c.gate.kind == "energy":
-            gate = EnergyGate(
-                frame_ms=c.gate.frame_ms, threshold_dbfs=c.gate.threshold_dbfs,
-                hysteresis_db=c.gate.hysteresis_db, min_speech_share=c.gate.min_speech_share,
-            )
-        elif c.gate.kind == "silero":
-            from streamer.silero_gate import SileroGate
-
-            gate = SileroGate(threshold=c.gate.vad_threshold, min_speech_share=c.gate.min_speech_share)
-        else:
-            gate = None
-        labels = self.backend.labels
-        return StreamCore(
-            sc.id, labels,
-            windower=Windower(window_s=c.windowing.window_s, hop_s=c.windowing.hop_s,
-                              first_window=c.windowing.first_window, min_window_s=c.windowing.min_window_s),
-            gate=gate,
-            smoother=Smoother(
-                labels, time_constant_s=c.smoothing.time_constant_s, switch_margin=c.smoothing.switch_margin,
-                min_dwell_s=c.smoothing.min_dwell_s, silence=c.smoothing.silence,
-                decay_time_constant_s=c.smoothing.decay_time_constant_s,
-                neutral_label="neutral",  # uniform target when the model has no neutral class
-            ),
-            model_info=self.backend.model_info,
-            silent_estimates=c.smoothing.silent_estimates,
-            normalizer=self.backend.new_normalizer(),
-            importance=c.publish.importance,
-        )
-
-    def _make_source(self, sc: StreamConfig) -> tuple[Source, bool]:
-        src = sc.source
-        if src.kind == "file":
-            from streamer.sources.file import FileSource
-
-            path = src.path or str(demo_audio_path())
-            return FileSource(path, sc.id, realtime=src.realtime, block_ms=src.block_ms, loop=src.loop), src.realtime
-        from streamer.sources.microphone import MicrophoneSource
-
-        return MicrophoneSource(src.device, sc.id, block_ms=src.block_ms, queue_blocks=src.queue_blocks,
-                                channels=src.channels, sample_rate_hz=src.sample_rate_hz), True
 
     async def _supervise(self, sc: StreamConfig) -> None:
         """Run one stream; restart it after failures where that can help."""
@@ -227,6 +216,7 @@ class Daemon:
                 raise
             except Exception as exc:  # isolate every failure to this stream
                 retry = delay is not None and sc.source.kind == "microphone"
+                self.failures[sc.id] = str(exc) if isinstance(exc, EmotionMonitorError) else f"{type(exc).__name__}: {exc}"
                 if not isinstance(exc, (EmotionMonitorError, OSError)):
                     log.exception("stream %s crashed", sc.id)
                 else:
@@ -237,8 +227,9 @@ class Daemon:
                 delay = min(max(delay * 2, 1.0), MAX_RESTART_S)
 
     async def _run_stream(self, sc: StreamConfig, network_source: Source | None = None) -> None:
-        """Run one stream: its configured source, or ``network_source`` (live, from a session)."""
-        core = self._make_core(sc)
+        """Run one stream: its configured source, or ``network_source`` (live, from a session).
+        A configured stream that runs again (a restart) goes on from its previous core."""
+        core = wiring.make_core(self.cfg, sc.id, self.backend, continues=self.cores.get(sc.id))
         self.cores[sc.id] = core
         # Silero VAD costs ~45 ms per window: gate on a thread, never on the loop. The
         # lock keeps the core single-threaded (results wait while a push runs).
@@ -249,8 +240,9 @@ class Daemon:
         error: str | None = None
         heartbeat = asyncio.create_task(self._heartbeat(core)) if self.cfg.status_interval_s else None
         try:
-            source, realtime = self._make_source(sc) if network_source is None else (network_source, True)
+            source, realtime = wiring.make_source(sc) if network_source is None else (network_source, True)
             stale_s = self.cfg.worker.stale_after_s if realtime else None
+            self.sources[sc.id] = source
             async with source:
                 dropped_seen = 0
 
@@ -262,6 +254,8 @@ class Daemon:
                         dropped_seen = dropped
 
                 async for frames in source:
+                    if frames.size:
+                        self.with_audio.add(sc.id)
                     count_dropped()
                     async with lock:
                         items = await asyncio.to_thread(core.push, frames) if off_loop else core.push(frames)
@@ -278,26 +272,19 @@ class Daemon:
         finally:
             for t in pending:
                 t.cancel()
+            self.sources.pop(sc.id, None)
             if heartbeat is not None:
                 heartbeat.cancel()
             self.publish(core.stop(error=error))
 
     # ------------------------------------------------------- network streams
-    def _add_alerts(self) -> None:
-        from streamer.alerts import make_evaluator, make_webhook
-
-        self.alerts = make_evaluator(self.cfg.alerts, self.backend.labels)
-        webhook = make_webhook(self.cfg.alerts.webhook)
-        if webhook is not None:
-            self.hub.add(webhook, "webhook")
-
     def _add_network(self) -> None:
         if self.cfg.ingest.enabled and not self.cfg.publish.websocket.enabled:
             log.info("no /ingest endpoint: publish.websocket is disabled")
         if self.cfg.network_enabled and self.websocket is not None:
             from streamer.sources.ingest import install_endpoints
 
-            self.network = install_endpoints(self, self.cfg.ingest, self.websocket)
+            self.network = install_endpoints(self, self.cfg.ingest, self.websocket, token=self.cfg.access.bearer_token())
 
     def open_network_stream(
         self, stream_id: str, source: Source, *, role: str | None = None
@@ -328,11 +315,12 @@ class Daemon:
             self._network_tasks.pop(sc.id, None)
             if self.alerts is not None:
                 self.alerts.close(sc.id)
+            counters = self._counters(core) if core is not None else {}
             self.hub.forget(sc.id)
             self.ended_streams["streams"] += 1
-            for key, value in (core.counters if core is not None else {}).items():
+            for key, value in counters.items():
                 self.ended_streams[key] = self.ended_streams.get(key, 0) + value
-        return core.counters if core is not None else {}
+        return counters
 
     async def _stop_network_streams(self) -> None:
         """End every network stream (shutdown): each publishes offline and is released."""
@@ -350,7 +338,7 @@ class Daemon:
                 self.publish(core.status())
 
     async def _handle(
-        self, core: StreamCore, items: list[WindowRequest | CoreEvent], stale_s: float | None,
+        self, core: StreamCore, items: list[WindowRequest | Event], stale_s: float | None,
         pending: set[asyncio.Task[None]],
     ) -> None:
         for item in items:
@@ -372,7 +360,7 @@ class Daemon:
             self.publish(ev)
 
     @staticmethod
-    def _apply(core: StreamCore, req: WindowRequest, outcome: InferenceOutcome, t0: float) -> list[CoreEvent]:
+    def _apply(core: StreamCore, req: WindowRequest, outcome: InferenceOutcome, t0: float) -> list[Event]:
         if outcome.skipped is not None or outcome.probs is None:
             events = core.on_skipped(req.seq, outcome.skipped or "error")
         else:
@@ -382,8 +370,9 @@ class Daemon:
         return events
 
 
-async def run_daemon(cfg: DaemonConfig, *, install_signals: bool = True, on_ready: Callable[[Daemon], None] | None = None) -> None:
-    """Start the daemon, stop on SIGINT/SIGTERM, shut down gracefully."""
+async def run_daemon(cfg: DaemonConfig, *, install_signals: bool = True, on_ready: Callable[[Daemon], None] | None = None) -> int:
+    """Start the daemon, stop on SIGINT/SIGTERM, shut down gracefully; the exit status
+    (1 when no configured stream ever produced audio, see :meth:`Daemon.exit_problem`)."""
     import signal
 
     stop = asyncio.Event()
@@ -397,7 +386,12 @@ async def run_daemon(cfg: DaemonConfig, *, install_signals: bool = True, on_read
             if on_ready is not None:
                 on_ready(daemon)
             await daemon.run(stop)
-            log.info("shutting down: %s", daemon.health()["streams"])
+            log.info("shutting down")
+        problem = daemon.exit_problem()
+        if problem is not None:
+            log.error("%s", problem)
+            return 1
+        return 0
     finally:
         if install_signals:
             for sig in (signal.SIGINT, signal.SIGTERM):

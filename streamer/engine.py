@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from dropformer import Checkpoint, DropFormer, FrontendConfig, load_checkpoint, preset, pretrained
-from dropformer.errors import ConfigError
+from dropformer.device import resolve_device
 from dropformer.normalization import Moments, StreamNormalizer
 from streamer.core.importance import TokenImportance
 
@@ -42,17 +42,6 @@ class BatchResult:
     compute_ms: float
     moments: list[Moments] | None = None  # per window: its raw features' moments (per-stream normalisation)
     importance: list[TokenImportance] | None = None  # per window: last layer's token importance, TDM's drops
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"model.device = {device!r} but CUDA is not available here; use 'auto' or 'cpu'")
-    try:
-        return torch.device(device)
-    except RuntimeError as exc:
-        raise ConfigError(f"model.device = {device!r} is not a torch device; use auto, cpu or cuda[:N]") from exc
 
 
 class Engine:
@@ -98,7 +87,7 @@ class Engine:
         (e.g. ``{"dtype": "bfloat16"}``)."""
         if threads:
             torch.set_num_threads(threads)
-        dev = resolve_device(device)
+        dev = resolve_device(device, "model.device")
         random_init = False
         path = pretrained.resolve(checkpoint) if checkpoint else bundled_checkpoint()
         if path is None:

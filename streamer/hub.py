@@ -1,4 +1,5 @@
-"""The hub: fans every event out to the publishers, isolating their failures.
+"""The hub: encodes every event once and fans the :class:`Message` out to the
+publishers, isolating their failures.
 
 It also remembers the last ``stream.status`` and the last ``emotion.estimate``
 of each stream, its last few ``emotion.transition`` events and its last
@@ -16,7 +17,7 @@ from collections.abc import Mapping
 from types import TracebackType
 from typing import Any, TypeVar
 
-from streamer.publishers.base import Event, Publisher
+from streamer.publishers.base import Message, Publisher, encode, should_log
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ class StreamSnapshot:
         self.transitions: dict[str, deque[dict[str, Any]]] = {}
         self.streams: dict[str, None] = {}  # ordered set of stream ids seen
 
-    def update(self, event: Event) -> None:
+    def update(self, event: Mapping[str, Any]) -> None:
         """Record ``event`` if it carries a stream id (other events are ignored)."""
         sid = event.get("stream_id")
         if not isinstance(sid, str):
@@ -88,6 +89,7 @@ class Hub:
         self.publishers: list[tuple[str, Publisher]] = []
         self.state = StreamSnapshot()
         self.events = 0
+        self.invalid = 0  # events that are not JSON (never handed on)
         self.errors: dict[str, int] = {}
         self._stack: contextlib.AsyncExitStack | None = None
 
@@ -98,25 +100,47 @@ class Hub:
         self.errors.setdefault(name, 0)
         return publisher
 
-    def publish(self, event: Event) -> None:
-        """Record ``event`` in the snapshot and hand it to every publisher."""
+    def publish(self, event: Mapping[str, Any]) -> Message | None:
+        """Encode ``event`` once, record it in the snapshot and hand it to every publisher.
+
+        Returns the message, or ``None`` (logged and counted in ``invalid``) when the
+        event is not JSON (NaN, a non-JSON type): no publisher could send it.
+        """
+        try:
+            message = encode(event)
+        except (TypeError, ValueError) as exc:
+            self.invalid += 1
+            if should_log(self.invalid):
+                log.error("event of type %r is not valid JSON (%s); not published (%d so far)",
+                          event.get("type"), exc, self.invalid)
+            return None
         self.events += 1
         self.state.update(event)
         for name, publisher in self.publishers:
             try:
-                publisher.publish(event)
+                publisher.publish(message)
             except Exception:
                 self.errors[name] += 1
                 n = self.errors[name]
-                if n in (1, 10, 100) or n % 1000 == 0:
+                if should_log(n):
                     log.exception("publisher %s failed on a %r event (%d failure(s) so far)",
-                                  name, event.get("type"), n)
+                                  name, message.type, n)
+        return message
+
+    def losses(self, stream_id: str) -> dict[str, int]:
+        """Messages of ``stream_id`` each publisher lost so far: ``{"lost_<name>": n}``."""
+        return {f"lost_{name}": p.stats.lost_by_stream.get(stream_id, 0) for name, p in self.publishers}
+
+    def lost_total(self) -> dict[str, int]:
+        """Messages each publisher lost so far, all streams and daemon-wide ones: ``{name: n}``."""
+        return {name: p.stats.dropped for name, p in self.publishers}
 
     def forget(self, stream_id: str) -> None:
         """An ended stream's state is released: the snapshot and every publisher that
         keeps per-stream state (``forget(stream_id)``) drop it."""
         self.state.forget(stream_id)
         for name, publisher in self.publishers:
+            publisher.stats.forget(stream_id)
             forget = getattr(publisher, "forget", None)
             if forget is None:
                 continue
@@ -135,7 +159,7 @@ class Hub:
         pubs: dict[str, Any] = {}
         for name, p in self.publishers:
             pubs[name] = {**p.stats.as_dict(), "errors": self.errors[name]}
-        return {"events": self.events, "publishers": pubs}
+        return {"events": self.events, "invalid": self.invalid, "publishers": pubs}
 
     async def __aenter__(self) -> Hub:
         async with contextlib.AsyncExitStack() as stack:
@@ -151,9 +175,3 @@ class Hub:
         stack, self._stack = self._stack, None
         if stack is not None:
             await stack.aclose()
-
-
-def stream_id_of(event: Mapping[str, Any]) -> str | None:
-    """The event's ``stream_id`` if it is a string, else ``None``."""
-    sid = event.get("stream_id")
-    return sid if isinstance(sid, str) else None

@@ -31,7 +31,6 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from dropformer.errors import ConfigError
 from dropformer.normalization import Moments, StreamNormalizer
 from streamer.core.importance import TokenImportance
 from streamer.core.stream import WindowRequest
@@ -53,6 +52,7 @@ class InferenceOutcome:
     batch_size: int = 0
     moments: Moments | None = None  # the window's raw feature moments, for per-stream normalisation
     importance: TokenImportance | None = None  # last layer's token importance and TDM's drops
+    error: str | None = None  # why the model failed on it (skipped="error")
 
 
 class InferenceBackend(Protocol):
@@ -74,6 +74,11 @@ class InferenceBackend(Protocol):
 
     async def infer(self, request: WindowRequest, *, deadline_s: float | None) -> InferenceOutcome: ...
 
+    async def probe(self, n_samples: int) -> str | None:
+        """Run the model once on a window of ``n_samples``: ``None`` if it can, else why not
+        (the start-up check of the windowing against the model)."""
+        ...
+
 
 @dataclass
 class _Item:
@@ -81,6 +86,7 @@ class _Item:
     future: asyncio.Future[InferenceOutcome]
     loop: asyncio.AbstractEventLoop
     deadline: float | None  # time.monotonic() after which the window is stale
+    probe: bool = False  # a start-up check: run alone, failures are answered, not logged
 
 
 @dataclass
@@ -107,9 +113,6 @@ class InferenceWorker:
     def __init__(
         self, load_engine: Callable[[], Engine], *, max_batch: int = 8, max_wait_ms: float = 10.0, queue_size: int = 32
     ) -> None:
-        for name, value, low in (("max_batch", max_batch, 1), ("queue_size", queue_size, 1), ("max_wait_ms", max_wait_ms, 0)):
-            if value < low:
-                raise ConfigError(f"worker.{name} = {value} must be >= {low}")
         self._load_engine = load_engine
         self.max_batch, self.max_wait_s, self.queue_size = max_batch, max_wait_ms / 1000.0, queue_size
         self._queue: collections.deque[_Item] = collections.deque()
@@ -150,7 +153,17 @@ class InferenceWorker:
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join, 30.0)
 
-    async def infer(self, request: WindowRequest, *, deadline_s: float | None) -> InferenceOutcome:
+    async def probe(self, n_samples: int) -> str | None:
+        """See :meth:`InferenceBackend.probe`."""
+        rng = np.random.default_rng(0)
+        quiet_noise = (rng.standard_normal(n_samples) * 0.01).astype(np.float32)
+        request = WindowRequest("_probe", 0, 0, n_samples, quiet_noise)
+        outcome = await self.infer(request, deadline_s=None, probe=True)
+        return outcome.error
+
+    async def infer(
+        self, request: WindowRequest, *, deadline_s: float | None, probe: bool = False
+    ) -> InferenceOutcome:
         """Queue ``request``; ``deadline_s`` is how long from now it stays worth computing."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[InferenceOutcome] = loop.create_future()
@@ -162,7 +175,7 @@ class InferenceWorker:
             if len(self._queue) >= self.queue_size:
                 evicted = self._queue.popleft()
                 self.stats.evicted += 1
-            self._queue.append(_Item(request, fut, loop, deadline))
+            self._queue.append(_Item(request, fut, loop, deadline, probe))
             self._cond.notify()
         if evicted is not None:
             _resolve(evicted, InferenceOutcome(evicted.request, skipped="stale"))
@@ -208,6 +221,9 @@ class InferenceWorker:
         for item in batch:
             if item.future.cancelled():
                 continue
+            if item.probe:
+                self._probe(item)
+                continue
             if item.deadline is not None and now > item.deadline:
                 self.stats.skipped_stale += 1
                 _resolve(item, InferenceOutcome(item.request, skipped="stale"))
@@ -232,6 +248,17 @@ class InferenceWorker:
                 None, res.compute_ms, len(fresh), None if res.moments is None else res.moments[i],
                 importance=None if res.importance is None else res.importance[i],
             ))
+
+
+    def _probe(self, item: _Item) -> None:
+        assert self.engine is not None
+        try:
+            self.engine.run([item.request.samples], [None])
+        except Exception as exc:
+            text = " ".join(f"{type(exc).__name__}: {exc}".split())
+            _resolve(item, InferenceOutcome(item.request, skipped="error", error=text[:200]))
+            return
+        _resolve(item, InferenceOutcome(item.request))
 
 
 def _resolve(item: _Item, outcome: InferenceOutcome) -> None:

@@ -4,7 +4,8 @@
  * URL parameters:
  *   ?ws=ws://host:port/ws   WebSocket endpoint (default: this page's host, path /ws)
  *   ?streams=a,b            show only these streams (also set by the stream chips)
- *   ?token=...              ingest token, for the microphone button when the monitor has one
+ *   ?token=...              the monitor's token (access.token), when it has one: sent with
+ *                           the events connection and the microphone's /ingest connection
  *
  * The "listen to this browser's microphone" button asks for consent in the
  * page, then getUserMedia -> AudioWorklet (mic-worklet.js, 16-bit PCM) ->
@@ -84,10 +85,21 @@
 
   // ------------------------------------------------------------ page state
   const params = new URLSearchParams(location.search);
+  function withToken(url) {  // browsers cannot send headers: the token goes in the query
+    const token = params.get("token");
+    if (!token) return url;
+    try {
+      const u = new URL(url);
+      if (!u.searchParams.has("token")) u.searchParams.set("token", token);
+      return u.toString();
+    } catch (err) {
+      return url;  // a bad ?ws= is reported when connecting
+    }
+  }
   const defaultWs = location.host
     ? `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`
     : "ws://127.0.0.1:8765/ws";
-  const wsUrl = params.get("ws") || defaultWs;
+  const wsUrl = withToken(params.get("ws") || defaultWs);
   const initial = (params.get("streams") || "").split(",").map((s) => s.trim()).filter(Boolean);
 
   const streams = new Map();   // stream id -> view state
@@ -671,6 +683,7 @@
     socket = ws;
     ws.onopen = () => {
       connected = true;
+      everConnected = true;
       backoffMs = BACKOFF_INITIAL_MS;
       setConn("connected", "connected");
       if (selected) sendSubscribe();
@@ -685,13 +698,30 @@
       retryAt = Date.now() + delay;
       retryTimer = setTimeout(connect, delay);
       showRetry();
+      checkAccess();
     };
   }
 
+  let tokenHint = "";  // why connecting fails, when the monitor says it needs a token
+  let accessChecked = false;
   function showRetry() {
     if (connected || !retryTimer) return;
     const left = Math.max(0, Math.ceil((retryAt - Date.now()) / 1000));
-    setConn("disconnected", `disconnected · reconnecting in ${left} s`);
+    setConn("disconnected", `disconnected · ${tokenHint}reconnecting in ${left} s`);
+  }
+
+  let everConnected = false;
+  function checkAccess() {  // a refused handshake looks like any failure to the page: ask /healthz
+    if (!location.host || tokenHint || everConnected || accessChecked) return;
+    accessChecked = true;  // once per page: a monitor that is down is not asked again and again
+    fetch("/healthz", { cache: "no-store" }).then((r) => r.json()).then((h) => {
+      if (h && h.access && h.access.token_required) {
+        tokenHint = params.get("token")
+          ? "the monitor refused this page's token · "
+          : "this monitor needs a token: open the page as /?token=… · ";
+        showRetry();
+      }
+    }).catch(() => {});
   }
 
   // ------------------------------------------------------ browser microphone

@@ -133,7 +133,7 @@ class RobotClient:
                 await stack.enter_async_context(self.mqtt)
             if inp.kind == "websocket":
                 self.websocket = await stack.enter_async_context(WebSocketLink(
-                    inp.url, on_event=self._on_event, on_outage=self._on_outage,
+                    inp.url, token=inp.token, on_event=self._on_event, on_outage=self._on_outage,
                     open_timeout_s=inp.open_timeout_s, reconnect_min_s=inp.reconnect_min_s,
                     reconnect_max_s=inp.reconnect_max_s,
                 ))  # fmt: skip

@@ -45,6 +45,8 @@ class InputConfig(StrictModel):
     """Where the estimates come from: the broker (section mqtt) or the daemon's WebSocket (url)."""
     url: str = "ws://127.0.0.1:8765/ws"
     """websocket: the daemon's event endpoint."""
+    token: str | None = None
+    """websocket: the daemon's token; prefer the EMOTION_MONITOR_TOKEN environment variable."""
     open_timeout_s: float = Field(5.0, gt=0)
     """websocket: how long one connection attempt may take, seconds."""
     reconnect_min_s: float = Field(0.5, gt=0)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import random
 from collections.abc import Callable
@@ -21,6 +20,8 @@ from typing import Any
 
 from clients.robot.config import MqttConnection, RosConnection
 from dropformer.errors import ConfigError
+from streamer.access import token_from_env
+from streamer.core.jsonguard import MessageError, loads_object
 from streamer.publishers.base import DropOldestQueue
 
 log = logging.getLogger(__name__)
@@ -46,13 +47,18 @@ class Backoff:
         self.delay_s = min(self.delay_s * 2, self.max_s)
 
 
-def _parse(raw: str | bytes, where: str) -> dict[str, Any] | None:
+MAX_MESSAGE_BYTES = 1 << 22
+"""Largest message read from the broker or the daemon (a hello with many streams is the largest)."""
+
+
+def parse_message(raw: str | bytes, where: str) -> dict[str, Any] | None:
+    """A received message as a JSON object, bounded before parsing; ``None`` (logged) when it
+    is too large, nested too deep, not JSON or not an object."""
     try:
-        doc = json.loads(raw)
-    except ValueError:
-        log.warning("%s: ignoring a message that is not JSON: %.80r", where, raw)
+        return loads_object(raw, max_bytes=MAX_MESSAGE_BYTES, what=f"{where} message")
+    except MessageError as exc:
+        log.warning("%s: ignoring a message: %s: %.80r", where, exc, raw)
         return None
-    return doc if isinstance(doc, dict) else None
 
 
 class _Task:
@@ -207,7 +213,7 @@ class MqttLink(_Task):
         async for m in client.messages:
             if not self.subscribe or not m.payload:
                 continue  # an emptied retained topic
-            doc = _parse(m.payload, "mqtt")
+            doc = parse_message(m.payload, "mqtt")
             if doc is not None:
                 self.on_event(doc, bool(m.retain))
 
@@ -217,9 +223,10 @@ class WebSocketLink(_Task):
 
     def __init__(
         self, url: str, *, on_event: OnEvent, on_outage: OnOutage, open_timeout_s: float = 5.0,
-        reconnect_min_s: float = 0.5, reconnect_max_s: float = 30.0,
+        reconnect_min_s: float = 0.5, reconnect_max_s: float = 30.0, token: str | None = None,
     ) -> None:  # fmt: skip
         self.url = url
+        self.token = token
         self.on_event, self.on_outage = on_event, on_outage
         self.open_timeout_s = open_timeout_s
         self.backoff = Backoff(reconnect_min_s, reconnect_max_s)
@@ -233,8 +240,10 @@ class WebSocketLink(_Task):
 
         while True:
             try:
+                token = self.token or token_from_env()
                 async with connect(
-                    self.url, open_timeout=self.open_timeout_s, max_size=1 << 22
+                    self.url, open_timeout=self.open_timeout_s, max_size=MAX_MESSAGE_BYTES,
+                    additional_headers={"Authorization": f"Bearer {token}"} if token else None,
                 ) as ws:
                     self.connected, self.last_error = True, None
                     self.connects += 1
@@ -245,7 +254,7 @@ class WebSocketLink(_Task):
                     )
                     self.backoff.reset()
                     async for raw in ws:
-                        doc = _parse(raw, "websocket")
+                        doc = parse_message(raw, "websocket")
                         if doc is None:
                             continue
                         if doc.get("type") == "hello":
@@ -277,15 +286,16 @@ class WebSocketLink(_Task):
 
     def _hello(self, hello: dict[str, Any]) -> None:
         """Where things stand: statuses, each stream's last transitions (oldest first), last estimates."""
-        for key in ("last_status", "last_estimate"):
-            if not isinstance(hello.get(key), dict):
-                hello[key] = {}
-        for status in hello["last_status"].values():
+        def part(key: str) -> dict[str, Any]:  # a malformed part is left out, not a crash
+            value = hello.get(key)
+            return value if isinstance(value, dict) else {}
+
+        for status in part("last_status").values():
             self.on_event(status, True)
-        for transitions in (hello.get("transitions") or {}).values():
+        for transitions in part("transitions").values():
             for tr in transitions if isinstance(transitions, list) else []:
                 self.on_event(tr, True)
-        for est in hello["last_estimate"].values():
+        for est in part("last_estimate").values():
             self.on_event(est, True)
 
 

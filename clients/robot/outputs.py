@@ -31,7 +31,7 @@ from typing import Any, Protocol
 from clients.robot.config import CommandAction, LogAction, MqttAction, RosAction, WebhookAction
 from clients.robot.links import MqttLink, RosLink
 from clients.robot.rules import Firing
-from streamer.publishers.base import DropOldestQueue
+from streamer.publishers.base import DropOldestQueue, encode
 from streamer.publishers.mqtt import topic_segment
 
 log = logging.getLogger(__name__)
@@ -143,7 +143,7 @@ class WebhookOutput:
         self.stats = OutputStats()
 
     def submit(self, doc: dict[str, Any]) -> None:
-        self.publisher.publish(doc)
+        self.publisher.publish(encode(doc))
         self._sync()
 
     def _sync(self) -> None:

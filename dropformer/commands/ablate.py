@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 HELP = "train and evaluate the paper's ablation presets (Table 1) on one corpus"
+SET_EXAMPLE = "train.device=cpu"
 log = logging.getLogger(__name__)
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 HELP = "evaluate checkpoints: WA, UA, F1, confusion matrix (per fold, mean ± std)"
+SET_EXAMPLE = "train.device=cpu"
 log = logging.getLogger(__name__)
 
 

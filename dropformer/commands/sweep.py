@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 HELP = "KR/DR sweep and the Figure 5 plot (UA vs keep rate, one line per drop rate)"
+SET_EXAMPLE = "train.device=cpu"
 log = logging.getLogger(__name__)
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 HELP = "extract features and train DropFormer on a corpus (every fold, resumable)"
+SET_EXAMPLE = "train.device=cpu"
 log = logging.getLogger(__name__)
 
 

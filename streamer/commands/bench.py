@@ -15,6 +15,7 @@ from dropformer.configio import StrictModel, validate
 from dropformer.errors import ConfigError
 
 HELP = "measure inference time and audio-to-publish latency"
+SET_EXAMPLE = "threads=2"
 log = logging.getLogger(__name__)
 
 
@@ -104,12 +105,12 @@ def main(args: argparse.Namespace, config: dict[str, Any]) -> int:
         )
     import torch
 
+    from dropformer.device import resolve_device
     from streamer import bench
     from streamer.config import demo_audio_path
-    from streamer.engine import resolve_device
 
     torch.set_num_threads(cfg.threads)
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg.device, "device")
     rows: list[dict[str, Any]] = []
     if "head" in cfg.parts:
         for b in cfg.head_batches:

@@ -24,6 +24,7 @@ from typing import Any
 from dropformer.configio import validate
 
 HELP = "act on the estimates: rules -> log, MQTT, webhook, command, ROS 2 (rosbridge)"
+SET_EXAMPLE = "input.kind=websocket"
 DEFAULTS: dict[str, Any] = {}
 
 

@@ -16,9 +16,11 @@ from dropformer.configio import validate
 from streamer.config import DaemonConfig, config_summary
 
 HELP = "run the live monitor"
-# The built-in defaults as a plain dict, so `--set streams.0.source.path=...`
-# works without a config file (the YAML file and --set are merged on top).
-DEFAULTS: dict[str, Any] = DaemonConfig().model_dump(mode="json")
+SET_EXAMPLE = "model.device=cpu"
+# The default stream as a plain dict, so that `--set streams.0.source.path=...`
+# works without a config file (the YAML file and --set are merged on top; every
+# other default comes from the config models).
+DEFAULTS: dict[str, Any] = {"streams": [{"id": "demo", "source": {"kind": "file", "loop": True}}]}
 log = logging.getLogger(__name__)
 
 
@@ -36,5 +38,4 @@ def main(args: argparse.Namespace, config: dict[str, Any]) -> int:
         return 0
     from streamer.daemon import run_daemon
 
-    asyncio.run(run_daemon(cfg))
-    return 0
+    return asyncio.run(run_daemon(cfg))

@@ -31,10 +31,11 @@ from pydantic import Field
 
 from dropformer.configio import StrictModel, validate
 from dropformer.errors import EmotionMonitorError
+from streamer.access import TOKEN_ENV, token_from_env
 
 HELP = "stream a file or the microphone to a remote monitor's /ingest endpoint"
+SET_EXAMPLE = "block_ms=50"
 DEFAULTS: dict[str, Any] = {}
-TOKEN_ENV = "EMOTION_MONITOR_INGEST_TOKEN"
 log = logging.getLogger(__name__)
 
 
@@ -50,7 +51,7 @@ class SendConfig(StrictModel):
     realtime: bool = True
     """true: send like live audio; false: as fast as the daemon allows (its max_speed)."""
     token: str | None = None
-    """Bearer token; prefer the EMOTION_MONITOR_INGEST_TOKEN environment variable."""
+    """The monitor's token; prefer the EMOTION_MONITOR_TOKEN environment variable."""
     block_ms: float = Field(100.0, gt=0, le=2000)
     """Audio per message, milliseconds."""
     device: str | int | None = None
@@ -123,7 +124,6 @@ def main(args: argparse.Namespace, config: dict[str, Any]) -> int:
 
 async def send(cfg: SendConfig) -> dict[str, Any]:
     """Run one session; returns the daemon's ``stopped`` message (raises SendError)."""
-    import os
 
     from websockets.asyncio.client import connect
     from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
@@ -134,7 +134,7 @@ async def send(cfg: SendConfig) -> dict[str, Any]:
     is_mic = cfg.input == "mic"
     stream_id = cfg.stream or ("mic" if is_mic else _stream_id_of(cfg.input))
     source = _source(cfg, stream_id, is_mic)
-    token = cfg.token or os.environ.get(TOKEN_ENV)
+    token = cfg.token or token_from_env()
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -1,7 +1,7 @@
 """``emotion-monitor watch``: print live estimates from a running monitor.
 
 Config keys (top level of ``--config FILE`` or ``--set key=value``): ``url``,
-``streams``, ``json``, ``count``, ``once``, ``open_timeout_s``,
+``token`` (better: the EMOTION_MONITOR_TOKEN environment variable), ``streams``, ``json``, ``count``, ``once``, ``open_timeout_s``,
 ``backoff_initial_s``, ``backoff_max_s``, ``bar_width_chars`` (see
 :class:`clients.watch.WatchConfig`). Command-line flags override them.
 
@@ -19,6 +19,7 @@ from typing import Any
 from dropformer.configio import validate
 
 HELP = "print live estimates from a running monitor"
+SET_EXAMPLE = "url=ws://127.0.0.1:8765/ws"
 
 DEFAULTS: dict[str, Any] = {}
 
@@ -27,6 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``--url``, ``--stream``, ``--json``, ``--count`` and ``--once``."""
     parser.add_argument("--url", default=None,
                         help="WebSocket URL of the monitor (default ws://127.0.0.1:8765/ws)")
+    parser.add_argument("--token", default=None,
+                        help="the monitor's token (better: the EMOTION_MONITOR_TOKEN environment variable)")
     parser.add_argument("--stream", dest="streams", metavar="ID", action="append", default=None,
                         help="only this stream (repeatable; default: every stream)")
     parser.add_argument("--json", dest="json_lines", action="store_const", const=True, default=None,
@@ -42,7 +45,7 @@ def main(args: argparse.Namespace, config: dict[str, Any]) -> int:
     from clients.watch import WatchConfig, watch
 
     merged = dict(config)
-    for key, value in (("url", args.url), ("streams", args.streams), ("json", args.json_lines),
+    for key, value in (("url", args.url), ("token", args.token), ("streams", args.streams), ("json", args.json_lines),
                        ("count", args.count), ("once", args.once)):
         if value is not None:
             merged.pop("json_lines" if key == "json" else key, None)

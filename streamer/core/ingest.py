@@ -26,7 +26,6 @@ a network stall but cannot flood.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Mapping
@@ -38,6 +37,7 @@ import numpy.typing as npt
 
 from dropformer.errors import EmotionMonitorError
 from streamer.core.codecs import ENCODINGS, decode, frame_bytes
+from streamer.core.jsonguard import MessageError, loads_object
 
 PROTOCOL_VERSION: Final = 1
 STREAM_ID_RE: Final = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
@@ -259,22 +259,13 @@ def parse_json_object(text: str | bytes, max_bytes: int, what: str) -> dict[str,
     """Bound, then parse, a JSON control message; raises ProtocolError.
 
     ``too_large`` when longer than ``max_bytes`` (measured before parsing),
-    ``bad_message`` when not JSON or not an object.
+    ``bad_message`` when nested too deep, not JSON or not an object.
     """
-    size = len(text.encode("utf-8", "surrogatepass")) if isinstance(text, str) else len(text)
-    if size > max_bytes:
-        raise ProtocolError(
-            "too_large", f"{what} of {size} bytes exceeds the limit of {max_bytes} bytes"
-        )
     try:
-        msg = json.loads(text)
-    except (ValueError, RecursionError) as exc:
-        raise ProtocolError("bad_message", f"{what} is not valid JSON ({exc})") from None
-    if not isinstance(msg, dict):
-        raise ProtocolError(
-            "bad_message", f"{what} must be a JSON object, got {type(msg).__name__}"
-        )
-    return msg
+        return loads_object(text, max_bytes=max_bytes, what=what)
+    except MessageError as exc:
+        code = "too_large" if exc.code == "too_large" else "bad_message"
+        raise ProtocolError(code, exc.message) from None
 
 
 def _int_field(msg: Mapping[str, Any], key: str, low: int, high: int, default: int | None) -> int:

@@ -136,8 +136,12 @@ class Smoother:
         return dt
 
     def update(self, probs: np.ndarray, end_sample: int) -> SmootherUpdate:
-        """Blend in one window's probabilities; the window ends at ``end_sample``."""
-        p = self.check_probs(probs)
+        """Blend in one window's probabilities; the window ends at ``end_sample``.
+        Raises ValueError (see :meth:`check_probs`) for invalid probabilities."""
+        return self.apply(self.check_probs(probs), end_sample)
+
+    def apply(self, p: np.ndarray, end_sample: int) -> SmootherUpdate:
+        """:meth:`update` for probabilities :meth:`check_probs` already returned."""
         if self._scores is None:
             self._last_sample = end_sample
             self._scores = p

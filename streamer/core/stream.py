@@ -14,6 +14,12 @@ dropped and counted in ``late_results``. If more than ``max_pending`` windows
 wait, the oldest unanswered one is given up on (counted in ``lost_results``)
 so a worker that never answers cannot stall the stream.
 
+Restarts: a stream whose source is started again (a microphone that came back)
+gets a new core built with ``continues=`` the old one. Its ``seq`` numbers,
+audio time (``audio_ms`` and friends) and counters go on from where the old
+one stopped, so they stay monotonic per stream id for the life of the daemon;
+the smoothed state starts afresh (the first label is announced again).
+
 Status events: ``online`` on start, then ``speech`` / ``silence`` each time
 the gate's verdict changes (not every window), ``offline`` or ``error`` on
 stop. The first non-finite input sample also yields a status event whose
@@ -109,6 +115,8 @@ class StreamCore:
         importance: attach each speech estimate's ``importance`` object (the token
             importance handed to ``on_result`` and the window's waveform envelope,
             ``streamer.core.importance``); default False.
+        continues: the stopped core of the same stream before a restart: ``seq``,
+            audio time and counters go on from it (see the module docstring).
     """
 
     def __init__(
@@ -125,6 +133,7 @@ class StreamCore:
         max_pending: int = 32,
         normalizer: StreamNormalizer | None = None,
         importance: bool = False,
+        continues: StreamCore | None = None,
     ) -> None:
         if not isinstance(stream_id, str) or not STREAM_ID_PATTERN.match(stream_id):
             raise ConfigError(
@@ -159,9 +168,16 @@ class StreamCore:
         self._norm_until_sample = 0  # audio up to here is folded into the normaliser
         self._counters = dict.fromkeys((*COUNTER_NAMES, *EXTRA_COUNTERS), 0)
         self._pending: OrderedDict[int, _Slot] = OrderedDict()
-        self._next_seq = 0
+        self._first_seq = self._next_seq = 0
+        self._base_sample = 0  # audio of earlier runs of this stream (restarts), in samples
+        if continues is not None:
+            if continues.stream_id != stream_id or not continues.stopped:
+                raise ValueError("continues= takes the stopped core of the same stream")
+            self._first_seq = self._next_seq = continues._next_seq
+            self._base_sample = continues._base_sample + continues.windower.total_samples
+            self._counters.update(continues._counters)
         self._state: StreamState | None = None  # None until start()
-        self._stopped = False
+        self._stopped: bool = False
         self._announced = False  # first label published as a transition from None
 
     # ----------------------------------------------------------------- state
@@ -169,6 +185,11 @@ class StreamCore:
     def counters(self) -> dict[str, int]:
         """A copy of the cumulative counters."""
         return dict(self._counters)
+
+    @property
+    def stopped(self) -> bool:
+        """Whether :meth:`stop` was called."""
+        return self._stopped
 
     @property
     def state(self) -> StreamState | None:
@@ -181,7 +202,7 @@ class StreamCore:
         return len(self._pending)
 
     def _ms(self, sample: int) -> int:
-        return sample * 1000 // self.sample_rate_hz
+        return (self._base_sample + sample) * 1000 // self.sample_rate_hz
 
     def _status(
         self, state: StreamState, detail: str | None = None, at_sample: int | None = None
@@ -327,7 +348,7 @@ class StreamCore:
 
     # ---------------------------------------------------------------- results
     def _slot_for(self, seq: int) -> _Slot | None:
-        if not 0 <= seq < self._next_seq:
+        if not self._first_seq <= seq < self._next_seq:
             raise ValueError(f"stream {self.stream_id}: no window with seq {seq} was requested")
         slot = self._pending.get(seq)
         if slot is None or slot.resolved:
@@ -406,7 +427,7 @@ class StreamCore:
                     continue  # skipped or rejected: already counted
                 self._counters["inferred"] += 1
                 self._fold(slot)
-                upd = self.smoother.update(slot.probs, slot.end_sample)
+                upd = self.smoother.apply(slot.probs, slot.end_sample)  # checked in on_result
                 raw = dict(zip(self.labels, (float(p) for p in slot.probs), strict=True))
             else:
                 was_started = self.smoother.started

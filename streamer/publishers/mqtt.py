@@ -22,14 +22,18 @@ stream's own ``/status`` is not ``offline`` (after a crash, stream statuses
 keep their last value and only the daemon status flips).
 
 Delivery. ``publish()`` never blocks or raises. Estimates and alerts wait in
-a bounded queue (``max_queue``; when full the OLDEST is dropped and counted in
-``stats.dropped``). Retained messages are never dropped: only the latest
-value per topic is kept (an older one not yet sent is superseded and counted
-in ``superseded``); they are sent before queued estimates and re-sent after
-every reconnect (so a broker restarted without persistence gets them back).
-A background task connects and reconnects forever with jittered exponential
-backoff (``reconnect_min_s`` .. ``reconnect_max_s``); the reason of the last
-failure is in :attr:`last_error`.
+a bounded queue (``max_queue`` in all); when it is full the OLDEST ESTIMATE
+is dropped (an alert only when no estimate is queued), and every drop is
+counted, per stream too (``stats.lost_by_stream``: each stream's status
+carries it as ``lost_mqtt``). Retained messages are never dropped: only the
+latest value per topic is kept (an older one not yet sent is superseded and
+counted in ``superseded``); they are sent first, then alerts, then
+estimates, and re-sent after every reconnect (so a broker restarted without
+persistence gets them back). What is still queued when the publisher closes
+is counted as lost. A background task connects and reconnects forever with
+jittered exponential backoff (``reconnect_min_s`` .. ``reconnect_max_s``);
+the reason of the last failure is in :attr:`last_error`, and each reconnect
+logs how much was lost during the outage.
 
 Estimates go out without their optional ``importance`` object unless
 ``importance=True`` (it adds about 1 kB to each). With ``home_assistant=True``
@@ -41,10 +45,10 @@ configs) when :meth:`MqttPublisher.forget` says it is gone for good.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import random
-from pathlib import Path
+from collections import deque
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
@@ -52,15 +56,9 @@ import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from dropformer.errors import ConfigError
+from streamer.config import MqttConfig
 from streamer.core.events import COUNTER_NAMES
-from streamer.publishers.base import (
-    DropOldestQueue,
-    Event,
-    PublisherStats,
-    encode_or_count,
-    without_importance,
-)
+from streamer.publishers.base import Message, PublisherStats, encode_json
 from streamer.publishers.home_assistant import config_topic, discovery_configs
 
 log = logging.getLogger(__name__)
@@ -73,7 +71,6 @@ ROUTES: dict[str, tuple[str, bool]] = {
     "alert": ("alert", False),
 }
 DAEMON_SEGMENT = "_daemon"
-_TLS_KEYS = {"ca_file", "cert_file", "key_file", "insecure"}
 _AUTH_CODES = {4, 5, 134, 135}  # MQTT 3 bad credentials / not authorised; MQTT 5 the same
 
 
@@ -93,136 +90,153 @@ def _reason_code(exc: BaseException) -> int | None:
 
 
 def _json(obj: dict[str, Any]) -> bytes:
-    return json.dumps(obj, separators=(",", ":")).encode()
+    return encode_json(obj).encode()
+
+
+_Item = tuple[str | None, str, bytes]  # (stream id, topic, payload)
+
+
+@dataclass
+class MqttStats(PublisherStats):
+    """``superseded``: retained values replaced by a newer one before they were sent (the
+    topic's latest value is what counts; not a loss); ``ignored``: events without a topic."""
+
+    superseded: int = 0
+    ignored: int = 0
+
+
+class _Outbox:
+    """Estimates and alerts waiting for the broker, ``maxsize`` in all. When full,
+    the oldest estimate makes room (the oldest alert only when no estimate is left);
+    alerts go out before estimates."""
+
+    def __init__(self, maxsize: int) -> None:
+        self.maxsize = maxsize
+        self.estimates: deque[_Item] = deque()
+        self.alerts: deque[_Item] = deque()
+        self._ready = asyncio.Event()
+
+    def __len__(self) -> int:
+        return len(self.estimates) + len(self.alerts)
+
+    def _trim(self) -> list[_Item]:
+        dropped = []
+        while len(self) > self.maxsize:
+            dropped.append((self.estimates or self.alerts).popleft())
+        return dropped
+
+    def put(self, item: _Item, *, estimate: bool) -> list[_Item]:
+        """Queue ``item``; returns what was dropped to make room."""
+        (self.estimates if estimate else self.alerts).append(item)
+        self._ready.set()
+        return self._trim()
+
+    def put_back(self, item: _Item, *, estimate: bool) -> list[_Item]:
+        """Return an item that could not be delivered to the front; returns what was dropped."""
+        (self.estimates if estimate else self.alerts).appendleft(item)
+        self._ready.set()
+        return self._trim()
+
+    def take(self) -> tuple[_Item, bool]:
+        """The next item to send and whether it is an estimate (``IndexError`` when empty)."""
+        if self.alerts:
+            return self.alerts.popleft(), False
+        return self.estimates.popleft(), True
+
+    def drain(self) -> list[_Item]:
+        items = [*self.alerts, *self.estimates]
+        self.alerts.clear()
+        self.estimates.clear()
+        return items
+
+    async def wait(self) -> None:
+        if len(self):
+            return
+        self._ready.clear()
+        await self._ready.wait()
+
+    def wake(self) -> None:
+        self._ready.set()
 
 
 class MqttPublisher:
     """Publish events to an MQTT broker; see the module docstring.
 
     Args:
-        host, port: the broker.
-        prefix: first topic level(s), e.g. ``emotion`` or ``site1/emotion``.
-        qos: QoS of every message (0, 1 or 2; default 1).
-        username, password: broker credentials (``None``: anonymous).
-        tls: ``{"ca_file", "cert_file", "key_file", "insecure"}`` (all optional)
-            to connect over TLS; ``None`` for plain TCP.
-        client_id: MQTT client id (default: generated).
-        keepalive_s: MQTT keepalive, seconds; the broker publishes the last
-            will about 1.5 x this after the daemon vanishes.
-        max_queue: estimates/alerts buffered while the broker is slow or down.
-        reconnect_min_s, reconnect_max_s: backoff bounds between attempts.
+        cfg: the ``publish.mqtt`` section (broker, credentials, TLS, topics, queue, back-off).
+        password: the broker password (default: ``cfg.password_value()``, which reads
+            the environment variable when the config has none).
         close_timeout_s: how long a graceful close waits to deliver what is queued.
         timeout_s: how long one connect or publish may take.
-        importance: keep estimates' ``importance`` object (default False: left out).
-        home_assistant: publish Home Assistant discovery configs per stream.
-        discovery_prefix: Home Assistant's discovery prefix (default ``homeassistant``).
     """
 
     def __init__(
-        self, host: str, port: int = 1883, *, prefix: str = "emotion", qos: int = 1,
-        username: str | None = None, password: str | None = None,
-        tls: dict[str, Any] | None = None, client_id: str | None = None,
-        keepalive_s: int = 30, max_queue: int = 1000, reconnect_min_s: float = 0.5,
-        reconnect_max_s: float = 30.0, close_timeout_s: float = 3.0, timeout_s: float = 10.0,
-        importance: bool = False, home_assistant: bool = False, discovery_prefix: str = "homeassistant",
+        self, cfg: MqttConfig, *, password: str | None = None, close_timeout_s: float = 3.0,
+        timeout_s: float = 10.0,
     ) -> None:
-        prefix = prefix.strip("/")
-        if not prefix or any(c in prefix for c in "+#\x00"):
-            raise ConfigError(f"mqtt.prefix {prefix!r} must be non-empty without '+', '#'; e.g. 'emotion'")
-        if qos not in (0, 1, 2):
-            raise ConfigError(f"mqtt.qos must be 0, 1 or 2, got {qos!r}")
-        if not 0 < port < 65536:
-            raise ConfigError(f"mqtt.port must be 1..65535, got {port!r}")
-        if int(keepalive_s) != keepalive_s or keepalive_s < 1:
-            raise ConfigError(f"mqtt.keepalive_s must be a whole number of seconds >= 1, got {keepalive_s!r}")
-        if max_queue < 1:
-            raise ConfigError(f"mqtt.max_queue must be >= 1, got {max_queue!r}")
-        if not 0 < reconnect_min_s <= reconnect_max_s:
-            raise ConfigError(
-                f"mqtt.reconnect_min_s ({reconnect_min_s!r}) must be > 0 and <= mqtt.reconnect_max_s "
-                f"({reconnect_max_s!r})"
-            )
-        self.host, self.port, self.prefix, self.qos = host, port, prefix, qos
-        self.username, self.password, self.client_id = username, password, client_id
-        self.keepalive_s = int(keepalive_s)
-        self.reconnect_min_s, self.reconnect_max_s = reconnect_min_s, reconnect_max_s
+        self.cfg = cfg
+        self.host, self.port, self.prefix, self.qos = cfg.host, cfg.port, cfg.prefix, cfg.qos
+        self.username, self.client_id = cfg.username, cfg.client_id
+        self.password = password if password is not None else cfg.password_value()
+        self.keepalive_s = cfg.keepalive_s
+        self.reconnect_min_s, self.reconnect_max_s = cfg.reconnect_min_s, cfg.reconnect_max_s
         self.close_timeout_s, self.timeout_s = close_timeout_s, timeout_s
-        self._tls = self._check_tls(tls)
-        discovery_prefix = discovery_prefix.strip("/")
-        if home_assistant and (not discovery_prefix or any(c in discovery_prefix for c in "+#\x00")):
-            raise ConfigError(
-                f"mqtt.discovery_prefix {discovery_prefix!r} must be non-empty without '+', '#'; "
-                "e.g. 'homeassistant'"
-            )
-        self.importance, self.home_assistant = importance, home_assistant
-        self.discovery_prefix = discovery_prefix
+        self.importance, self.home_assistant = cfg.importance, cfg.home_assistant
+        self.discovery_prefix = cfg.discovery_prefix
         self._last_status: dict[str, dict[str, Any]] = {}
-        self.stats = PublisherStats()
-        self.superseded = 0
-        self.ignored = 0
+        self.counters = MqttStats()
+        self.stats: PublisherStats = self.counters  # the hub reports every field
         self.connects = 0
         self.connected = False
         self.last_error: str | None = None
-        self.daemon_topic = f"{prefix}/{DAEMON_SEGMENT}/status"
-        self._queue: DropOldestQueue[tuple[str, bytes]] = DropOldestQueue(max_queue)
-        self._retained: dict[str, bytes] = {}
+        self.daemon_topic = f"{self.prefix}/{DAEMON_SEGMENT}/status"
+        self._queue = _Outbox(cfg.max_queue)
+        self._retained: dict[str, tuple[str | None, bytes]] = {}  # topic -> (stream id, payload)
         self._dirty: dict[str, None] = {}  # retained topics not yet sent (ordered set)
         self._streams: dict[str, None] = {}
         self._forget_after_send: set[str] = set()  # retained topics of ended streams
         self._ignored_types: set[str] = set()
         self._drained = asyncio.Event()
         self._runner: asyncio.Task[None] | None = None
+        self._lost_reported = 0  # stats.dropped at the last connect (the outage's losses are logged)
         self._props = Properties(PacketTypes.PUBLISH)
         self._props.ContentType = "application/json"
-
-    @staticmethod
-    def _check_tls(tls: dict[str, Any] | None) -> dict[str, Any] | None:
-        if tls is None:
-            return None
-        unknown = set(tls) - _TLS_KEYS
-        if unknown:
-            raise ConfigError(f"mqtt.tls has unknown key(s) {sorted(unknown)}; allowed: {sorted(_TLS_KEYS)}")
-        for key in ("ca_file", "cert_file", "key_file"):
-            if tls.get(key) is not None and not Path(tls[key]).is_file():
-                raise ConfigError(f"mqtt.tls.{key} {str(tls[key])!r} does not exist; fix the path")
-        return dict(tls)
 
     def topic(self, stream_id: str, kind: str) -> str:
         """The topic of ``kind`` (estimate, state, status, alert) for ``stream_id``."""
         return f"{self.prefix}/{topic_segment(stream_id)}/{kind}"
 
     # -- publishing ---------------------------------------------------------
-    def publish(self, event: Event) -> None:
-        """Route ``event`` to its topic and queue it; never blocks or raises."""
-        kind, sid = event.get("type"), event.get("stream_id")
-        route = ROUTES.get(kind) if isinstance(kind, str) else None
-        if route is None or not isinstance(sid, str):
-            self.ignored += 1
+    def publish(self, message: Message) -> None:
+        """Route ``message`` to its topic and queue it; never blocks or raises."""
+        kind, sid = message.type, message.stream_id
+        route = ROUTES.get(kind) if kind is not None else None
+        if route is None or sid is None:
+            self.counters.ignored += 1
             key = f"{kind!r}" if route is None else f"{kind!r} without stream_id"
             if key not in self._ignored_types:
                 self._ignored_types.add(key)
                 log.warning("mqtt: events of type %s have no MQTT topic; not published", key)
             return
-        if not self.importance:
-            event = without_importance(event)
-        payload = encode_or_count(event, self.stats, "mqtt")
-        if payload is None:
-            return
+        payload = message.text_for(self.importance).encode()
+        self.stats.track(sid)
         if sid not in self._streams:
             self._streams[sid] = None
             if self.home_assistant:
                 self._announce(sid)
         if kind == "stream.status":
-            self._last_status[sid] = dict(event)
+            self._last_status[sid] = dict(message.event)
         topic = self.topic(sid, route[0])
         self._drained.clear()
         if route[1]:
-            self._set_retained(topic, payload.encode())
-        elif self._queue.put((topic, payload.encode())):
-            self.stats.dropped += 1
+            self._set_retained(topic, payload, sid)
+            return
+        for lost in self._queue.put((sid, topic, payload), estimate=kind == "emotion.estimate"):
+            self.stats.lose(lost[0])
             if self.stats.dropped in (1, 100) or self.stats.dropped % 10000 == 0:
                 log.warning("mqtt: broker slow or unreachable; dropped %d message(s) so far "
-                            "(queue of %d)", self.stats.dropped, self._queue.maxsize)
+                            "(queue of %d; the oldest estimates go first)", self.stats.dropped,
+                            self._queue.maxsize)
 
     def forget(self, stream_id: str) -> None:
         """An ended stream: its retained topics stay on the broker (status offline,
@@ -239,7 +253,7 @@ class MqttPublisher:
         if self.home_assistant:
             for obj in ("label", "confidence", "arousal", "valence"):
                 topic = config_topic(self.discovery_prefix, self.prefix, stream_id, obj)
-                self._set_retained(topic, b"")
+                self._set_retained(topic, b"", None)
                 self._forget_after_send.add(topic)
 
     def _announce(self, stream_id: str) -> None:
@@ -247,13 +261,13 @@ class MqttPublisher:
         configs = discovery_configs(self.discovery_prefix, self.prefix, stream_id,
                                     topic_segment(stream_id), qos=self.qos)
         for topic, doc in configs.items():
-            self._set_retained(topic, _json(doc))
+            self._set_retained(topic, _json(doc), None)
 
-    def _set_retained(self, topic: str, payload: bytes) -> None:
+    def _set_retained(self, topic: str, payload: bytes, stream_id: str | None) -> None:
         self._forget_after_send.discard(topic)
         if topic in self._dirty:
-            self.superseded += 1
-        self._retained[topic] = payload
+            self.counters.superseded += 1
+        self._retained[topic] = (stream_id, payload)
         self._dirty[topic] = None
         self._queue.wake()
 
@@ -274,19 +288,23 @@ class MqttPublisher:
             if last.get("state") in ("offline", "error"):
                 continue  # the stream said goodbye itself
             self._set_retained(self.topic(sid, "status"),
-                               _json({**last, "state": "offline", "detail": "daemon stopped"}))
-        self._set_retained(self.daemon_topic, self._daemon_status("offline", "daemon stopped"))
+                               _json({**last, "state": "offline", "detail": "daemon stopped"}), sid)
+        self._set_retained(self.daemon_topic, self._daemon_status("offline", "daemon stopped"), None)
         self._drained.clear()
         if self.connected:
             try:
                 await asyncio.wait_for(self._drained.wait(), self.close_timeout_s)
             except asyncio.TimeoutError:
                 pass
-        left = len(self._queue) + len(self._dirty)
+        left: list[str | None] = [sid for sid, _, _ in self._queue.drain()]
+        left += [self._retained[t][0] for t in self._dirty]
+        self._dirty.clear()
+        for owner in left:
+            self.stats.lose(owner)
         if left:
-            self.stats.dropped += left
-            log.warning("mqtt: closing with %d message(s) undelivered (broker %s:%d %s)",
-                        left, self.host, self.port, "slow" if self.connected else "unreachable")
+            log.warning("mqtt: closing with %d message(s) undelivered (broker %s:%d %s); "
+                        "%d lost in all", len(left), self.host, self.port,
+                        "slow" if self.connected else "unreachable", self.stats.dropped)
         runner, self._runner = self._runner, None
         if runner is not None:
             runner.cancel()
@@ -299,7 +317,7 @@ class MqttPublisher:
         return _json(doc)
 
     def _client(self) -> aiomqtt.Client:
-        tls = self._tls or {}
+        tls = self.cfg.tls
         return aiomqtt.Client(
             self.host, self.port, username=self.username, password=self.password,
             identifier=self.client_id, protocol=aiomqtt.ProtocolVersion.V5,
@@ -308,9 +326,9 @@ class MqttPublisher:
             will=aiomqtt.Will(self.daemon_topic, self._daemon_status("offline", "connection lost"),
                               qos=1, retain=True),
             tls_params=aiomqtt.TLSParameters(
-                ca_certs=tls.get("ca_file"), certfile=tls.get("cert_file"), keyfile=tls.get("key_file"),
-            ) if self._tls is not None else None,
-            tls_insecure=bool(tls.get("insecure")) if self._tls is not None else None,
+                ca_certs=tls.ca_file, certfile=tls.cert_file, keyfile=tls.key_file,
+            ) if tls is not None else None,
+            tls_insecure=tls.insecure if tls is not None else None,
         )
 
     async def _run(self) -> None:
@@ -321,8 +339,12 @@ class MqttPublisher:
                 async with self._client() as client:
                     self.connected, self.last_error = True, None
                     self.connects += 1
-                    log.info("mqtt: connected to %s:%d%s", self.host, self.port,
-                             f" after {failures} failed attempt(s)" if failures else "")
+                    lost = self.stats.dropped - self._lost_reported
+                    self._lost_reported = self.stats.dropped
+                    log.log(logging.WARNING if lost else logging.INFO, "mqtt: connected to %s:%d%s%s",
+                            self.host, self.port, f" after {failures} failed attempt(s)" if failures else "",
+                            f"; {lost} message(s) lost while disconnected ({self.stats.dropped} in all)"
+                            if lost else "")
                     delay_s, failures = self.reconnect_min_s, 0
                     await self._serve(client)
             except aiomqtt.MqttError as exc:
@@ -331,7 +353,7 @@ class MqttPublisher:
                 self.last_error = self._describe(exc)
                 level = logging.WARNING
                 if was_connected:
-                    level = logging.WARNING
+                    pass
                 elif failures & (failures - 1):  # not a power of two: stay quiet
                     level = logging.DEBUG
                 elif _reason_code(exc) in _AUTH_CODES:
@@ -372,7 +394,7 @@ class MqttPublisher:
                     topic = next(iter(self._dirty))
                     del self._dirty[topic]
                     try:
-                        await self._send(client, topic, self._retained[topic], retain=True)
+                        await self._send(client, topic, self._retained[topic][1], retain=True)
                     except BaseException:
                         self._dirty.setdefault(topic, None)
                         raise
@@ -380,12 +402,12 @@ class MqttPublisher:
                         self._forget_after_send.discard(topic)
                         self._retained.pop(topic, None)
                 elif len(self._queue):
-                    item = self._queue.get_nowait()
+                    item, is_estimate = self._queue.take()
                     try:
-                        await self._send(client, *item, retain=False)
+                        await self._send(client, item[1], item[2], retain=False)
                     except BaseException:
-                        if self._queue.put_front(item):
-                            self.stats.dropped += 1
+                        for lost in self._queue.put_back(item, estimate=is_estimate):
+                            self.stats.lose(lost[0])
                         raise
                 else:
                     self._drained.set()
@@ -414,5 +436,5 @@ class MqttPublisher:
         return {
             **self.stats.as_dict(), "connected": self.connected, "connects": self.connects,
             "queued": len(self._queue), "retained_pending": len(self._dirty),
-            "superseded": self.superseded, "ignored": self.ignored, "last_error": self.last_error,
+            "last_error": self.last_error,
         }

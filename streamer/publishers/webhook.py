@@ -7,8 +7,10 @@ A background task POSTs each alert as JSON (``Content-Type:
 application/json``, optional ``Authorization: Bearer``) with a time limit per
 attempt; a network error, a time-out, 408, 429 or a 5xx answer is retried up
 to ``max_retries`` times with doubling back-off, any other non-2xx answer is
-final. Alerts that fail every attempt are counted in ``failed``. On close the
-queue gets ``close_timeout_s`` to drain; what is left is counted as dropped.
+final. Alerts that fail every attempt are counted in ``failed`` and, like
+those pushed out of a full queue and those left when the queue gets
+``close_timeout_s`` to drain on close, in ``dropped`` (per stream too: each
+stream's status carries ``lost_webhook``).
 
 The HTTP client is the standard library's ``urllib`` on a worker thread (one
 request at a time), so the event loop never waits for the network.
@@ -24,8 +26,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-from dropformer.errors import ConfigError
-from streamer.publishers.base import DropOldestQueue, Event, PublisherStats, encode_or_count
+from streamer.publishers.base import DropOldestQueue, Message, PublisherStats, should_log
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +35,8 @@ RETRY_STATUS = frozenset({408, 429})
 
 @dataclass
 class WebhookStats(PublisherStats):
-    """``published``: alerts delivered (2xx); ``failed``: alerts given up on
-    after every retry; ``retries``: extra attempts made."""
+    """``published``: alerts delivered (2xx); ``dropped``: alerts lost for any reason;
+    ``failed``: those of them given up on after every retry; ``retries``: extra attempts made."""
 
     failed: int = 0
     retries: int = 0
@@ -45,7 +46,7 @@ class WebhookPublisher:
     """Send every ``alert`` event to ``url``; see the module docstring.
 
     Args:
-        url: ``http://`` or ``https://`` URL the alerts are POSTed to.
+        url: ``http://`` or ``https://`` URL the alerts are POSTed to (the config models check it).
         timeout_s: time limit of one attempt, seconds.
         max_retries: further attempts after a retryable failure.
         retry_backoff_s: wait before the first retry (doubles each time).
@@ -68,8 +69,6 @@ class WebhookPublisher:
         close_timeout_s: float = 5.0,
         types: tuple[str, ...] = ("alert",),
     ) -> None:
-        if not url.startswith(("http://", "https://")):
-            raise ConfigError(f"alerts.webhook.url {url!r} must start with http:// or https://")
         self.url = url
         self.timeout_s = timeout_s
         self.max_retries = max_retries
@@ -82,27 +81,25 @@ class WebhookPublisher:
         self._headers = {"Content-Type": "application/json", "User-Agent": "emotion-monitor"}
         if token:
             self._headers["Authorization"] = f"Bearer {token}"
-        self._queue: DropOldestQueue[str] = DropOldestQueue(max_queue)
+        self._queue: DropOldestQueue[tuple[str | None, str]] = DropOldestQueue(max_queue)
         self._idle = asyncio.Event()
         self._idle.set()
         self._runner: asyncio.Task[None] | None = None
         # no proxies from the environment: alerts go where the config says
         self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
-    def publish(self, event: Event) -> None:
-        """Queue an ``alert`` (or another of ``types``) for delivery; other events are
+    def publish(self, message: Message) -> None:
+        """Queue an ``alert`` (or another of ``types``) for delivery; other messages are
         ignored. Never blocks."""
-        if event.get("type") not in self.types:
+        if message.type not in self.types:
             return
-        body = encode_or_count(event, self.stats, "webhook")
-        if body is None:
-            return
+        self.stats.track(message.stream_id)
         self._idle.clear()
-        if self._queue.put(body):
-            self.stats.dropped += 1
-            log.warning(
-                "webhook: queue full, dropped the oldest alert (%d so far)", self.stats.dropped
-            )
+        dropped = self._queue.push((message.stream_id, message.text))
+        if dropped is not None:
+            self.stats.lose(dropped[0])
+            if should_log(self.stats.dropped):
+                log.warning("webhook: queue full, dropped the oldest alert (%d so far)", self.stats.dropped)
 
     async def __aenter__(self) -> WebhookPublisher:
         self._runner = asyncio.get_running_loop().create_task(self._run(), name="webhook")
@@ -122,24 +119,27 @@ class WebhookPublisher:
         if runner is not None:
             runner.cancel()
             await asyncio.wait([runner])
-        left = len(self._queue.drain())
+        left = self._queue.drain()
+        for sid, _ in left:
+            self.stats.lose(sid)
         if left:
-            self.stats.dropped += left
-            log.warning("webhook: closing with %d alert(s) undelivered", left)
+            log.warning("webhook: closing with %d alert(s) undelivered (%d lost in all)", len(left), self.stats.dropped)
 
     async def _run(self) -> None:
         while True:
             if not len(self._queue):
                 self._idle.set()
             await self._queue.wait()
-            body = self._queue.get_nowait()
+            sid, body = self._queue.get_nowait()
             try:
-                await self._deliver(body)
+                if not await self._deliver(body):
+                    self.stats.lose(sid)
             except asyncio.CancelledError:
-                self.stats.dropped += 1  # in flight when the publisher closed
+                self.stats.lose(sid)  # in flight when the publisher closed
                 raise
 
-    async def _deliver(self, body: str) -> None:
+    async def _deliver(self, body: str) -> bool:
+        """POST ``body`` with retries; whether it was delivered."""
         delay_s = self.retry_backoff_s
         for attempt in range(self.max_retries + 1):
             if attempt:
@@ -150,12 +150,14 @@ class WebhookPublisher:
             if status is not None and 200 <= status < 300:
                 self.stats.published += 1
                 self.last_error = None
-                return
+                return True
             self.last_error = error or f"HTTP {status}"
             if status is not None and status < 500 and status not in RETRY_STATUS:
                 break  # the server refused it for good
         self.counters.failed += 1
-        log.warning("webhook: could not deliver an alert to %s (%s)", self.url, self.last_error)
+        log.warning("webhook: could not deliver an alert to %s (%s); %d failed in all", self.url,
+                    self.last_error, self.counters.failed)
+        return False
 
     def _post(self, body: bytes) -> tuple[int | None, str | None]:
         """One POST (on a worker thread): ``(status, None)`` or ``(None, error)``."""

@@ -14,6 +14,16 @@ Protocol on ``path`` (default ``/ws``):
   ``"*"`` means all); the server answers ``{"type": "subscribed", ...}``.
   Events without a ``stream_id`` go to every client.
 
+Messages from clients are bounded before they are parsed
+(:mod:`streamer.core.control`): one larger than ``max_control_bytes`` closes
+the connection with 1009, one nested too deep with 1008, one that is not
+JSON with 1007; a JSON object other than a subscribe gets an ``error`` reply.
+
+Access (:mod:`streamer.access`): every request passes the ``Host`` check,
+every WebSocket handshake the ``Origin`` check and the connection limits, and
+``path`` needs the token when one is configured. ``/healthz`` shows client
+addresses only to a request that presents the token.
+
 Other WebSocket endpoints on the same port (network audio ingest) are added
 with :meth:`WebSocketPublisher.add_route` before the server starts; each
 route's handler owns its connections.
@@ -30,7 +40,6 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import http
-import json
 import logging
 import mimetypes
 from collections.abc import Awaitable, Callable
@@ -46,13 +55,17 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from dropformer.errors import ConfigError
-from streamer.hub import StreamSnapshot, stream_id_of
+from streamer.access import AccessPolicy, Refusal, select_subprotocol
+from streamer.config import WebSocketConfig
+from streamer.core.control import ControlError, parse_control
+from streamer.core.jsonguard import MessageError
+from streamer.hub import StreamSnapshot
 from streamer.publishers.base import (
     DropOldestQueue,
-    Event,
+    Message,
     PublisherStats,
-    encode_or_count,
-    without_importance,
+    encode_json,
+    should_log,
 )
 
 log = logging.getLogger(__name__)
@@ -66,8 +79,8 @@ _EXTRA_TYPES = {".js": "text/javascript", ".mjs": "text/javascript", ".css": "te
 @dataclass(eq=False)
 class _Client:
     conn: ServerConnection
-    queue: DropOldestQueue[str]
-    streams: set[str] | None = None  # None: every stream
+    queue: DropOldestQueue[tuple[str | None, str]]  # (stream id, text)
+    streams: frozenset[str] | None = None  # None: every stream
     dropped: int = 0
     sent: int = 0
     full_since: float | None = None
@@ -77,79 +90,80 @@ class _Client:
     def wants(self, stream_id: str | None) -> bool:
         return self.streams is None or stream_id is None or stream_id in self.streams
 
-    def info(self) -> dict[str, Any]:
+    @property
+    def remote(self) -> str:
         addr = self.conn.remote_address
-        return {
-            "remote": f"{addr[0]}:{addr[1]}" if addr else "?",
+        return f"{addr[0]}:{addr[1]}" if addr else "?"
+
+    def info(self, *, with_address: bool) -> dict[str, Any]:
+        doc: dict[str, Any] = {"remote": self.remote} if with_address else {}
+        doc.update({
             "streams": sorted(self.streams) if self.streams is not None else None,
             "queued": len(self.queue), "sent": self.sent, "dropped": self.dropped,
-        }
+        })
+        return doc
 
 
-def _parse_streams(value: Any) -> set[str] | None:
-    """``None``/``"*"`` -> all streams; a list of strings -> that set."""
-    if value is None or value == "*":
-        return None
-    if isinstance(value, list) and all(isinstance(s, str) for s in value):
-        return set(value)
-    raise ValueError('"streams" must be a list of stream ids, "*" or null')
+def _address(conn: ServerConnection) -> str:
+    addr = conn.remote_address
+    return str(addr[0]) if addr else "?"
+
+
+@dataclass(frozen=True)
+class _Route:
+    handler: Callable[[ServerConnection], Awaitable[None]]
+    needs_token: bool
 
 
 class WebSocketPublisher:
     """Serve events over WebSocket; see the module docstring for the protocol.
 
     Args:
-        host: interface to listen on (default loopback only: privacy by default).
-        port: TCP port; 0 picks a free one (read :attr:`port` after start).
-        path: the WebSocket endpoint.
+        cfg: the ``publish.websocket`` section (host, port, path, queues, importance).
+        access: who may connect (default: no token, loopback names, default limits).
         static_dir: folder served over plain HTTP on the same port (``/`` ->
             ``index.html``); ``None`` serves no files.
-        max_queue: messages buffered per client before the oldest is dropped.
-        slow_client_timeout_s: a client whose queue stays full this long is
-            closed with code 1013.
         snapshot: callable giving ``{"streams", "last_status", "last_estimate"}``
             for the hello (e.g. ``hub.snapshot``); by default the publisher keeps
-            its own from the events it sees.
+            its own from the messages it sees.
         health: optional callable whose dict is merged into ``/healthz``.
         close_timeout_s: how long a close handshake may take before the TCP
             connection is dropped.
-        importance: keep estimates' ``importance`` object (default True: the
-            dashboard draws it); False leaves it out of events and the hello.
     """
 
     def __init__(
-        self, host: str = "127.0.0.1", port: int = 8765, path: str = "/ws",
-        static_dir: str | Path | None = None, max_queue: int = 100, *,
-        slow_client_timeout_s: float = 10.0,
+        self, cfg: WebSocketConfig | None = None, *, access: AccessPolicy | None = None,
+        static_dir: str | Path | None = None,
         snapshot: Callable[[], dict[str, Any]] | None = None,
         health: Callable[[], dict[str, Any]] | None = None,
-        close_timeout_s: float = 2.0, write_limit_bytes: int = 32 * 1024, importance: bool = True,
+        close_timeout_s: float = 2.0, write_limit_bytes: int = 32 * 1024,
     ) -> None:
-        if not path.startswith("/"):
-            raise ConfigError(f"websocket.path must start with '/', got {path!r}")
-        if max_queue < 1:
-            raise ConfigError(f"websocket.max_queue must be >= 1 message, got {max_queue!r}")
-        if not slow_client_timeout_s > 0:
-            raise ConfigError(f"websocket.slow_client_timeout_s must be > 0, got {slow_client_timeout_s!r}")
-        self.host, self.port, self.path = host, port, path
+        cfg = cfg or WebSocketConfig()
+        self.cfg = cfg
+        self.host, self.port, self.path = cfg.host, cfg.port, cfg.path
+        self.access = access or AccessPolicy(bind_host=cfg.host)
         self.static_dir = Path(static_dir).resolve() if static_dir is not None else None
         if self.static_dir is not None and not self.static_dir.is_dir():
-            raise ConfigError(f"websocket.static_dir {str(static_dir)!r} is not a folder; fix the path or unset it")
-        self.max_queue = max_queue
-        self.slow_client_timeout_s = slow_client_timeout_s
+            raise ConfigError(f"static_dir {str(static_dir)!r} is not a folder")
+        self.max_queue = cfg.max_queue
+        self.slow_client_timeout_s = cfg.slow_client_timeout_s
         self.close_timeout_s = close_timeout_s
         self.write_limit_bytes = write_limit_bytes
-        self.importance = importance
+        self.importance = cfg.importance
         self.stats = PublisherStats()
         self.slow_clients_closed = 0
         self.connections_total = 0
+        self.refused: dict[int, int] = {}  # HTTP status -> requests refused by the access rules
+        self.control_errors: dict[str, int] = {}  # code -> client messages refused
         self._own_state: StreamSnapshot | None = None  # kept only when no snapshot is given
         if snapshot is None:
             self._own_state = StreamSnapshot()
             snapshot = self._own_state.as_dict
         self._snapshot = snapshot
-        self._routes: dict[str, Callable[[ServerConnection], Awaitable[None]]] = {}
-        self._max_message_bytes = 64 * 1024
+        self._routes: dict[str, _Route] = {}
+        # Frames up to this size reach the handlers, which check their own (smaller) limits
+        # and answer with their own message; larger ones websockets closes with 1009.
+        self._max_message_bytes = max(64 * 1024, cfg.max_control_bytes + 1)
         self._health = health
         self._clients: set[_Client] = set()
         self._server: Server | None = None
@@ -160,12 +174,13 @@ class WebSocketPublisher:
         try:
             self._server = await serve(
                 self._handle, self.host, self.port, process_request=self._process_request,
+                select_subprotocol=lambda _conn, offered: select_subprotocol(offered),
                 max_size=self._max_message_bytes, write_limit=self.write_limit_bytes,
                 close_timeout=self.close_timeout_s,
             )
         except OSError as exc:
             raise ConfigError(
-                f"websocket.port {self.port} on {self.host} cannot be opened ({exc}); "
+                f"publish.websocket.port {self.port} on {self.host} cannot be opened ({exc}); "
                 "pick a free port or 0 for any"
             ) from exc
         self.port = int(next(iter(self._server.sockets)).getsockname()[1])
@@ -187,26 +202,28 @@ class WebSocketPublisher:
 
     def add_route(
         self, path: str, handler: Callable[[ServerConnection], Awaitable[None]], *,
-        max_message_bytes: int = 64 * 1024,
+        max_message_bytes: int = 64 * 1024, needs_token: bool = False,
     ) -> None:
         """Serve another WebSocket endpoint at ``path``; ``handler(conn)`` owns the connection.
 
         Call before the server starts. The server accepts messages up to the
         largest ``max_message_bytes`` of all routes (+1, so that a handler can
         refuse one over its own limit with its own message); handlers check
-        their own limits.
+        their own limits. ``needs_token``: refuse a handshake without the token
+        (401); otherwise the handler checks it (the ingest protocols do).
         """
         if self._server is not None:
             raise RuntimeError("add_route must be called before the server starts")
         if path == self.path or path == "/healthz" or path in self._routes:
             raise ConfigError(f"WebSocket path {path!r} is already served; choose another")
-        self._routes[path] = handler
+        self._routes[path] = _Route(handler, needs_token)
         self._max_message_bytes = max(self._max_message_bytes, max_message_bytes + 1)
 
     def forget(self, stream_id: str) -> None:
         """Drop what the publisher remembers of an ended stream."""
         if self._own_state is not None:
             self._own_state.forget(stream_id)
+        self.stats.forget(stream_id)
 
     @property
     def url(self) -> str:
@@ -215,34 +232,36 @@ class WebSocketPublisher:
 
     @property
     def clients(self) -> list[dict[str, Any]]:
-        """Per-client counters: remote, streams, queued, sent, dropped."""
-        return [c.info() for c in self._clients]
+        """Per-client counters: remote address, streams, queued, sent, dropped."""
+        return self.client_info(with_address=True)
+
+    def client_info(self, *, with_address: bool) -> list[dict[str, Any]]:
+        """Per-client counters, with each client's address or without."""
+        return [c.info(with_address=with_address) for c in self._clients]
 
     # -- publishing --------------------------------------------------------
-    def publish(self, event: Event) -> None:
-        """Queue ``event`` for every interested client; never blocks."""
+    def publish(self, message: Message) -> None:
+        """Queue ``message`` for every interested client; never blocks."""
         if self._own_state is not None:
-            self._own_state.update(event)
-        if not self.importance:
-            event = without_importance(event)
-        message = encode_or_count(event, self.stats, "websocket")
-        if message is None:
-            return
+            self._own_state.update(message.event)
+        text = message.text_for(self.importance)
         self.stats.published += 1
-        sid = stream_id_of(event)
+        sid = message.stream_id
+        self.stats.track(sid)
         now = asyncio.get_running_loop().time() if self._clients else 0.0
         for client in list(self._clients):
             if client.closing or not client.wants(sid):
                 continue
-            self._enqueue(client, message, now)
+            self._enqueue(client, (sid, text), now)
 
-    def _enqueue(self, client: _Client, message: str, now: float) -> None:
-        if client.queue.put(message):
+    def _enqueue(self, client: _Client, item: tuple[str | None, str], now: float) -> None:
+        dropped = client.queue.push(item)
+        if dropped is not None:
             client.dropped += 1
-            self.stats.dropped += 1
+            self.stats.lose(dropped[0])
             if client.dropped in (1, 100) or client.dropped % 10000 == 0:
-                log.warning("websocket: client %s is slow; dropped %d message(s) for it",
-                            client.info()["remote"], client.dropped)
+                log.warning("websocket: client %s is slow; dropped %d message(s) for it "
+                            "(%d for all clients so far)", client.remote, client.dropped, self.stats.dropped)
         if not client.queue.full():
             client.full_since = None
         elif client.full_since is None:
@@ -252,10 +271,12 @@ class WebSocketPublisher:
 
     def _close_slow(self, client: _Client) -> None:
         client.closing = True
-        client.queue.drain()
+        for sid, _ in client.queue.drain():
+            client.dropped += 1
+            self.stats.lose(sid)
         self.slow_clients_closed += 1
         log.warning("websocket: closing client %s: its queue stayed full for over %.1f s "
-                    "(%d message(s) dropped)", client.info()["remote"],
+                    "(%d message(s) dropped for it)", client.remote,
                     self.slow_client_timeout_s, client.dropped)
         for task in list(client.tasks):
             task.cancel()
@@ -272,22 +293,26 @@ class WebSocketPublisher:
         assert conn.request is not None
         route = self._routes.get(urlsplit(conn.request.path).path)
         if route is not None:
-            await route(conn)
+            await route.handler(conn)
             return
         query = parse_qs(urlsplit(conn.request.path).query)
-        streams: set[str] | None = None
+        streams: frozenset[str] | None = None
         if "streams" in query:
             names = {s for v in query["streams"] for s in v.split(",") if s}
-            streams = None if "*" in names else names
+            streams = None if "*" in names else frozenset(names)
         client = _Client(conn, DropOldestQueue(self.max_queue), streams)
         self._clients.add(client)
         self.connections_total += 1
-        client.queue.put(json.dumps(self._hello(), separators=(",", ":")))
+        self._reply(client, self._hello())
         sender = asyncio.get_running_loop().create_task(self._send_loop(client))
         client.tasks.add(sender)
         try:
             async for raw in conn:
-                self._on_message(client, raw)
+                refused = self._on_message(client, raw)
+                if refused is not None:
+                    reason = refused.message.encode("utf-8")[:120].decode("utf-8", "ignore")
+                    await conn.close(refused.close_code, reason)
+                    break
         except ConnectionClosed:
             pass
         finally:
@@ -301,7 +326,9 @@ class WebSocketPublisher:
         hello = {
             "type": "hello", "v": PROTOCOL_VERSION, "streams": snap.get("streams", []),
             "last_status": snap.get("last_status", {}),
-            "last_estimate": last if self.importance else {k: without_importance(v) for k, v in last.items()},
+            "last_estimate": last if self.importance else {
+                sid: {k: v for k, v in est.items() if k != "importance"} for sid, est in last.items()
+            },
             "transitions": snap.get("transitions", {}),
         }
         if self.importance:
@@ -313,34 +340,64 @@ class WebSocketPublisher:
             while True:
                 await client.queue.wait()
                 while len(client.queue):
-                    await client.conn.send(client.queue.get_nowait())
+                    await client.conn.send(client.queue.get_nowait()[1])
                     client.sent += 1
                 client.full_since = None
         except ConnectionClosed:
             return
 
-    def _on_message(self, client: _Client, raw: str | bytes) -> None:
+    def _on_message(self, client: _Client, raw: str | bytes) -> MessageError | None:
+        """Apply a client's message; returns the error to close the connection with, if fatal."""
         try:
-            msg = json.loads(raw)
-            if not isinstance(msg, dict) or msg.get("type") != "subscribe":
-                raise ValueError('only {"type": "subscribe", "streams": [...]} is understood')
-            client.streams = _parse_streams(msg.get("streams"))
-        except ValueError as exc:
-            client.queue.put(json.dumps({"type": "error", "v": PROTOCOL_VERSION, "message": str(exc)}))
-            return
-        client.queue.put(json.dumps({
+            sub = parse_control(raw, max_bytes=self.cfg.max_control_bytes)
+        except ControlError as exc:
+            self.control_errors[exc.code] = self.control_errors.get(exc.code, 0) + 1
+            self._reply(client, {"type": "error", "v": PROTOCOL_VERSION, "message": exc.message})
+            return None
+        except MessageError as exc:
+            self.control_errors[exc.code] = self.control_errors.get(exc.code, 0) + 1
+            if should_log(self.control_errors[exc.code]):
+                log.warning("websocket: closing client %s: %s (%d such so far)", client.remote,
+                            exc.message, self.control_errors[exc.code])
+            return exc
+        client.streams = sub.streams
+        self._reply(client, {
             "type": "subscribed", "v": PROTOCOL_VERSION,
             "streams": sorted(client.streams) if client.streams is not None else None,
-        }))
+        })
+        return None
+
+    def _reply(self, client: _Client, doc: dict[str, Any]) -> None:
+        """Queue the server's own message for one client (what it pushes out is counted)."""
+        dropped = client.queue.push((None, encode_json(doc)))
+        if dropped is not None:
+            client.dropped += 1
+            self.stats.lose(dropped[0])
 
     # -- plain HTTP --------------------------------------------------------
     def _process_request(self, conn: ServerConnection, request: Request) -> Response | None:
         path = urlsplit(request.path).path
-        if path == self.path or path in self._routes:
+        route = self._routes.get(path)
+        websocket = path == self.path or route is not None
+        from_address = total = 0
+        if websocket and self._server is not None:
+            address = _address(conn)
+            others = [c for c in self._server.all_connections if c is not conn]  # open or opening
+            total = len(others)
+            from_address = sum(1 for c in others if _address(c) == address)
+        refusal = self.access.check(
+            request.path, request.headers, websocket=websocket,
+            needs_token=path == self.path or (route is not None and route.needs_token),
+            open_from_address=from_address, open_total=total,
+        )
+        if refusal is not None:
+            return self._refuse(conn, refusal)
+        if websocket:
             return None  # WebSocket handshake
         if path == "/healthz":
-            return self._response(http.HTTPStatus.OK, json.dumps(self.health()).encode(),
-                                  "application/json")
+            authenticated = self.access.token is not None and self.access.authenticated(request.path, request.headers)
+            body = encode_json(self.health(with_addresses=authenticated))
+            return self._response(http.HTTPStatus.OK, body.encode(), "application/json")
         file = self._static_file(path)
         if file is None:
             return self._response(http.HTTPStatus.NOT_FOUND, b"not found\n", "text/plain; charset=utf-8")
@@ -349,6 +406,14 @@ class WebSocketPublisher:
         if ctype.startswith("text/") or ctype in ("application/json", "image/svg+xml"):
             ctype += "; charset=utf-8"
         return self._response(http.HTTPStatus.OK, file.read_bytes(), ctype)
+
+    def _refuse(self, conn: ServerConnection, refusal: Refusal) -> Response:
+        n = self.refused[refusal.status] = self.refused.get(refusal.status, 0) + 1
+        if should_log(n):
+            log.warning("websocket: refused %s with %d: %s (%d refused with %d so far)",
+                        _address(conn), refusal.status, refusal.reason, n, refusal.status)
+        return self._response(http.HTTPStatus(refusal.status), (refusal.reason + "\n").encode(),
+                              "text/plain; charset=utf-8")
 
     def _static_file(self, url_path: str) -> Path | None:
         """The file under ``static_dir`` for ``url_path``; ``None`` if absent or outside."""
@@ -373,12 +438,16 @@ class WebSocketPublisher:
         ])
         return Response(status.value, status.phrase, headers, body)
 
-    def health(self) -> dict[str, Any]:
-        """The ``/healthz`` document: counters of this server and its clients."""
+    def health(self, *, with_addresses: bool = False) -> dict[str, Any]:
+        """The ``/healthz`` document: counters of this server and its clients (their
+        addresses only ``with_addresses``: a request that presented the token)."""
         doc: dict[str, Any] = {
-            "status": "ok", **self.stats.as_dict(), "clients": self.clients,
+            "status": "ok", **self.stats.as_dict(), "clients": self.client_info(with_address=with_addresses),
             "connections_total": self.connections_total,
             "slow_clients_closed": self.slow_clients_closed,
+            "refused": {str(k): v for k, v in sorted(self.refused.items())},
+            "access": {"token_required": self.access.token is not None},
+            "control_errors": dict(self.control_errors),
         }
         if self._health is not None:
             doc.update(self._health())

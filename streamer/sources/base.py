@@ -17,6 +17,12 @@ import numpy.typing as npt
 
 #: The one sample rate every source delivers.
 OUTPUT_RATE_HZ = 16000
+#: Most channels of any audio input (files, microphones, network sessions refuse more).
+MAX_CHANNELS = 64
+#: Sample rates an audio input may have; others are refused as absurd.
+MIN_RATE_HZ, MAX_RATE_HZ = 1000, 384_000
+#: Most bytes of float32 samples read from a file in one block, whatever its header says.
+MAX_BLOCK_BYTES = 4 * 1024 * 1024
 
 Frame = npt.NDArray[np.float32]
 

@@ -8,11 +8,18 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from types import TracebackType
 
-import numpy as np
 import soundfile as sf
 
 from dropformer.errors import AudioError
-from streamer.sources.base import OUTPUT_RATE_HZ, Frame, SourceStats
+from streamer.sources.base import (
+    MAX_BLOCK_BYTES,
+    MAX_CHANNELS,
+    MAX_RATE_HZ,
+    MIN_RATE_HZ,
+    OUTPUT_RATE_HZ,
+    Frame,
+    SourceStats,
+)
 from streamer.sources.resample import StreamResampler
 
 log = logging.getLogger(__name__)
@@ -28,19 +35,22 @@ class FileSource:
             the wall clock reaches the end of the audio it holds, scheduled
             from the cumulative sample count so pacing never drifts); when
             ``False`` frames come as fast as the consumer pulls them.
-        block_ms: audio per frame read from the file, in milliseconds (default 100).
+        block_ms: audio per frame read from the file, in milliseconds (default 100;
+            ``streams.N.source.block_ms`` checks the range). A block is also at most
+            ``MAX_BLOCK_BYTES`` of samples, whatever the file's header says.
         loop: start over at the end of the file, forever (the demo uses it).
 
-    Reading a block of a local file takes microseconds, so it is done on the
-    event loop. NaN samples pass through untouched (the core counts them).
+    A file with more than ``MAX_CHANNELS`` channels or a rate outside
+    ``MIN_RATE_HZ`` .. ``MAX_RATE_HZ`` is refused (:class:`AudioError`) when the
+    source is entered. Reading a block of a local file takes microseconds, so it
+    is done on the event loop. NaN samples pass through untouched (the core
+    counts them).
     """
 
     def __init__(
         self, path: str | Path, stream_id: str, *, realtime: bool = True,
         block_ms: float = 100.0, loop: bool = False,
     ) -> None:
-        if not block_ms > 0:
-            raise AudioError(f"block_ms must be > 0 milliseconds, got {block_ms!r}")
         self.path = Path(path)
         self.stream_id = stream_id
         self.sample_rate_hz = OUTPUT_RATE_HZ
@@ -55,17 +65,8 @@ class FileSource:
             raise AudioError(
                 f"audio file {str(self.path)!r} does not exist; pass the path of a WAV, FLAC or OGG file"
             )
-        try:
-            f = sf.SoundFile(str(self.path))
-        except (sf.LibsndfileError, RuntimeError) as exc:
-            raise AudioError(
-                f"audio file {str(self.path)!r} cannot be decoded ({exc}); "
-                "expected a WAV, FLAC or OGG audio file"
-            ) from exc
-        if f.frames == 0:
-            f.close()
-            raise AudioError(f"audio file {str(self.path)!r} holds no samples; pass a non-empty recording")
-        self._file = f
+        self._file = open_audio(self.path)
+        f = self._file
         log.info(
             "stream %s: file %s (%d Hz, %d ch, %.2f s)%s",
             self.stream_id, self.path, f.samplerate, f.channels, f.frames / f.samplerate,
@@ -89,11 +90,14 @@ class FileSource:
         if f is None:
             raise AudioError(f"FileSource {self.stream_id!r} is not open; use 'async with source:'")
         resampler = StreamResampler(f.samplerate, OUTPUT_RATE_HZ, f.channels)
-        block_in = max(1, round(f.samplerate * self.block_ms / 1000.0))
+        block_in = block_frames(f.samplerate, f.channels, self.block_ms)
         loop = asyncio.get_running_loop()
         t0 = loop.time()
         while True:
-            data = f.read(block_in, dtype="float32", always_2d=True)
+            try:
+                data = f.read(block_in, dtype="float32", always_2d=True)
+            except (sf.LibsndfileError, RuntimeError) as exc:
+                raise AudioError(f"audio file {str(self.path)!r} cannot be read any further ({exc}); is it damaged?") from exc
             if len(data) == 0:
                 if self.loop:
                     f.seek(0)
@@ -122,11 +126,31 @@ class FileSource:
         self.stats.samples += int(frame.size)
 
 
-def read_audio_16k(path: str | Path) -> Frame:
-    """Read a whole file as mono float32 at 16 kHz (a helper for tests and tools)."""
+def block_frames(rate_hz: int, channels: int, block_ms: float) -> int:
+    """Sample frames per read: ``block_ms`` of audio, but at most ``MAX_BLOCK_BYTES`` of float32."""
+    return max(1, min(round(rate_hz * block_ms / 1000.0), MAX_BLOCK_BYTES // (4 * max(1, channels))))
+
+
+def open_audio(path: str | Path) -> sf.SoundFile:
+    """Open an audio file for reading after checking what its header claims.
+
+    Raises :class:`AudioError` naming the file and the fix when it cannot be
+    decoded, holds no samples, or claims more than ``MAX_CHANNELS`` channels or
+    a rate outside ``MIN_RATE_HZ`` .. ``MAX_RATE_HZ``.
+    """
+    name = str(path)
     try:
-        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError) as exc:
-        raise AudioError(f"audio file {str(path)!r} cannot be decoded ({exc})") from exc
-    r = StreamResampler(rate, OUTPUT_RATE_HZ, data.shape[1])
-    return np.concatenate([r.push(data), r.flush()])
+        f = sf.SoundFile(name)
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError, OverflowError) as exc:
+        raise AudioError(f"audio file {name!r} cannot be decoded ({exc}); expected a WAV, FLAC or OGG audio file") from exc
+    problem = None
+    if not 1 <= f.channels <= MAX_CHANNELS:
+        problem = f"has {f.channels} channels; at most {MAX_CHANNELS} are accepted"
+    elif not MIN_RATE_HZ <= f.samplerate <= MAX_RATE_HZ:
+        problem = f"has a sample rate of {f.samplerate} Hz; {MIN_RATE_HZ} to {MAX_RATE_HZ} Hz are accepted"
+    elif f.frames == 0:
+        problem = "holds no samples; pass a non-empty recording"
+    if problem is not None:
+        f.close()
+        raise AudioError(f"audio file {name!r} {problem} (a damaged or crafted header?)")
+    return f

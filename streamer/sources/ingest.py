@@ -11,10 +11,12 @@ Isolation: every failure of one session ends that session only. The handler
 never raises into the WebSocket server; a stream that fails closes its own
 socket with 1011.
 
-Security: when a token is configured every session must present it
-(``Authorization: Bearer <token>`` or ``?token=<token>``; compared in constant
-time). A browser page from another origin is refused unless it has the token,
-so a web page cannot feed audio into a monitor on the visitor's machine.
+Security: the WebSocket server checks ``Host`` and ``Origin`` at the handshake
+(:mod:`streamer.access`: a page from another origin is refused with 403, so a
+web page cannot feed audio into a monitor on the visitor's machine). When a
+token is configured (``access.token``) every session must present it
+(``Authorization: Bearer <token>``, the subprotocol ``bearer.<token>`` or
+``?token=<token>``; compared in constant time), else it is closed with 4401.
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import hmac
 import json
 import logging
 import uuid
@@ -31,7 +32,6 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol
-from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 import numpy.typing as npt
@@ -39,6 +39,8 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request
 
+from streamer.access import request_token as _request_token
+from streamer.access import token_matches
 from streamer.core.ingest import (
     CLOSE_NORMAL,
     Audio,
@@ -218,51 +220,22 @@ class SessionLimit:
 
 
 def request_token(request: Request | None) -> str | None:
-    """The bearer token of a handshake: ``Authorization: Bearer X`` or ``?token=X``."""
-    if request is None:
-        return None
-    auth = request.headers.get("Authorization")
-    if auth is not None and auth[:7].lower() == "bearer ":
-        return auth[7:].strip()
-    values = parse_qs(urlsplit(request.path).query).get("token")
-    return values[0] if values else None
-
-
-def token_matches(given: str | None, expected: str) -> bool:
-    """Constant-time comparison of a presented token with the configured one."""
-    if given is None:
-        return False
-    return hmac.compare_digest(given.encode("utf-8"), expected.encode("utf-8"))
-
-
-def cross_origin(request: Request | None) -> bool:
-    """Whether a browser page from another origin opened this connection."""
-    if request is None:
-        return False
-    origin = request.headers.get("Origin")
-    if origin is None or origin == "null":
-        return origin == "null"
-    return urlsplit(origin).netloc.lower() != (request.headers.get("Host") or "").lower()
+    """The bearer token a handshake presents (see :func:`streamer.access.request_token`)."""
+    return None if request is None else _request_token(request.path, request.headers)
 
 
 def access_problem(
     fail: Callable[[str, str], Problem], request: Request | None, token: str | None
 ) -> Problem | None:
-    """Refuse a handshake without the token, or from another origin without it.
+    """Refuse a handshake without the token (``None``: no token configured, all pass;
+    Host and Origin were checked by the server before the handshake).
 
     ``fail(code, message)`` makes the (fatal) problem on the session's protocol."""
-    if token is not None:
-        if not token_matches(request_token(request), token):
-            return fail(
-                "unauthorized",
-                "missing or wrong token; send 'Authorization: Bearer <token>' or ?token=<token>",
-            )
-        return None
-    if cross_origin(request):
+    if token is not None and not token_matches(request_token(request), token):
         return fail(
-            "forbidden",
-            "a page from another origin may not send audio; open the dashboard from the "
-            "monitor itself, or configure a token",
+            "unauthorized",
+            "missing or wrong token; send 'Authorization: Bearer <token>', the subprotocol "
+            "bearer.<token>, or ?token=<token>",
         )
     return None
 
@@ -299,8 +272,8 @@ class IngestServer:
         host: runs the streams (the daemon).
         limits: per-session limits.
         gate: the daemon-wide session limit (shared with the Twilio endpoint).
-        token: the bearer token every session must present; ``None``: no auth
-            (loopback only; the config refuses other hosts without a token).
+        token: the bearer token every session must present (``access``); ``None``: no auth
+            (loopback only, unless access.allow_insecure).
         start_timeout_s: a session must start within this many seconds.
         queue_s: audio buffered per stream (see :class:`NetworkSource`).
     """
@@ -476,9 +449,10 @@ _BACKGROUND: set[asyncio.Task[Any]] = set()  # keeps fire-and-forget closes aliv
 
 
 def install_endpoints(
-    host: StreamHost, cfg: IngestConfig, websocket: WebSocketPublisher
+    host: StreamHost, cfg: IngestConfig, websocket: WebSocketPublisher, *, token: str | None
 ) -> NetworkStats:
-    """Add the ``/ingest`` and Twilio routes of ``cfg`` to the daemon's WebSocket server.
+    """Add the ``/ingest`` and Twilio routes of ``cfg`` to the daemon's WebSocket server,
+    guarded by ``token`` (the daemon's one token, ``access``; ``None``: none).
 
     Both share one session limit and one :class:`NetworkStats` (returned, for ``/healthz``).
     """
@@ -495,7 +469,6 @@ def install_endpoints(
         max_errors=cfg.max_errors,
         analyse_agent=cfg.analyse_agent,
     )
-    token = cfg.bearer_token()
     if cfg.analyse_agent:
         log.warning(
             "ingest.analyse_agent is on: agents' voices are analysed. Emotion recognition of "

@@ -143,12 +143,6 @@ class MicrophoneSource:
         self, device: str | int | None, stream_id: str, *, block_ms: float = 20.0,
         queue_blocks: int = 50, channels: int = 1, sample_rate_hz: float | None = None,
     ) -> None:
-        if not block_ms > 0:
-            raise DeviceError(f"block_ms must be > 0 milliseconds, got {block_ms!r}")
-        if queue_blocks < 1:
-            raise DeviceError(f"queue_blocks must be >= 1, got {queue_blocks!r}")
-        if channels < 1:
-            raise DeviceError(f"channels must be >= 1, got {channels!r}")
         self.device = device
         self.stream_id = stream_id
         self.sample_rate_hz = OUTPUT_RATE_HZ

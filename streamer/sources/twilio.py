@@ -34,7 +34,6 @@ from streamer.sources.ingest import (
     NetworkSource,
     SessionLimit,
     StreamHost,
-    access_problem,
     close_on_stream_end,
     close_with,
     finish_stream,
@@ -95,11 +94,6 @@ class TwilioServer:
             pre_authed = self.token is None or token_matches(
                 request_token(conn.request), self.token
             )
-            denied = access_problem(proto.fail, conn.request, None) if self.token is None else None
-            if denied is not None:
-                self.stats.count(denied)
-                await close_with(conn, denied, report=False)
-                return
             graceful = await self._serve(conn, proto, call, pre_authed)
         except ConnectionClosed:
             graceful = False

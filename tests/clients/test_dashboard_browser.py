@@ -14,7 +14,8 @@ import pytest
 from playwright.async_api import Browser, ConsoleMessage, Page, async_playwright, expect
 
 from streamer.core.events import EmotionEstimate, EmotionTransition, StreamStatus
-from streamer.publishers.websocket import WebSocketPublisher
+from streamer.publishers.base import encode
+from tests.fixtures.publishers import websocket_publisher
 from tests.fixtures.services import require_binary
 
 CHROMIUM = "/usr/bin/chromium"
@@ -86,7 +87,7 @@ async def test_dashboard_shows_streams_transitions_and_reconnects(browser: Brows
     page.on("console", on_console)
     page.on("pageerror", lambda exc: errors.append(f"pageerror: {exc}"))
 
-    pub = WebSocketPublisher(port=0, static_dir=DASHBOARD_DIR)
+    pub = websocket_publisher(port=0, static_dir=DASHBOARD_DIR)
     async with pub:
         port = pub.port
         await page.goto(f"http://127.0.0.1:{port}/")
@@ -96,16 +97,16 @@ async def test_dashboard_shows_streams_transitions_and_reconnects(browser: Brows
         await expect(page.locator("#banner-untrained")).to_be_hidden()
 
         # Two streams; mic1 uses a 7-class model, published first to check ordering.
-        pub.publish(status("mic1", "online", 0))
-        pub.publish(status("mic0", "speech", 4000))
+        pub.publish(encode(status("mic1", "online", 0)))
+        pub.publish(encode(status("mic0", "speech", 4000)))
         for seq, p in enumerate((0.5, 0.6, 0.7)):
-            pub.publish(estimate("mic0", seq, "neutral", p))
+            pub.publish(encode(estimate("mic0", seq, "neutral", p)))
             if seq == 0:  # the stream's first label comes as a transition from null
-                pub.publish(EmotionTransition("mic0", 0, 3000, None, "neutral", 0.5).to_dict())
+                pub.publish(encode(EmotionTransition("mic0", 0, 3000, None, "neutral", 0.5).to_dict()))
         for seq, lab in enumerate(("neutral", "neutral", "angry", "angry")):
-            pub.publish(estimate("mic0", 3 + seq, lab, 0.72, arousal=0.62, valence=-0.48))
-        pub.publish(EmotionTransition("mic0", 6, 6000, "neutral", "angry", 0.72).to_dict())
-        pub.publish(estimate("mic1", 0, "frustration", 0.55, SEVEN, random_init=True))
+            pub.publish(encode(estimate("mic0", 3 + seq, lab, 0.72, arousal=0.62, valence=-0.48)))
+        pub.publish(encode(EmotionTransition("mic0", 6, 6000, "neutral", "angry", 0.72).to_dict()))
+        pub.publish(encode(estimate("mic1", 0, "frustration", 0.55, SEVEN, random_init=True)))
 
         cards = page.locator("article.card")
         await expect(cards).to_have_count(2, timeout=WAIT_MS)
@@ -151,8 +152,8 @@ async def test_dashboard_shows_streams_transitions_and_reconnects(browser: Brows
         await expect(mic0).to_be_hidden()
         await expect(mic1).to_be_visible()
         await _until(page, lambda: [c["streams"] for c in pub.clients] == [["mic1"]])
-        pub.publish(estimate("mic0", 20, "sad", 0.9))
-        pub.publish(estimate("mic1", 1, "joy", 0.8, SEVEN, random_init=True))
+        pub.publish(encode(estimate("mic0", 20, "sad", 0.9)))
+        pub.publish(encode(estimate("mic1", 1, "joy", 0.8, SEVEN, random_init=True)))
         await expect(mic1.locator('[data-role="label"]')).to_have_text("joy", timeout=WAIT_MS)
         assert await mic0.locator('[data-role="label"]').text_content() == "angry"
         await page.locator('#filter-chips button[data-stream="*"]').click()
@@ -164,11 +165,11 @@ async def test_dashboard_shows_streams_transitions_and_reconnects(browser: Brows
     await expect(page.locator("#conn-text")).to_contain_text("reconnecting")
 
     # Same port, a new server (the daemon restarted): the page reconnects.
-    async with WebSocketPublisher(port=port, static_dir=DASHBOARD_DIR) as pub2:
+    async with websocket_publisher(port=port, static_dir=DASHBOARD_DIR) as pub2:
         await expect(page.locator("#conn-text")).to_have_text("connected", timeout=WAIT_MS)
         await _until(page, lambda: len(pub2.clients) == 1)
-        pub2.publish(status("mic0", "speech", 1000))
-        pub2.publish(estimate("mic0", 1, "happy", 0.81, arousal=0.4, valence=0.7))
+        pub2.publish(encode(status("mic0", "speech", 1000)))
+        pub2.publish(encode(estimate("mic0", 1, "happy", 0.81, arousal=0.4, valence=0.7)))
         await expect(mic0.locator('[data-role="label"]')).to_have_text("happy", timeout=WAIT_MS)
         await expect(mic0.locator('[data-role="state"]')).to_have_text("speech")
         # mic1 is not on the restarted server: it is marked offline, not left "online".

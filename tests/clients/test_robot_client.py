@@ -26,11 +26,11 @@ from websockets.asyncio.server import ServerConnection, serve
 from clients.robot.app import RobotClient
 from clients.robot.config import RobotConfig
 from dropformer.configio import validate
-from streamer.publishers.mqtt import MqttPublisher
-from streamer.publishers.websocket import WebSocketPublisher
+from streamer.publishers.base import encode
 from tests.clients.test_robot_rules import Daemon
 from tests.fixtures.http import Recorder, webhook_server
 from tests.fixtures.network import eventually
+from tests.fixtures.publishers import mqtt_publisher, websocket_publisher
 from tests.fixtures.services import MosquittoBroker, free_port
 
 FAST = {"reconnect_min_s": 0.05, "reconnect_max_s": 0.3}
@@ -59,7 +59,7 @@ def publish(pub: Any, *streams: list[dict[str, Any]]) -> None:
     for group in itertools.zip_longest(*streams):
         for event in group:
             if event is not None:
-                pub.publish(event)
+                pub.publish(encode(event))
 
 
 def fired(hook: Recorder, sid: str | None = None) -> list[dict[str, Any]]:
@@ -87,7 +87,7 @@ async def test_mqtt_broker_restart_no_duplicate_no_lost_episode(
                                          {"kind": "webhook", "url": hook.url, "retry_backoff_s": 0.05}])],
         }  # fmt: skip
         head, arm = Daemon("head_mic"), Daemon("arm_mic")
-        async with MqttPublisher(b.host, b.port, username="daemon", password=b.users["daemon"],
+        async with mqtt_publisher(b.host, b.port, username="daemon", password=b.users["daemon"],
                                  reconnect_min_s=0.05, reconnect_max_s=0.3) as pub, robot(cfg) as bot:  # fmt: skip
             assert bot.mqtt is not None
             link = bot.mqtt
@@ -175,13 +175,13 @@ async def test_websocket_daemon_restart_mqtt_command_and_a_real_process(
         reader = asyncio.create_task(listen())
         head = Daemon("head_mic")
         async with robot(cfg) as bot:
-            async with WebSocketPublisher(port=port) as ws:
+            async with websocket_publisher(port=port) as ws:
                 await eventually(lambda: ws.clients, "the robot to connect")
                 publish(ws, head.step("neutral", n=2) + head.step("angry", n=6))
                 await eventually(lambda: len(commands) == 1 and out.exists(), "the first action")
             # the daemon goes away and comes back: a new session, seq and audio time from 0
             head.restart()
-            async with WebSocketPublisher(port=port) as ws:
+            async with websocket_publisher(port=port) as ws:
                 await eventually(lambda: ws.clients, "the robot to reconnect", 30)
                 publish(ws, [{"type": "stream.status", "v": 1, "stream_id": "head_mic", "state": "online",
                               "audio_ms": 0, "counters": {}}])  # fmt: skip
@@ -250,7 +250,7 @@ async def test_ros2_through_rosbridge_messages(tmp_path: Path) -> None:
     }  # fmt: skip
     bridge = Rosbridge(ros_port)
     head = Daemon("head_mic")
-    async with WebSocketPublisher(port=ws_port) as ws, rosbridge(bridge), robot(cfg) as bot:
+    async with websocket_publisher(port=ws_port) as ws, rosbridge(bridge), robot(cfg) as bot:
         assert bot.ros is not None
         await eventually(lambda: ws.clients and bot.ros.connected, "connections")  # type: ignore[union-attr]
         publish(ws, head.step("neutral", n=2) + head.step("angry", n=6) + head.step("happy", n=2))

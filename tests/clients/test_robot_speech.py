@@ -164,5 +164,5 @@ def test_cli_names_the_bad_key(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "streamer.cli", "robot", "--config", str(bad),
                            "--set", "input.kindd=mqtt"], capture_output=True, text=True, timeout=60)  # fmt: skip
     assert proc.returncode == 2
-    assert "input.kindd: unknown key; did you mean 'kind'?" in proc.stderr
+    assert "input.kindd: unknown key; did you mean 'input.kind'?" in proc.stderr
     assert "allow_commands" in proc.stderr and "set allow_commands: true" in proc.stderr

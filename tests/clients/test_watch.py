@@ -13,7 +13,9 @@ from typing import Any
 import pytest
 
 from streamer.core.events import Alert, EmotionEstimate, EmotionTransition, StreamStatus
+from streamer.publishers.base import encode
 from streamer.publishers.websocket import WebSocketPublisher
+from tests.fixtures.publishers import websocket_publisher
 from tests.fixtures.services import free_port
 
 HANG_GUARD_S = 60.0  # only guards against a hung subprocess; never a pass/fail threshold
@@ -39,7 +41,7 @@ async def publishing(pub: WebSocketPublisher, tick: Callable[[int], list[dict[st
         i = 0
         while True:
             for event in tick(i):
-                pub.publish(event)
+                pub.publish(encode(event))
             i += 1
             await asyncio.sleep(0.05)
 
@@ -68,7 +70,7 @@ async def run_watch(*args: str) -> tuple[int, str, str]:
 
 
 async def test_json_lines_count_from_config_overridden_by_flag(tmp_path: Path) -> None:
-    async with WebSocketPublisher(port=0) as pub:
+    async with websocket_publisher(port=0) as pub:
         cfg = tmp_path / "watch.yaml"
         cfg.write_text(f"url: {pub.url}\njson: true\ncount: 100\n", encoding="utf-8")
         async with publishing(pub, lambda i: [estimate("mic0", i, "angry")]):
@@ -93,7 +95,7 @@ async def test_human_format_with_stream_filter() -> None:
             estimate("mic1", i, "angry", 0.81),
         ]
 
-    async with WebSocketPublisher(port=0) as pub, publishing(pub, tick):
+    async with websocket_publisher(port=0) as pub, publishing(pub, tick):
         rc, out, err = await run_watch("--url", pub.url, "--stream", "mic1", "--count", "4")
     assert rc == 0, err
     lines = out.splitlines()
@@ -124,7 +126,7 @@ async def test_reconnects_until_the_daemon_comes_up() -> None:
             assert line, f"watch exited early; stderr:\n{seen}"
             seen += line.decode()
         assert "cannot watch" in seen and str(port) in seen
-        async with WebSocketPublisher(port=port) as pub, publishing(pub, lambda i: [estimate("mic0", i, "happy")]):
+        async with websocket_publisher(port=port) as pub, publishing(pub, lambda i: [estimate("mic0", i, "happy")]):
             out, _ = await asyncio.wait_for(proc.communicate(), HANG_GUARD_S)
     finally:
         if proc.returncode is None:
@@ -136,7 +138,7 @@ async def test_reconnects_until_the_daemon_comes_up() -> None:
 
 @pytest.mark.parametrize("url, expect", [
     ("closed-port", "cannot watch ws://127.0.0.1:{port}/ws"),
-    ("http://127.0.0.1:{port}/ws", "url: Value error, must be a WebSocket URL"),
+    ("http://127.0.0.1:{port}/ws", "url: must be a WebSocket URL"),
 ])
 async def test_bad_url_is_a_clear_error(url: str, expect: str) -> None:
     port = free_port()
@@ -149,7 +151,21 @@ async def test_bad_url_is_a_clear_error(url: str, expect: str) -> None:
 
 
 async def test_wrong_path_names_the_http_status() -> None:
-    async with WebSocketPublisher(port=0) as pub:
+    async with websocket_publisher(port=0) as pub:
         rc, _, err = await run_watch("--url", f"ws://127.0.0.1:{pub.port}/nope", "--once")
     assert rc == 2
     assert "HTTP 404" in err and "/ws" in err
+
+
+async def test_a_monitor_with_a_token() -> None:
+    from streamer.access import AccessPolicy
+
+    token = "watch-token-0123456789"
+    async with websocket_publisher(port=0, access=AccessPolicy(token=token)) as pub, publishing(
+        pub, lambda i: [estimate("mic0", i, "happy")]
+    ):
+        rc, _, err = await run_watch("--url", pub.url, "--once")
+        assert rc == 2 and "refused with HTTP 401" in err and "token" in err
+        rc, out, err = await run_watch("--url", pub.url, "--token", token, "--count", "2", "--json")
+        assert rc == 0, err
+    assert [json.loads(x)["label"] for x in out.splitlines()] == ["happy", "happy"]

@@ -27,11 +27,11 @@ async def run_send(*args: str, env: dict[str, str] | None = None) -> tuple[int, 
 
 async def test_send_a_file_to_a_remote_daemon(tmp_path: Path) -> None:
     wav = DATA / "16a02Tc.wav"
-    cfg = daemon_config(ingest={"token": TOKEN, "max_speed": 10.0})
+    cfg = daemon_config(access={"token": TOKEN}, ingest={"max_speed": 10.0})
     async with running(cfg) as (daemon, tap, url):
         rc, out, err = await run_send(
             str(wav), "--url", f"{url}/ingest", "--stream", "edge1", "--encoding", "mulaw",
-            "--no-realtime", "--role", "caller", "--set", "block_ms=50", env={"EMOTION_MONITOR_INGEST_TOKEN": TOKEN},
+            "--no-realtime", "--role", "caller", "--set", "block_ms=50", env={"EMOTION_MONITOR_TOKEN": TOKEN},
         )  # fmt: skip
         assert rc == 0, err
         stopped = json.loads(out.splitlines()[-1])

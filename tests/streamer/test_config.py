@@ -19,7 +19,7 @@ CLIENT_CONFIGS = {"robot.yaml"}  # the robot client's (tests/clients/test_robot_
 @pytest.mark.parametrize("path", sorted(p for p in CONFIGS.glob("*.yaml") if p.name not in CLIENT_CONFIGS),
                          ids=lambda p: p.name)  # fmt: skip
 def test_shipped_configs_validate(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("EMOTION_MONITOR_INGEST_TOKEN", "a-token-of-24-characters")
+    monkeypatch.setenv("EMOTION_MONITOR_TOKEN", "a-token-of-24-characters")
     cfg = validate(DaemonConfig, load_yaml(path))
     assert cfg.streams or cfg.ingest.any_enabled
 
@@ -32,11 +32,11 @@ def test_default_yaml_documents_the_built_in_defaults() -> None:
     ("override", "expected"),
     [
         ("windowing.window_s=abc", "windowing.window_s"),
-        ("windowing.windw_s=3", "windowing.windw_s: unknown key; did you mean 'window_s'?"),
-        ("windowing.hop_s=5", "hop_s (5.0) must not exceed window_s"),
+        ("windowing.windw_s=3", "windowing.windw_s: unknown key; did you mean 'windowing.window_s'?"),
+        ("windowing.min_window_s=5", "min_window_s (5.0) must not exceed window_s"),
         ("worker.max_batch=0", "worker.max_batch"),
         ("streams=[{id: 'a b'}]", "streams.0.id"),
-        ("streams=[{id: m, source: {kind: microphone, sample_rate_hz: 0}}]", "streams.0.source.microphone.sample_rate_hz"),
+        ("streams=[{id: m, source: {kind: microphone, sample_rate_hz: 0}}]", "streams.0.source.sample_rate_hz"),
         ("streams=[{id: a}, {id: a}]", "repeated: ['a']"),
         ("gate.kind=loud", "gate.kind"),
     ],
@@ -106,9 +106,13 @@ def test_set_reaches_into_default_streams_without_a_file() -> None:
     ("overrides", "expected"),
     [
         (["streams=[]", "ingest.enabled=false"], "at least one stream is needed"),
-        (["publish.websocket.host=0.0.0.0"], "ingest needs a token: publish.websocket.host=0.0.0.0 is not loopback"),
-        (["ingest.require_token=true"], "EMOTION_MONITOR_INGEST_TOKEN"),
-        (["ingest.token=short"], "ingest.token"),
+        (["publish.websocket.host=0.0.0.0"], "publish.websocket.host=0.0.0.0 is not loopback"),
+        (["publish.websocket.host=0.0.0.0", "ingest.enabled=false"], "access.allow_insecure=true"),
+        (["access.require_token=true"], "EMOTION_MONITOR_TOKEN"),
+        (["access.token=short"], "access.token"),
+        (["ingest.token=abcdefghijklmnopqrstuvwxyz"], "ingest.token is now access.token"),
+        (["access.allowed_origins=[evil.example]"], "must be scheme://host[:port]"),
+        (["access.token_file=/nonexistent/token"], "cannot be read"),
         (["ingest.path=/ws"], "must differ"),
         (["ingest.twilio.enabled=true", "ingest.twilio.path=/healthz"], "must differ"),
         (["publish.websocket.enabled=false", "ingest.twilio.enabled=true"], "publish.websocket.enabled=true"),
@@ -122,23 +126,38 @@ def test_set_reaches_into_default_streams_without_a_file() -> None:
     ],
 )
 def test_network_and_alert_settings_are_checked(overrides: list[str], expected: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("EMOTION_MONITOR_TOKEN", raising=False)
     monkeypatch.delenv("EMOTION_MONITOR_INGEST_TOKEN", raising=False)
     with pytest.raises(ConfigError) as err:
         validate(DaemonConfig, load_config(None, overrides))
     assert expected in str(err.value)
 
 
-def test_network_only_daemon_and_token_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_network_only_daemon_and_token_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("EMOTION_MONITOR_TOKEN", raising=False)
     monkeypatch.delenv("EMOTION_MONITOR_INGEST_TOKEN", raising=False)
     cfg = validate(DaemonConfig, load_config(None, ["streams=[]"]))
-    assert cfg.streams == [] and cfg.ingest.enabled and cfg.ingest.bearer_token() is None
+    assert cfg.streams == [] and cfg.ingest.enabled and cfg.access.bearer_token() is None
     # without the WebSocket server the default ingest has no port: not an error, just off
     cfg = validate(DaemonConfig, load_config(None, ["publish.websocket.enabled=false"]))
     assert not cfg.network_enabled
-    monkeypatch.setenv("EMOTION_MONITOR_INGEST_TOKEN", "from-the-environment-123")
+    monkeypatch.setenv("EMOTION_MONITOR_TOKEN", "from-the-environment-123")
     cfg = validate(DaemonConfig, load_config(None, ["streams=[]", "publish.websocket.host=0.0.0.0"]))
-    assert cfg.ingest.bearer_token() == "from-the-environment-123"
+    assert cfg.access.bearer_token() == "from-the-environment-123" and not cfg.insecure
+    monkeypatch.delenv("EMOTION_MONITOR_TOKEN")
+    monkeypatch.setenv("EMOTION_MONITOR_INGEST_TOKEN", "the-old-variable-name-12")  # still read, with a warning
+    assert validate(DaemonConfig, load_config(None, [])).access.bearer_token() == "the-old-variable-name-12"
+    monkeypatch.delenv("EMOTION_MONITOR_INGEST_TOKEN")
+    secret = tmp_path / "token"
+    secret.write_text("from-a-file-0123456789\n")
+    cfg = validate(DaemonConfig, load_config(None, [f"access.token_file={secret}", "publish.websocket.host=0.0.0.0"]))
+    assert cfg.access.bearer_token() == "from-a-file-0123456789"
+    # without a token, a non-loopback host starts only with allow_insecure (and a loud warning)
+    cfg = validate(DaemonConfig, load_config(None, ["publish.websocket.host=0.0.0.0", "access.allow_insecure=true"]))
+    assert cfg.insecure
     from streamer.config import config_summary
 
-    cfg = validate(DaemonConfig, load_config(None, ["ingest.token=in-the-file-0123456789"]))
+    cfg = validate(DaemonConfig, load_config(None, ["access.token=in-the-file-0123456789"]))
     assert "in-the-file" not in str(config_summary(cfg))  # secrets are not printed

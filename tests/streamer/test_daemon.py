@@ -192,3 +192,28 @@ async def test_status_heartbeat_carries_fresh_counters(tmp_path: Path, tiny_chec
     assert len(speech_beats) >= 4  # one state change plus heartbeats every 0.5 s of a 5.5 s stream
     inferred = [e["counters"]["inferred"] for e in speech_beats]
     assert inferred == sorted(inferred) and inferred[-1] > inferred[0]
+
+
+async def test_every_websocket_message_validates(tmp_path: Path, tiny_checkpoint: Path) -> None:
+    """The hello, the answers to a subscribe and to a bad message, and every event, against
+    the published schema (issue 11: every payload that leaves the daemon validates)."""
+    wav = long_speech(tmp_path)
+    cfg = config(tmp_path, tiny_checkpoint, [{"id": "a", "source": {"path": str(wav), "realtime": True}}],
+                 status_interval_s=0.5)
+    got: list[dict[str, Any]] = []
+    async with Daemon(cfg) as daemon:
+        async with connect(f"ws://127.0.0.1:{daemon.websocket.port}/ws") as ws:
+            await ws.send(json.dumps({"type": "subscribe", "streams": ["a"]}))
+            await ws.send(json.dumps({"type": "hello?"}))
+            runner = asyncio.create_task(daemon.run())
+            async for msg in ws:
+                got.append(json.loads(msg))
+                if got[-1].get("state") == "offline":
+                    break
+            await asyncio.wait_for(runner, 60)
+    kinds = {m["type"] for m in got}
+    assert {"hello", "subscribed", "error", "emotion.estimate", "stream.status"} <= kinds
+    for m in got + events_of(tmp_path):
+        validate_event(m)
+    status = [m for m in got if m["type"] == "stream.status"][-1]
+    assert status["counters"]["lost_websocket"] == 0 and status["counters"]["lost_jsonl"] == 0

@@ -29,7 +29,9 @@ import jinja2
 import numpy as np
 from websockets.asyncio.client import connect
 
+from streamer.config import MqttConfig
 from streamer.core.events import validate_event
+from streamer.publishers.base import encode
 from streamer.publishers.mqtt import MqttPublisher
 from tests.fixtures.network import daemon_config, eventually, ingest_session, running, speech
 from tests.fixtures.services import MosquittoBroker
@@ -339,10 +341,10 @@ async def test_offline_on_close_is_schema_valid_and_entities_stay(
               "counters": {"windows": 4, "inferred": 3, "skipped_stale": 0, "skipped_silence": 1,
                            "dropped_frames": 0, "bad_samples": 0}}  # fmt: skip
     async with watching(b) as w:
-        async with MqttPublisher(b.host, b.port, username="daemon", password=b.users["daemon"],
-                                 home_assistant=True, discovery_prefix="homeassistant") as pub:  # fmt: skip
-            pub.publish(status)
-            pub.publish({**status, "stream_id": "porch", "state": "offline"})  # said goodbye itself
+        async with MqttPublisher(MqttConfig(host=b.host, port=b.port, username="daemon", password=b.users["daemon"],
+                                            home_assistant=True, discovery_prefix="homeassistant")) as pub:  # fmt: skip
+            pub.publish(encode(status))
+            pub.publish(encode({**status, "stream_id": "porch", "state": "offline"}))  # said goodbye itself
             await eventually(lambda: len(w.configs()) == 8, "two streams announced")
         await eventually(
             lambda: json.loads(w.latest["emotion/_daemon/status"])["state"] == "offline", "goodbye"

@@ -9,8 +9,9 @@ from types import TracebackType
 
 import pytest
 
+from streamer.config import JsonlConfig
 from streamer.hub import Hub
-from streamer.publishers.base import Event, PublisherStats
+from streamer.publishers.base import Message, PublisherStats
 from streamer.publishers.jsonl import JsonlSink
 
 
@@ -28,7 +29,7 @@ class BrokenPublisher:
                         tb: TracebackType | None) -> None:
         return None
 
-    def publish(self, event: Event) -> None:
+    def publish(self, message: Message) -> None:
         self.calls += 1
         if self.calls % 2:
             raise KeyError("label")
@@ -48,8 +49,8 @@ async def test_failing_publisher_does_not_stop_the_others(
 ) -> None:
     hub = Hub()
     broken = hub.add(BrokenPublisher(), "broken")
-    before = hub.add(JsonlSink(tmp_path / "a.jsonl"), "before")
-    after = hub.add(JsonlSink(tmp_path / "b.jsonl"), "after")
+    before = hub.add(JsonlSink(JsonlConfig(path=str(tmp_path / "a.jsonl"))), "before")
+    after = hub.add(JsonlSink(JsonlConfig(path=str(tmp_path / "b.jsonl"))), "after")
     events = [estimate("mic0", i) for i in range(10)]
     with caplog.at_level(logging.ERROR, logger="streamer.hub"):
         async with hub:

@@ -10,8 +10,10 @@ from typing import Any
 import pytest
 from websockets.asyncio.client import connect
 
+from streamer.config import JsonlConfig, WebSocketConfig
 from streamer.core.events import EmotionEstimate, EmotionTransition, validate_event
 from streamer.hub import Hub
+from streamer.publishers.base import encode
 from streamer.publishers.jsonl import JsonlSink
 from streamer.publishers.websocket import WebSocketPublisher
 
@@ -36,7 +38,7 @@ def estimate(seq: int, importance: dict[str, Any] | None = IMPORTANCE) -> dict[s
 @pytest.mark.parametrize("keep", [True, False])
 async def test_websocket_events_and_hello(keep: bool) -> None:
     hub = Hub()
-    pub = hub.add(WebSocketPublisher(port=0, snapshot=hub.snapshot, importance=keep))
+    pub = hub.add(WebSocketPublisher(WebSocketConfig(port=0, importance=keep), snapshot=hub.snapshot))
     async with hub:
         hub.publish(estimate(0))
         hub.publish(estimate(1, None))  # e.g. a silent window: no importance
@@ -58,7 +60,7 @@ async def test_websocket_events_and_hello(keep: bool) -> None:
 @pytest.mark.parametrize("keep", [True, False])
 async def test_jsonl(tmp_path: Path, keep: bool) -> None:
     path = tmp_path / "e.jsonl"
-    async with JsonlSink(path, importance=keep) as sink:
-        sink.publish(estimate(0))
+    async with JsonlSink(JsonlConfig(path=str(path), importance=keep)) as sink:
+        sink.publish(encode(estimate(0)))
     (line,) = path.read_text().splitlines()
     assert ("importance" in json.loads(line)) is keep

@@ -6,6 +6,9 @@ import json
 import math
 from pathlib import Path
 
+from streamer.config import JsonlConfig
+from streamer.hub import Hub
+from streamer.publishers.base import encode
 from streamer.publishers.jsonl import JsonlSink
 
 
@@ -17,22 +20,24 @@ def event(i: int) -> dict[str, object]:
 async def test_lines_round_trip(tmp_path: Path) -> None:
     path = tmp_path / "logs" / "events.jsonl"
     events = [event(i) for i in range(500)]
-    async with JsonlSink(path) as sink:
+    hub = Hub()
+    sink = hub.add(JsonlSink(JsonlConfig(path=str(path))))
+    async with hub:
         for e in events:
-            sink.publish(e)
-        sink.publish({"type": "emotion.estimate", "v": 1, "confidence": math.nan})  # not JSON
+            hub.publish(e)
+        hub.publish({"type": "emotion.estimate", "v": 1, "confidence": math.nan})  # not JSON
     lines = path.read_text(encoding="utf-8").splitlines()
     assert [json.loads(line) for line in lines] == events
-    assert sink.stats.published == 500 and sink.stats.invalid == 1 and sink.stats.dropped == 0
+    assert sink.stats.published == 500 and hub.invalid == 1 and sink.stats.dropped == 0
 
 
 async def test_appends_and_rotates(tmp_path: Path) -> None:
     path = tmp_path / "events.jsonl"
-    async with JsonlSink(path) as sink:
-        sink.publish(event(-1))
-    async with JsonlSink(path, rotate_mb=0.01, flush_every=1) as sink:  # rotate every ~10 kB
+    async with JsonlSink(JsonlConfig(path=str(path))) as sink:
+        sink.publish(encode(event(-1)))
+    async with JsonlSink(JsonlConfig(path=str(path), rotate_mb=0.01)) as sink:  # rotate every ~10 kB
         for i in range(300):
-            sink.publish(event(i))
+            sink.publish(encode(event(i)))
     assert sink.rotations >= 2
     files, seqs = read_rotated(path)
     kept = [s for s in seqs if s >= 0]

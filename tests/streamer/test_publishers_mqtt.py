@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -16,6 +17,8 @@ from typing import Any
 
 import aiomqtt
 
+from streamer.config import MqttConfig
+from streamer.publishers.base import encode
 from streamer.publishers.mqtt import MqttPublisher
 from tests.fixtures.services import MosquittoBroker
 
@@ -63,8 +66,8 @@ async def eventually(pred: Callable[[], bool], what: str, timeout_s: float = 15.
 
 
 def daemon(broker: MosquittoBroker, **kw: Any) -> MqttPublisher:
-    return MqttPublisher(broker.host, broker.port, username="daemon", password=broker.users["daemon"],
-                         reconnect_min_s=0.1, reconnect_max_s=0.5, **kw)
+    return MqttPublisher(MqttConfig(host=broker.host, port=broker.port, username="daemon",
+                                    password=broker.users["daemon"], reconnect_min_s=0.1, reconnect_max_s=0.5, **kw))
 
 
 def status(sid: str, state: str) -> dict[str, Any]:
@@ -84,12 +87,12 @@ async def test_robot_sees_estimates_and_late_joiners_get_retained_state(
 ) -> None:
     async with subscriber(mosquitto_broker) as live, daemon(mosquitto_broker) as pub:
         await eventually(lambda: pub.connected, "the publisher to connect")
-        pub.publish(status("mic0", "speech"))
+        pub.publish(encode(status("mic0", "speech")))
         for i in range(3):
-            pub.publish(estimate("mic0", i))
-        pub.publish(transition("mic0", "angry"))
-        pub.publish({"type": "alert", "v": 1, "stream_id": "mic0", "message": "anger for 10 s"})
-        pub.publish(estimate("call/1+#", 0))  # topic-unsafe stream id
+            pub.publish(encode(estimate("mic0", i)))
+        pub.publish(encode(transition("mic0", "angry")))
+        pub.publish(encode({"type": "alert", "v": 1, "stream_id": "mic0", "message": "anger for 10 s"}))
+        pub.publish(encode(estimate("call/1+#", 0)))  # topic-unsafe stream id
         await eventually(lambda: len(live.on("emotion/call_1__/estimate")) == 1, "all messages")
         assert [e["seq"] for e in live.on("emotion/mic0/estimate")] == [0, 1, 2]
         assert live.on("emotion/mic0/state") == [transition("mic0", "angry")]
@@ -119,13 +122,16 @@ async def test_robot_sees_estimates_and_late_joiners_get_retained_state(
 async def test_last_will_marks_the_daemon_offline_when_it_dies(mosquitto_broker: MosquittoBroker) -> None:
     script = textwrap.dedent(f"""
         import asyncio, sys
+        from streamer.config import MqttConfig
+        from streamer.publishers.base import encode
         from streamer.publishers.mqtt import MqttPublisher
         async def main():
-            async with MqttPublisher({mosquitto_broker.host!r}, {mosquitto_broker.port}, keepalive_s=2,
-                                     username="daemon", password={mosquitto_broker.users["daemon"]!r}) as p:
+            async with MqttPublisher(MqttConfig(host={mosquitto_broker.host!r}, port={mosquitto_broker.port},
+                                     keepalive_s=2, username="daemon",
+                                     password={mosquitto_broker.users["daemon"]!r})) as p:
                 while not p.connected:
                     await asyncio.sleep(0.02)
-                p.publish({{"type": "stream.status", "v": 1, "stream_id": "mic0", "state": "online"}})
+                p.publish(encode({{"type": "stream.status", "v": 1, "stream_id": "mic0", "state": "online"}}))
                 while p.stats.published < 1:
                     await asyncio.sleep(0.02)
                 print("ready", flush=True)
@@ -155,10 +161,10 @@ async def test_last_will_marks_the_daemon_offline_when_it_dies(mosquitto_broker:
 
 
 async def test_wrong_password_is_reported_not_raised(mosquitto_broker: MosquittoBroker) -> None:
-    async with MqttPublisher(mosquitto_broker.host, mosquitto_broker.port, username="daemon",
-                             password="wrong", reconnect_min_s=0.1, reconnect_max_s=0.2) as pub:
+    async with MqttPublisher(MqttConfig(host=mosquitto_broker.host, port=mosquitto_broker.port, username="daemon",
+                                        password="wrong", reconnect_min_s=0.1, reconnect_max_s=0.2)) as pub:
         for i in range(5):
-            pub.publish(estimate("mic0", i))
+            pub.publish(encode(estimate("mic0", i)))
         await eventually(lambda: pub.last_error is not None, "a connection error")
         assert "refused user 'daemon'" in str(pub.last_error)
         assert "mqtt.password" in str(pub.last_error)
@@ -170,7 +176,7 @@ async def test_queue_is_bounded_while_the_broker_is_down(mosquitto_broker: Mosqu
     mosquitto_broker.stop()
     async with daemon(mosquitto_broker, max_queue=10) as pub:
         for i in range(15):
-            pub.publish(estimate("mic0", i))
+            pub.publish(encode(estimate("mic0", i)))
         assert pub.stats.dropped == 5  # the 5 oldest
         await eventually(lambda: pub.last_error is not None, "a connection error")
         assert "cannot connect" in str(pub.last_error)
@@ -181,14 +187,52 @@ async def test_queue_is_bounded_while_the_broker_is_down(mosquitto_broker: Mosqu
 async def test_reconnects_after_a_broker_restart(mosquitto_broker: MosquittoBroker) -> None:
     async with daemon(mosquitto_broker) as pub:
         await eventually(lambda: pub.connected, "the publisher to connect")
-        pub.publish(status("mic0", "speech"))
+        pub.publish(encode(status("mic0", "speech")))
         await eventually(lambda: pub.stats.published == 1, "the status to go out")
         await asyncio.to_thread(mosquitto_broker.restart)  # retained messages are lost with it
         await eventually(lambda: pub.connects == 2 and pub.connected, "a reconnect")
         async with subscriber(mosquitto_broker) as live:
             # Retained state is re-sent after every reconnect.
             await eventually(lambda: bool(live.on("emotion/mic0/status")), "retained status again")
-            pub.publish(estimate("mic0", 99))
+            pub.publish(encode(estimate("mic0", 99)))
             await eventually(lambda: bool(live.on("emotion/mic0/estimate")), "a new estimate")
         assert live.on("emotion/mic0/estimate") == [estimate("mic0", 99)]
         assert live.on("emotion/mic0/status")[0]["state"] == "speech"
+
+
+async def test_a_read_only_account_cannot_publish_commands_or_spoof_estimates(tmp_path: Any) -> None:
+    """The ACL SECURITY.md recommends for a robot or dashboard account (read emotion/#, nothing
+    else): what it publishes never reaches anyone, on the estimate topics or a command topic."""
+    from tests.fixtures.services import _running_broker
+
+    brokers = _running_broker(tmp_path / "broker", {"daemon": ["topic read robot/#"]})
+    b = next(brokers)
+    try:
+        got: list[tuple[str, bytes]] = []
+        async with aiomqtt.Client(b.host, b.port, username="daemon", password=b.users["daemon"],
+                                  protocol=aiomqtt.ProtocolVersion.V5) as watcher:
+            await watcher.subscribe("emotion/#", qos=1)
+            await watcher.subscribe("robot/#", qos=1)
+
+            async def collect() -> None:
+                async for m in watcher.messages:
+                    assert isinstance(m.payload, bytes)
+                    got.append((str(m.topic), m.payload))
+
+            reader = asyncio.create_task(collect())
+            async with aiomqtt.Client(b.host, b.port, username="robot", password=b.users["robot"],
+                                      protocol=aiomqtt.ProtocolVersion.V5) as robot:
+                spoof = json.dumps(transition("mic0", "happy")).encode()
+                await robot.publish("emotion/mic0/state", spoof, qos=1, retain=True)
+                await robot.publish("emotion/mic0/estimate", spoof, qos=1)
+                await robot.publish("robot/head/cmd", b'{"action": "calm_down"}', qos=1)
+            await watcher.publish("emotion/marker", b"{}", qos=1)  # the daemon's own, allowed
+            await eventually(lambda: any(t == "emotion/marker" for t, _ in got), "the marker")
+            reader.cancel()
+        assert [t for t, _ in got] == ["emotion/marker"]
+        async with subscriber(b, "daemon") as late:  # nothing retained was planted either
+            await asyncio.sleep(0.5)
+        assert late.on("emotion/mic0/state") == []
+    finally:
+        with contextlib.suppress(StopIteration):
+            next(brokers)

@@ -13,6 +13,8 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
+from streamer.config import MqttConfig, MqttTlsConfig
+from streamer.publishers.base import encode
 from streamer.publishers.mqtt import MqttPublisher
 from tests.fixtures.services import _stop, free_port, require_binary, wait_for_port
 
@@ -72,8 +74,8 @@ async def test_publishes_over_tls_and_refuses_an_unknown_ca(tls_broker: tuple[in
     sub = asyncio.create_task(subscriber(ready))
     await asyncio.wait_for(ready.wait(), 10)
     event = {"type": "emotion.estimate", "v": 1, "stream_id": "tls0", "seq": 0, "label": "sad"}
-    async with MqttPublisher("127.0.0.1", port, tls={"ca_file": str(ca)}, reconnect_min_s=0.1) as pub:
-        pub.publish(event)
+    async with MqttPublisher(MqttConfig(port=port, tls=MqttTlsConfig(ca_file=str(ca)), reconnect_min_s=0.1)) as pub:
+        pub.publish(encode(event))
         await asyncio.wait_for(sub, 15)
         assert pub.connected and pub.last_error is None
     assert any(r.get("label") == "sad" for r in received)
@@ -82,8 +84,8 @@ async def test_publishes_over_tls_and_refuses_an_unknown_ca(tls_broker: tuple[in
     other = tmp_path / "other"
     other.mkdir()
     other_ca, _, _ = make_certs(other)
-    async with MqttPublisher("127.0.0.1", port, tls={"ca_file": str(other_ca)}, reconnect_min_s=0.1) as bad:
-        bad.publish(event)
+    async with MqttPublisher(MqttConfig(port=port, tls=MqttTlsConfig(ca_file=str(other_ca)), reconnect_min_s=0.1)) as bad:
+        bad.publish(encode(event))
         for _ in range(100):
             if bad.last_error is not None:
                 break

@@ -11,8 +11,17 @@ from typing import Any
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
+from streamer.config import WebSocketConfig
 from streamer.hub import Hub
+from streamer.publishers.base import encode
 from streamer.publishers.websocket import WebSocketPublisher
+
+
+def server_on_any_port(**kw: Any) -> WebSocketPublisher:
+    """A publisher on a free loopback port; config keys and constructor arguments in ``kw``."""
+    keys = set(WebSocketConfig.model_fields)
+    return WebSocketPublisher(WebSocketConfig(port=0, **{k: v for k, v in kw.items() if k in keys}),
+                              **{k: v for k, v in kw.items() if k not in keys})
 
 
 def estimate(sid: str, seq: int, pad: int = 0) -> dict[str, Any]:
@@ -45,21 +54,21 @@ async def http_get(port: int, path: str) -> tuple[int, dict[str, str], bytes]:
 
 
 async def test_two_clients_receive_the_same_events() -> None:
-    async with WebSocketPublisher(port=0) as server:
+    async with server_on_any_port() as server:
         async with connect(server.url) as a, connect(server.url) as b:
             for ws in (a, b):
                 hello = await recv_json(ws)
                 assert hello["type"] == "hello" and hello["v"] == 1
             events = [estimate("mic0", i) for i in range(20)]
             for e in events:
-                server.publish(e)
+                server.publish(encode(e))
             assert await recv_until(a, 20) == events
             assert await recv_until(b, 20) == events
         assert server.stats.published == 20 and server.stats.dropped == 0
 
 
 async def test_subscriptions_filter_streams() -> None:
-    async with WebSocketPublisher(port=0) as server:
+    async with server_on_any_port() as server:
         async with connect(server.url + "?streams=a") as only_a, connect(server.url) as only_b:
             await recv_json(only_a)
             await recv_json(only_b)
@@ -70,7 +79,7 @@ async def test_subscriptions_filter_streams() -> None:
             daemon_alert = {"type": "alert", "v": 1, "message": "model reloaded"}
             for e in (estimate("a", 1), estimate("b", 2), estimate("c", 3), daemon_alert,
                       estimate("a", 4)):
-                server.publish(e)
+                server.publish(encode(e))
             got_a = await recv_until(only_a, 3)
             got_b = await recv_until(only_b, 2)
             assert [e.get("seq") for e in got_a] == [1, None, 4]
@@ -81,7 +90,7 @@ async def test_subscriptions_filter_streams() -> None:
 
 async def test_hello_reports_known_streams_and_their_last_status() -> None:
     hub = Hub()
-    async with WebSocketPublisher(port=0, snapshot=hub.snapshot) as server:
+    async with server_on_any_port(snapshot=hub.snapshot) as server:
         hub.add(server)
         hub.publish({"type": "stream.status", "v": 1, "stream_id": "mic0", "state": "online"})
         hub.publish({"type": "stream.status", "v": 1, "stream_id": "mic0", "state": "speech"})
@@ -101,8 +110,8 @@ async def test_static_files_health_and_traversal(tmp_path: Path) -> None:
     (static / "index.html").write_text("<!doctype html><title>monitor</title>")
     (static / "js" / "app.js").write_text("console.log('hi')")
     (tmp_path / "secret.txt").write_text("top secret")
-    async with WebSocketPublisher(port=0, static_dir=static) as server:
-        server.publish(estimate("mic0", 1))
+    async with server_on_any_port(static_dir=static) as server:
+        server.publish(encode(estimate("mic0", 1)))
         status, headers, body = await http_get(server.port, "/")
         assert status == 200 and body.startswith(b"<!doctype html>")
         assert headers["content-type"] == "text/html; charset=utf-8"
@@ -148,7 +157,7 @@ def open_stalled_client(port: int) -> socket.socket:
 
 async def test_a_client_that_never_reads_stays_bounded() -> None:
     n_events, batch = 20_000, 100
-    async with WebSocketPublisher(port=0, max_queue=100, slow_client_timeout_s=3600) as server:
+    async with server_on_any_port(max_queue=100, slow_client_timeout_s=3600) as server:
         slow = await asyncio.to_thread(open_stalled_client, server.port)
         async with connect(server.url) as fast:
             await recv_json(fast)
@@ -170,7 +179,7 @@ async def test_a_client_that_never_reads_stays_bounded() -> None:
                 caught_up.clear()
                 target = start + batch - 1
                 for seq in range(start, start + batch):
-                    server.publish(estimate("mic0", seq, pad=1000))
+                    server.publish(encode(estimate("mic0", seq, pad=1000)))
                 await asyncio.wait_for(caught_up.wait(), 30)
             growth = rss_bytes() - rss_start
             reader.cancel()
@@ -198,13 +207,13 @@ def read_until_closed(sock: socket.socket) -> bytes:
 
 
 async def test_a_client_that_stays_full_is_closed() -> None:
-    async with WebSocketPublisher(port=0, max_queue=50, slow_client_timeout_s=0.2,
+    async with server_on_any_port(max_queue=50, slow_client_timeout_s=0.2,
                                   close_timeout_s=0.5) as server:
         slow = await asyncio.to_thread(open_stalled_client, server.port)
         seq = 0
         for _ in range(3000):  # at most ~30 s of publishing
             for _ in range(40):
-                server.publish(estimate("mic0", seq, pad=1000))
+                server.publish(encode(estimate("mic0", seq, pad=1000)))
                 seq += 1
             if server.slow_clients_closed:
                 break
@@ -220,5 +229,5 @@ async def test_a_client_that_stays_full_is_closed() -> None:
         assert server.clients == []
         async with connect(server.url) as ws:  # the server still serves others
             await recv_json(ws)
-            server.publish(estimate("mic0", -1))
+            server.publish(encode(estimate("mic0", -1)))
             assert (await recv_json(ws))["seq"] == -1

@@ -225,7 +225,7 @@ async def test_bad_input_gets_its_documented_outcome_and_others_carry_on() -> No
 async def test_token_and_origin() -> None:
     token = "s3cret-token-0123456789"
     audio = SPEECH[:24000]
-    async with running(daemon_config(ingest={"token": token})) as (daemon, tap, url):
+    async with running(daemon_config(access={"token": token})) as (daemon, tap, url):
         for query, headers in (
             ("", {}),
             ("?token=wrong-token-0123456789", {}),
@@ -237,8 +237,13 @@ async def test_token_and_origin() -> None:
             assert ws.close_code == 4401 and reply["code"] == "unauthorized"
         ok_query = await ingest_session(url, "tok.q", audio, query=f"?token={token}")
         assert ok_query["close_code"] == 1000
-        async with connect(f"{url}/ingest", additional_headers={"Authorization": f"Bearer {token}"},
-                           origin="http://evil.example") as ws:  # fmt: skip
+        # a page from another origin is refused at the handshake, token or not
+        with pytest.raises(InvalidStatus) as refused:
+            async with connect(f"{url}/ingest", additional_headers={"Authorization": f"Bearer {token}"},
+                               origin="http://evil.example"):  # fmt: skip
+                pass
+        assert refused.value.response.status_code == 403
+        async with connect(f"{url}/ingest", subprotocols=["emotion-monitor", f"bearer.{token}"]) as ws:
             await ws.send(
                 json.dumps(
                     {
@@ -253,10 +258,10 @@ async def test_token_and_origin() -> None:
         assert daemon.health()["network"]["closed"] == {"unauthorized": 3}
     async with running(daemon_config()) as (daemon, tap, url):
         # no token: a page from another origin may not feed audio; the dashboard's own origin may
-        async with connect(f"{url}/ingest", origin="http://evil.example") as ws:
-            reply = json.loads(await ws.recv())
-            await ws.wait_closed()
-        assert ws.close_code == 4403 and reply["code"] == "forbidden"
+        with pytest.raises(InvalidStatus) as refused:
+            async with connect(f"{url}/ingest", origin="http://evil.example"):
+                pass
+        assert refused.value.response.status_code == 403
         host = url.removeprefix("ws://")
         async with connect(f"{url}/ingest", origin=f"http://{host}") as ws:
             await ws.send(
@@ -319,6 +324,7 @@ async def test_200_sessions_leave_nothing_behind(tmp_path: Path) -> None:
         grown = after - before
         health = daemon.health()
         assert daemon.cores == {} and daemon._locks == {} and daemon._network_tasks == {}
+        assert daemon.sources == {} and all(not p.stats.lost_by_stream for _, p in daemon.hub.publishers)
         assert daemon.hub.snapshot() == {"streams": [], "last_status": {}, "last_estimate": {},
                                          "last_importance": {}, "transitions": {}}  # fmt: skip
         assert health["network"]["active"] == 0 and health["ended_streams"]["streams"] == 220

@@ -192,7 +192,7 @@ async def test_bad_twilio_input_is_counted_and_the_call_goes_on() -> None:
 
 async def test_token_in_custom_parameters() -> None:
     token = "call-centre-token-0123456789"
-    cfg = daemon_config(ingest={"token": token, "twilio": {"enabled": True}})
+    cfg = daemon_config(access={"token": token}, ingest={"twilio": {"enabled": True}})
     async with running(cfg) as (daemon, tap, url):
         code, reason = await twilio_call(url, twilio_messages({"inbound": CALLER[:8000]}), tracks=1)
         assert code == 4401 and "Parameter" in str(reason)
@@ -226,7 +226,7 @@ async def test_call_centre_config_monitors_a_call(
     token = "call-centre-token-0123456789abcdef"
     port, jsonl = free_port(), tmp_path / "calls.jsonl"
     b = mosquitto_broker
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "EMOTION_MONITOR_INGEST_TOKEN": token,
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "EMOTION_MONITOR_TOKEN": token,
            "EMOTION_MONITOR_MQTT_PASSWORD": b.users["daemon"]}  # fmt: skip
     cmd = [sys.executable, "-m", "streamer.cli", "run", "--config", str(CONFIGS / "call-centre.yaml"),
            "--set", f"publish.websocket.port={port}", "--set", f"publish.mqtt.port={b.port}",

@@ -74,7 +74,9 @@ class WatchConfig(StrictModel):
     def _ws_url(cls, value: str) -> str:
         parts = urlsplit(value)
         if parts.scheme not in ("ws", "wss") or not parts.hostname:
-            raise ValueError("must be a WebSocket URL like ws://127.0.0.1:8765/ws (ws:// or wss://)")
+            raise ValueError(
+                "must be a WebSocket URL like ws://127.0.0.1:8765/ws (ws:// or wss://)"
+            )
         return value
 
 
@@ -95,7 +97,10 @@ def _signed(x: Any) -> str:
 
 
 def format_event(
-    event: Mapping[str, Any], *, bar_width_chars: int = 10, ascii_only: bool = False,
+    event: Mapping[str, Any],
+    *,
+    bar_width_chars: int = 10,
+    ascii_only: bool = False,
     clock: str | None = None,
 ) -> str | None:
     """One human-readable line for ``event``; ``None`` for messages not shown.
@@ -131,18 +136,28 @@ def format_event(
         conf = event.get("confidence")
         conf_s = f" ({float(conf):.2f})" if isinstance(conf, (int, float)) else ""
         before = event.get("from") or "(first label)"
-        return (f"{head}  >> {before} {arrow} {event.get('to', '?')}{conf_s}"
-                f" at {_seconds(event.get('audio_ms'))}")
+        return (
+            f"{head}  >> {before} {arrow} {event.get('to', '?')}{conf_s}"
+            f" at {_seconds(event.get('audio_ms'))}"
+        )
     if kind == "stream.status":
         counters = event.get("counters") or {}
-        shown = ", ".join(f"{k} {v}" for k, v in counters.items()) if isinstance(counters, Mapping) else ""
+        shown = (
+            ", ".join(f"{k} {v}" for k, v in counters.items())
+            if isinstance(counters, Mapping)
+            else ""
+        )
         detail = f" ({event['detail']})" if event.get("detail") else ""
-        return (f"{head}  -- status {str(event.get('state', '?')).upper()}{detail}"
-                f" at {_seconds(event.get('audio_ms'))}" + (f"  [{shown}]" if shown else ""))
+        return (
+            f"{head}  -- status {str(event.get('state', '?')).upper()}{detail}"
+            f" at {_seconds(event.get('audio_ms'))}" + (f"  [{shown}]" if shown else "")
+        )
     if kind == "alert":
-        return (f"{head}  !! ALERT {str(event.get('severity', '?')).upper()} "
-                f"{event.get('kind', '?')}: {event.get('message', '')}"
-                f" at {_seconds(event.get('audio_ms'))}")
+        return (
+            f"{head}  !! ALERT {str(event.get('severity', '?')).upper()} "
+            f"{event.get('kind', '?')}: {event.get('message', '')}"
+            f" at {_seconds(event.get('audio_ms'))}"
+        )
     return None
 
 
@@ -173,8 +188,10 @@ class _Printer:
             return
         kind = event.get("type")
         if kind == "hello":
-            log.info("connected; streams on the server: %s",
-                     ", ".join(event.get("streams") or []) or "none yet")
+            log.info(
+                "connected; streams on the server: %s",
+                ", ".join(event.get("streams") or []) or "none yet",
+            )
             return
         if kind in ("subscribed", "error"):
             log.log(logging.WARNING if kind == "error" else logging.INFO, "server says %s", event)
@@ -184,8 +201,9 @@ class _Printer:
         if self.config.json_lines:
             line: str | None = json.dumps(event, separators=(",", ":"), ensure_ascii=False)
         else:
-            line = format_event(event, bar_width_chars=self.config.bar_width_chars,
-                                ascii_only=self.ascii_only)
+            line = format_event(
+                event, bar_width_chars=self.config.bar_width_chars, ascii_only=self.ascii_only
+            )
         if line is not None:
             self.out.write(line + "\n")
             self.out.flush()
@@ -206,21 +224,29 @@ def auth_headers(token: str | None) -> dict[str, str]:
 def _connect_error(url: str, exc: BaseException) -> EmotionMonitorError:
     """A user-facing error for a failed connection attempt."""
     if isinstance(exc, InvalidURI):
-        return ConfigError(f"url {url!r} is not a valid WebSocket URL ({exc}); use e.g. {DEFAULT_URL}")
+        return ConfigError(
+            f"url {url!r} is not a valid WebSocket URL ({exc}); use e.g. {DEFAULT_URL}"
+        )
     if isinstance(exc, InvalidStatus):
         code = exc.response.status_code
         if code in (401, 403, 503):
             reason = exc.response.body.decode("utf-8", "replace").strip()
-            return EmotionMonitorError(f"cannot watch {url}: the monitor refused with HTTP {code}: {reason}")
+            return EmotionMonitorError(
+                f"cannot watch {url}: the monitor refused with HTTP {code}: {reason}"
+            )
         return EmotionMonitorError(
             f"cannot watch {url}: the server answered HTTP {code} instead of a WebSocket; "
-            "check the path in --url (the monitor serves events on /ws)")
+            "check the path in --url (the monitor serves events on /ws)"
+        )
     if isinstance(exc, TimeoutError):
-        return EmotionMonitorError(f"cannot watch {url}: no answer within the open timeout; "
-                                   "check the host and port in --url")
+        return EmotionMonitorError(
+            f"cannot watch {url}: no answer within the open timeout; "
+            "check the host and port in --url"
+        )
     return EmotionMonitorError(
         f"cannot watch {url}: {exc.__class__.__name__}: {exc}; is `emotion-monitor run` "
-        "running there? check --url")
+        "running there? check --url"
+    )
 
 
 async def _session(ws: ClientConnection, printer: _Printer) -> None:
@@ -245,8 +271,12 @@ async def watch(config: WatchConfig, out: TextIO | None = None) -> int:
     delay_s = config.backoff_initial_s
     while True:
         try:
-            async with connect(config.url, open_timeout=config.open_timeout_s, max_size=1 << 22,
-                               additional_headers=auth_headers(config.token)) as ws:
+            async with connect(
+                config.url,
+                open_timeout=config.open_timeout_s,
+                max_size=1 << 22,
+                additional_headers=auth_headers(config.token),
+            ) as ws:
                 delay_s = config.backoff_initial_s
                 await _session(ws, printer)
                 if printer.done:

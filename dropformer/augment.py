@@ -59,7 +59,9 @@ TRAIN_CONDITIONS: dict[str, Condition] = {
     "noise": Condition("noise", noise_snr_db=(0.0, 25.0), gain_db=(-12.0, 6.0)),
     "babble": Condition("babble", babble_snr_db=(3.0, 20.0)),
     "reverb": Condition("reverb", reverb_rt60_s=(0.2, 1.0), noise_snr_db=(15.0, 35.0)),
-    "telephone": Condition("telephone", telephone=True, noise_snr_db=(15.0, 40.0), gain_db=(-10.0, 3.0)),
+    "telephone": Condition(
+        "telephone", telephone=True, noise_snr_db=(15.0, 40.0), gain_db=(-10.0, 3.0)
+    ),
     "level": Condition("level", gain_db=(-30.0, 10.0)),
 }
 #: Evaluation conditions (fixed parameters): what the figures in BENCHMARKS.md are measured under.
@@ -70,7 +72,10 @@ EVAL_CONDITIONS: dict[str, Condition] = {
     "reverb": Condition("reverb", reverb_rt60_s=(0.6, 0.6)),
     "telephone": Condition("telephone", telephone=True),
 }
-CONDITIONS: dict[str, Condition] = {**TRAIN_CONDITIONS, **{f"eval:{k}": v for k, v in EVAL_CONDITIONS.items()}}
+CONDITIONS: dict[str, Condition] = {
+    **TRAIN_CONDITIONS,
+    **{f"eval:{k}": v for k, v in EVAL_CONDITIONS.items()},
+}
 
 
 def condition(name: str) -> Condition:
@@ -114,7 +119,9 @@ def room_impulse_response(rng: np.random.Generator, rt60_s: float) -> np.ndarray
     except ValueError:  # the room is too small for that RT60: make it larger
         dims = dims * 2.0
         absorption, max_order = pra.inverse_sabine(rt60_s, dims)
-    room = pra.ShoeBox(dims, fs=SAMPLE_RATE_HZ, materials=pra.Material(absorption), max_order=min(max_order, 40))
+    room = pra.ShoeBox(
+        dims, fs=SAMPLE_RATE_HZ, materials=pra.Material(absorption), max_order=min(max_order, 40)
+    )
     source = rng.uniform(0.5, dims - 0.5)
     mic = rng.uniform(0.5, dims - 0.5)
     room.add_source(source)
@@ -145,8 +152,12 @@ def mulaw_decode(codes: np.ndarray, mu: int = 255) -> np.ndarray:
     return (np.sign(y) * np.expm1(np.abs(y) * np.log1p(mu)) / mu).astype(np.float32)
 
 
-def apply(cond: Condition, wave: np.ndarray, rng: np.random.Generator,
-          babble_source: Callable[[np.random.Generator], np.ndarray] | None = None) -> np.ndarray:
+def apply(
+    cond: Condition,
+    wave: np.ndarray,
+    rng: np.random.Generator,
+    babble_source: Callable[[np.random.Generator], np.ndarray] | None = None,
+) -> np.ndarray:
     """``wave`` (16 kHz mono float32) as heard under ``cond``; parameters drawn from ``rng``."""
     x = np.asarray(wave, dtype=np.float64)
     n = len(x)
@@ -178,7 +189,9 @@ def apply(cond: Condition, wave: np.ndarray, rng: np.random.Generator,
     return np.clip(x, -1.0, 1.0).astype(np.float32)
 
 
-def babble_pool(waves: Sequence[Callable[[], np.ndarray]]) -> Callable[[np.random.Generator], np.ndarray]:
+def babble_pool(
+    waves: Sequence[Callable[[], np.ndarray]],
+) -> Callable[[np.random.Generator], np.ndarray]:
     """Draw a random utterance from ``waves`` (loaders), for babble."""
     if not waves:
         raise ConfigError("babble needs at least one other utterance")

@@ -60,13 +60,21 @@ class Checkpoint:
 
 
 def save_checkpoint(
-    path: str | Path, model: DropFormer, *, frontend_config: FrontendConfig, labels: list[str],
-    meta: dict[str, Any] | None = None, stream_norm: StreamNormConfig | None = None,
-    norm_prior: tuple[np.ndarray, np.ndarray] | None = None, temperature: float = 1.0,
+    path: str | Path,
+    model: DropFormer,
+    *,
+    frontend_config: FrontendConfig,
+    labels: list[str],
+    meta: dict[str, Any] | None = None,
+    stream_norm: StreamNormConfig | None = None,
+    norm_prior: tuple[np.ndarray, np.ndarray] | None = None,
+    temperature: float = 1.0,
 ) -> Path:
     """Write ``model`` and everything needed to rebuild and serve it into the folder ``path``."""
     if len(labels) != model.cfg.num_classes:
-        raise CheckpointError(f"{len(labels)} labels given for a model with {model.cfg.num_classes} classes")
+        raise CheckpointError(
+            f"{len(labels)} labels given for a model with {model.cfg.num_classes} classes"
+        )
     stream_norm = stream_norm or StreamNormConfig()
     if stream_norm.enabled and norm_prior is None:
         raise CheckpointError("stream_norm.kind=stream needs the training prior (norm_prior)")
@@ -82,9 +90,14 @@ def save_checkpoint(
     save_file(state, str(tmp), metadata={"format": FORMAT})
     tmp.replace(folder / "model.safetensors")
     doc = {
-        "format": FORMAT, "version": VERSION, "model": model.cfg.to_dict(),
-        "frontend": frontend_config.to_dict(), "stream_norm": stream_norm.to_dict(), "temperature": float(temperature),
-        "labels": list(labels), "meta": meta or {},
+        "format": FORMAT,
+        "version": VERSION,
+        "model": model.cfg.to_dict(),
+        "frontend": frontend_config.to_dict(),
+        "stream_norm": stream_norm.to_dict(),
+        "temperature": float(temperature),
+        "labels": list(labels),
+        "meta": meta or {},
     }
     (folder / "config.json").write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
     return folder
@@ -98,13 +111,17 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     cfg_file, weights = folder / "config.json", folder / "model.safetensors"
     for f in (cfg_file, weights):
         if not f.is_file():
-            raise CheckpointError(f"checkpoint {str(folder)!r} lacks {f.name}; point to a folder written by save_checkpoint")
+            raise CheckpointError(
+                f"checkpoint {str(folder)!r} lacks {f.name}; point to a folder written by save_checkpoint"
+            )
     try:
         doc = json.loads(cfg_file.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{cfg_file} is not valid JSON: {exc}") from exc
     if doc.get("format") != FORMAT or int(doc.get("version", 0)) > VERSION:
-        raise CheckpointError(f"{cfg_file} is not a {FORMAT} v<={VERSION} file (format={doc.get('format')!r})")
+        raise CheckpointError(
+            f"{cfg_file} is not a {FORMAT} v<={VERSION} file (format={doc.get('format')!r})"
+        )
     try:
         cfg = DropFormerConfig.from_dict(doc["model"])
         fe = FrontendConfig.from_dict(doc["frontend"])
@@ -131,7 +148,18 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     except (RuntimeError, OSError) as exc:
         raise CheckpointError(f"weights in {weights} do not match the config: {exc}") from exc
     if norm.enabled and len(prior) != 2:
-        raise CheckpointError(f"{weights} lacks the stream-normalisation prior ({', '.join(PRIOR_KEYS)})")
+        raise CheckpointError(
+            f"{weights} lacks the stream-normalisation prior ({', '.join(PRIOR_KEYS)})"
+        )
     model.to(map_location).eval()
-    return Checkpoint(model, cfg, fe, labels, meta, folder, norm,
-                      (prior[0], prior[1]) if norm.enabled else None, temperature)
+    return Checkpoint(
+        model,
+        cfg,
+        fe,
+        labels,
+        meta,
+        folder,
+        norm,
+        (prior[0], prior[1]) if norm.enabled else None,
+        temperature,
+    )

@@ -19,6 +19,7 @@ from dropformer.errors import ConfigError
 # Figure 3 of the paper: offsets |a - b| that the static mask keeps.
 PAPER_STATIC_OFFSETS: tuple[tuple[int, ...] | None, ...] = ((0, 2), (0, 2), (0, 1, 3), (0, 1, 3))
 
+
 @dataclass
 class DropFormerConfig:
     """Hyper-parameters of a DropFormer (defaults: the paper's model on WavLM-Large layer 12)."""
@@ -64,20 +65,37 @@ class DropFormerConfig:
     """Longest sequence the sinusoidal position table covers (tokens)."""
 
     def __post_init__(self) -> None:
-        self.static_offsets = tuple(None if o is None else tuple(int(v) for v in o) for o in self.static_offsets)
+        self.static_offsets = tuple(
+            None if o is None else tuple(int(v) for v in o) for o in self.static_offsets
+        )
         self.head_hidden = tuple(int(h) for h in self.head_hidden)
         checks = [
             (self.input_dim > 0, "input_dim", "must be > 0"),
             (self.num_classes > 1, "num_classes", "must be >= 2"),
-            (self.d_model > 0 and self.d_model % self.num_heads == 0, "d_model", f"must be a positive multiple of num_heads ({self.num_heads})"),
+            (
+                self.d_model > 0 and self.d_model % self.num_heads == 0,
+                "d_model",
+                f"must be a positive multiple of num_heads ({self.num_heads})",
+            ),
             (self.num_layers > 0, "num_layers", "must be >= 1"),
             (0.0 <= self.keep_rate <= 1.0, "keep_rate", "must lie in [0, 1]"),
             (0.0 <= self.drop_rate < 1.0, "drop_rate", "must lie in [0, 1)"),
             (0.0 <= self.dropout < 1.0, "dropout", "must lie in [0, 1)"),
-            (self.attention_dropout is None or 0.0 <= self.attention_dropout < 1.0, "attention_dropout",
-             "must lie in [0, 1) or be null"),
-            (len(self.static_offsets) == self.num_layers, "static_offsets", f"needs one entry per layer ({self.num_layers})"),
-            (self.importance_reduction in ("mean", "max"), "importance_reduction", "must be 'mean' or 'max'"),
+            (
+                self.attention_dropout is None or 0.0 <= self.attention_dropout < 1.0,
+                "attention_dropout",
+                "must lie in [0, 1) or be null",
+            ),
+            (
+                len(self.static_offsets) == self.num_layers,
+                "static_offsets",
+                f"needs one entry per layer ({self.num_layers})",
+            ),
+            (
+                self.importance_reduction in ("mean", "max"),
+                "importance_reduction",
+                "must be 'mean' or 'max'",
+            ),
         ]
         for ok, name, why in checks:
             if not ok:
@@ -89,6 +107,7 @@ class DropFormerConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DropFormerConfig:
         return dataclass_from_dict(cls, data, "DropFormerConfig")
+
 
 # Table 1 of the paper, as overrides of the full model.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -108,6 +127,7 @@ PRESET_TITLES: dict[str, str] = {
     "no_da": "DropFormer w/o DA",
     "vanilla": "Vanilla Transformer",
 }
+
 
 def preset(name: str, **overrides: Any) -> DropFormerConfig:
     """Build the config of a named preset; keyword arguments override any field."""

@@ -43,14 +43,19 @@ class _StrictLoader(yaml.SafeLoader):
     """Safe YAML that refuses a key given twice in one mapping (YAML's own rule; PyYAML keeps the last)."""
 
 
-def _no_duplicates(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+def _no_duplicates(
+    loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False
+) -> dict[Any, Any]:
     seen: dict[Any, Any] = {}
     for key_node, _ in node.value:
         key = loader.construct_object(key_node, deep=deep)
         if key in seen:
             raise yaml.constructor.ConstructorError(
-                None, None, f"key {key!r} appears twice in one mapping (first on line {seen[key] + 1}); keep one",
-                key_node.start_mark)
+                None,
+                None,
+                f"key {key!r} appears twice in one mapping (first on line {seen[key] + 1}); keep one",
+                key_node.start_mark,
+            )
         seen[key] = key_node.start_mark.line
     return loader.construct_mapping(node, deep=deep)
 
@@ -62,9 +67,13 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping from ``path`` (an empty file gives ``{}``); duplicate keys are errors."""
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"config file {str(p)!r} does not exist; pass an existing YAML file to --config")
+        raise ConfigError(
+            f"config file {str(p)!r} does not exist; pass an existing YAML file to --config"
+        )
     if p.stat().st_size > MAX_CONFIG_BYTES:
-        raise ConfigError(f"config file {str(p)!r} is larger than {MAX_CONFIG_BYTES // 1024} kB; is it a config file?")
+        raise ConfigError(
+            f"config file {str(p)!r} is larger than {MAX_CONFIG_BYTES // 1024} kB; is it a config file?"
+        )
     return parse_yaml(p.read_bytes(), repr(str(p)))
 
 
@@ -78,8 +87,10 @@ def parse_yaml(data: bytes | str, name: str = "config") -> dict[str, Any]:
         text = data.decode("utf-8") if isinstance(data, bytes) else data
         doc = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"config file {name} is not UTF-8 text ({exc.reason} at byte {exc.start}); "
-                          "pass a YAML file") from exc
+        raise ConfigError(
+            f"config file {name} is not UTF-8 text ({exc.reason} at byte {exc.start}); "
+            "pass a YAML file"
+        ) from exc
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {name} is not valid YAML: {exc}") from exc
     except RecursionError:
@@ -87,7 +98,9 @@ def parse_yaml(data: bytes | str, name: str = "config") -> dict[str, Any]:
     if doc is None:
         return {}
     if not isinstance(doc, dict):
-        raise ConfigError(f"config file {name} must hold a mapping at the top level, not {type(doc).__name__}")
+        raise ConfigError(
+            f"config file {name} must hold a mapping at the top level, not {type(doc).__name__}"
+        )
     return doc
 
 
@@ -102,7 +115,9 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     key, raw = item.split("=", 1)
     key = key.strip()
     if not key or any(not part for part in key.split(".")):
-        raise ConfigError(f"--set {item!r} has an empty key part; write it as --set dotted.key=value")
+        raise ConfigError(
+            f"--set {item!r} has an empty key part; write it as --set dotted.key=value"
+        )
     try:
         value = yaml.load(raw, Loader=_StrictLoader) if raw.strip() else ""
     except (yaml.YAMLError, RecursionError):
@@ -148,11 +163,17 @@ def _assign(node: Any, part: str, value: Any, item: str) -> None:
 
 def _index(node: list[Any], part: str, item: str) -> int:
     if not part.lstrip("-").isdigit() or not -len(node) <= int(part) < len(node):
-        raise ConfigError(f"--set {item!r}: {part!r} is not an index of a list of {len(node)} items")
+        raise ConfigError(
+            f"--set {item!r}: {part!r} is not an index of a list of {len(node)} items"
+        )
     return int(part)
 
 
-def load_config(path: str | Path | None, overrides: Iterable[str] = (), defaults: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def load_config(
+    path: str | Path | None,
+    overrides: Iterable[str] = (),
+    defaults: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """Defaults, then the YAML file, then ``--set`` overrides, merged in that order."""
     merged: dict[str, Any] = copy.deepcopy(dict(defaults or {}))
     if path is not None:
@@ -251,7 +272,9 @@ def _is_union(annotation: Any) -> bool:
     return typing.get_origin(annotation) in (typing.Union, types.UnionType)
 
 
-def format_validation_error(exc: ValidationError, source: str = "config", model: type[BaseModel] | None = None) -> str:
+def format_validation_error(
+    exc: ValidationError, source: str = "config", model: type[BaseModel] | None = None
+) -> str:
     """One line per problem: the dotted key a user can set, what is wrong, and the fix
     (a suggested key always exists: see :func:`user_loc`)."""
     import difflib
@@ -262,14 +285,17 @@ def format_validation_error(exc: ValidationError, source: str = "config", model:
         key = ".".join(str(p) for p in loc) or "<top level>"
         kind = err["type"]
         settable = kind != "invalid_key" and all(
-            isinstance(p, int) or (isinstance(p, str) and p and not set(p) & set(".= ")) for p in loc
+            isinstance(p, int) or (isinstance(p, str) and p and not set(p) & set(".= "))
+            for p in loc
         )
         if kind == "extra_forbidden":
             name = str(loc[-1])
             parent = ".".join(str(p) for p in loc[:-1])
             owner = next((m for m in siblings if name in m.model_fields), None)
             tag = _tag(owner) if owner is not None else None
-            close = difflib.get_close_matches(name, [k for m in holders for k in m.model_fields], n=1)
+            close = difflib.get_close_matches(
+                name, [k for m in holders for k in m.model_fields], n=1
+            )
             if tag is not None:
                 fix = f"it belongs to {tag[0]}={tag[1]}: set {parent + '.' if parent else ''}{tag[0]}={tag[1]} or remove it"
             elif close:
@@ -278,7 +304,11 @@ def format_validation_error(exc: ValidationError, source: str = "config", model:
                 fix = "remove it or check its spelling against configs/*.yaml"
             msg = "unknown key"
         elif kind == "missing":
-            fix = f"add it to the YAML file or pass --set {key}=..." if settable else "add it to the YAML file"
+            fix = (
+                f"add it to the YAML file or pass --set {key}=..."
+                if settable
+                else "add it to the YAML file"
+            )
             msg = "required key is missing"
         elif kind == "value_error":  # the project's own checks: their message names the fix
             text = str(err["msg"]).removeprefix("Value error, ")
@@ -288,9 +318,19 @@ def format_validation_error(exc: ValidationError, source: str = "config", model:
             continue
         else:
             given = err.get("input")
-            msg = f"{err['msg']} (got {given!r})" if not isinstance(given, (dict, list)) else err["msg"]
-            fix = f"set a valid value with --set {key}=..." if settable else "fix it in the config file"
+            msg = (
+                f"{err['msg']} (got {given!r})"
+                if not isinstance(given, (dict, list))
+                else err["msg"]
+            )
+            fix = (
+                f"set a valid value with --set {key}=..."
+                if settable
+                else "fix it in the config file"
+            )
         line = f"  - {key}: {msg}; {fix}"
         if line not in lines:  # the branches of a union report one key twice
             lines.append(line)
-    return "\n".join([f"invalid {source} ({len(lines)} problem{'s' if len(lines) != 1 else ''}):", *lines])
+    return "\n".join(
+        [f"invalid {source} ({len(lines)} problem{'s' if len(lines) != 1 else ''}):", *lines]
+    )

@@ -19,4 +19,6 @@ def resolve_device(name: str, key: str = "device") -> torch.device:
     try:
         return torch.device(name)
     except RuntimeError as exc:
-        raise ConfigError(f"{key}={name!r} is not a torch device; use auto, cpu or cuda[:N]") from exc
+        raise ConfigError(
+            f"{key}={name!r} is not a torch device; use auto, cpu or cuda[:N]"
+        ) from exc

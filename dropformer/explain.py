@@ -59,11 +59,22 @@ def explain(ckpt: Checkpoint, waveform: np.ndarray, device: str = "cpu") -> Expl
     out = model(feats, lengths)
     imp = torch.stack([i[0] for i in out.importance]).float().cpu().numpy()  # (L, T)
     probs = torch.softmax(out.logits[0].float() / ckpt.temperature, -1).cpu().numpy()
-    return Explanation(imp, float(frontend.frame_rate_hz), probs, list(ckpt.labels), out.kept_tokens[0].cpu().tolist())
+    return Explanation(
+        imp,
+        float(frontend.frame_rate_hz),
+        probs,
+        list(ckpt.labels),
+        out.kept_tokens[0].cpu().tolist(),
+    )
 
 
-def plot_explanation(expl: Explanation, waveform: np.ndarray, out_path: str | Path, title: str = "",
-                     sample_rate_hz: int = 16_000) -> Path:
+def plot_explanation(
+    expl: Explanation,
+    waveform: np.ndarray,
+    out_path: str | Path,
+    title: str = "",
+    sample_rate_hz: int = 16_000,
+) -> Path:
     """Draw the waveform and one importance row per layer into a PNG (matplotlib Agg)."""
     import matplotlib
 
@@ -71,8 +82,13 @@ def plot_explanation(expl: Explanation, waveform: np.ndarray, out_path: str | Pa
     import matplotlib.pyplot as plt
 
     layers, steps = expl.importance.shape
-    fig, axes = plt.subplots(layers + 1, 1, figsize=(10, 1.5 + 1.2 * layers), sharex=True,
-                             gridspec_kw={"height_ratios": [1.6] + [1.0] * layers})
+    fig, axes = plt.subplots(
+        layers + 1,
+        1,
+        figsize=(10, 1.5 + 1.2 * layers),
+        sharex=True,
+        gridspec_kw={"height_ratios": [1.6] + [1.0] * layers},
+    )
     t_wave = np.arange(len(waveform)) / sample_rate_hz
     axes[0].plot(t_wave, waveform, lw=0.4, color="#333")
     probs = ", ".join(f"{lab} {p:.2f}" for lab, p in zip(expl.labels, expl.probs, strict=True))
@@ -86,7 +102,14 @@ def plot_explanation(expl: Explanation, waveform: np.ndarray, out_path: str | Pa
         dropped = np.isnan(imp)
         ax.bar(times[~dropped], imp[~dropped], width=width, align="edge", color="#d95f02", lw=0)
         for start in _runs(dropped):
-            ax.axvspan(times[start[0]], times[start[1] - 1] + width, color="#bbb", alpha=0.6, hatch="///", lw=0)
+            ax.axvspan(
+                times[start[0]],
+                times[start[1] - 1] + width,
+                color="#bbb",
+                alpha=0.6,
+                hatch="///",
+                lw=0,
+            )
         kept = expl.kept_tokens[layer]
         ax.set_ylabel(f"layer {layer + 1}\n{kept} tok", fontsize=8)
         ax.set_yticks([])

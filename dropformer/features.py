@@ -45,13 +45,17 @@ def raw_frontend_config(cfg: FrontendConfig) -> FrontendConfig:
     return dataclasses.replace(cfg, normalize="none") if cfg.kind == "logmel" else cfg
 
 
-def cache_key(cfg: FrontendConfig, utterances: Sequence[Utterance], condition: Condition | None = None) -> str:
+def cache_key(
+    cfg: FrontendConfig, utterances: Sequence[Utterance], condition: Condition | None = None
+) -> str:
     """Hash of the (raw) front-end config, the condition, the front end's source code and the sorted file list."""
     h = hashlib.sha256(json.dumps(raw_frontend_config(cfg).to_dict(), sort_keys=True).encode())
     if condition is not None:
         h.update(json.dumps(condition.to_dict(), sort_keys=True).encode())
         h.update(Path(apply.__code__.co_filename).read_bytes())
-    h.update(Path(frontends.__file__).read_bytes())  # a changed front end never reads stale features
+    h.update(
+        Path(frontends.__file__).read_bytes()
+    )  # a changed front end never reads stale features
     for u in sorted(utterances, key=lambda u: u.uid):
         h.update(f"{u.uid}\t{u.path}\t{u.start_s}\t{u.end_s}\n".encode())
     return h.hexdigest()[:16]
@@ -61,9 +65,15 @@ def _file_name(uid: str) -> str:
     return hashlib.sha1(uid.encode()).hexdigest()[:20] + ".npy"
 
 
-def extract_features(utterances: Sequence[Utterance], cfg: FrontendConfig, cache_root: str | Path,
-                     device: str = "cpu", progress: bool = True, condition: Condition | None = None,
-                     workers: int = 1) -> dict[str, np.ndarray]:
+def extract_features(
+    utterances: Sequence[Utterance],
+    cfg: FrontendConfig,
+    cache_root: str | Path,
+    device: str = "cpu",
+    progress: bool = True,
+    condition: Condition | None = None,
+    workers: int = 1,
+) -> dict[str, np.ndarray]:
     """Return ``{uid: features (T, D) float16}``, extracting only what the cache lacks.
 
     ``condition`` corrupts each waveform first (babble draws on the other
@@ -76,15 +86,33 @@ def extract_features(utterances: Sequence[Utterance], cfg: FrontendConfig, cache
     folder.mkdir(parents=True, exist_ok=True)
     info = folder / "info.json"
     if not info.exists():
-        _atomic_write_text(info, json.dumps({"frontend": raw_frontend_config(cfg).to_dict(),
-                                             "condition": condition.to_dict() if condition else None,
-                                             "utterances": len(utterances)}, indent=2))
+        _atomic_write_text(
+            info,
+            json.dumps(
+                {
+                    "frontend": raw_frontend_config(cfg).to_dict(),
+                    "condition": condition.to_dict() if condition else None,
+                    "utterances": len(utterances),
+                },
+                indent=2,
+            ),
+        )
     index_file = folder / "packed.json"
     done = set(json.loads(index_file.read_text())) if index_file.exists() else set()
-    todo = [u for u in utterances if _file_name(u.uid) not in done and not (folder / _file_name(u.uid)).exists()]
+    todo = [
+        u
+        for u in utterances
+        if _file_name(u.uid) not in done and not (folder / _file_name(u.uid)).exists()
+    ]
     if todo:
         what = f"{cfg.name}" + (f" [{condition.name}]" if condition else "")
-        log.info("extracting %s features for %d of %d utterances into %s", what, len(todo), len(utterances), folder)
+        log.info(
+            "extracting %s features for %d of %d utterances into %s",
+            what,
+            len(todo),
+            len(utterances),
+            folder,
+        )
         job = _Job(raw_frontend_config(cfg), folder, device, condition, list(utterances))
         bar = tqdm(total=len(todo), desc=f"features {what}", unit="utt", disable=not progress)
         if workers <= 1:
@@ -98,15 +126,18 @@ def extract_features(utterances: Sequence[Utterance], cfg: FrontendConfig, cache
 
             chunks = [todo[i : i + 16] for i in range(0, len(todo), 16)]
             job.threads = 1
-            with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_job_init,
-                                     initargs=(job,)) as pool:
+            with ProcessPoolExecutor(
+                workers, mp_context=mp.get_context("spawn"), initializer=_job_init, initargs=(job,)
+            ) as pool:
                 for count in pool.map(_extract_many, chunks):
                     bar.update(count)
         bar.close()
     out = _load_packed(folder, utterances)
     missing = len(utterances) - len(out)
     if missing:
-        log.warning("%d of %d utterances have no features (see the errors above)", missing, len(utterances))
+        log.warning(
+            "%d of %d utterances have no features (see the errors above)", missing, len(utterances)
+        )
     return out
 
 
@@ -156,7 +187,9 @@ class _Job:
     device: str
     condition: Condition | None
     pool: list[Utterance]
-    threads: int | None = None  # torch threads per worker process (1: workers never oversubscribe the cores)
+    threads: int | None = (
+        None  # torch threads per worker process (1: workers never oversubscribe the cores)
+    )
 
 
 _JOB: _Job | None = None
@@ -166,7 +199,12 @@ _FRONTEND: Frontend | None = None
 def _job_init(job: _Job) -> None:
     """Per process: the job and its front end (one torch thread in worker processes)."""
     global _JOB, _FRONTEND
-    if _FRONTEND is not None and _JOB is not None and _JOB.cfg == job.cfg and _JOB.device == job.device:
+    if (
+        _FRONTEND is not None
+        and _JOB is not None
+        and _JOB.cfg == job.cfg
+        and _JOB.device == job.device
+    ):
         _JOB = job
         return
     if job.threads:
@@ -190,7 +228,12 @@ def _extract_one(u: Utterance) -> None:
         return
     if job.condition is not None:
         others = [o for o in job.pool if o.speaker != u.speaker] or job.pool
-        draw = babble_pool([functools.partial(load_audio, o.path, start_s=o.start_s, end_s=o.end_s) for o in others])
+        draw = babble_pool(
+            [
+                functools.partial(load_audio, o.path, start_s=o.start_s, end_s=o.end_s)
+                for o in others
+            ]
+        )
         wav = apply(job.condition, wav, seeded_rng(u.uid, job.condition.name), draw)
     with torch.no_grad():
         x = torch.from_numpy(wav)[None].to(job.device)
@@ -199,7 +242,9 @@ def _extract_one(u: Utterance) -> None:
     _atomic_save(job.folder / _file_name(u.uid), arr)
 
 
-def normalize_batch(features: torch.Tensor, lengths: torch.Tensor, cfg: FrontendConfig) -> torch.Tensor:
+def normalize_batch(
+    features: torch.Tensor, lengths: torch.Tensor, cfg: FrontendConfig
+) -> torch.Tensor:
     """Apply the front end's own normalisation to (cropped) cached features (B, T, D)."""
     return normalize_logmel(features, lengths, cfg.normalize) if cfg.kind == "logmel" else features
 

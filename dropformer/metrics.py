@@ -30,8 +30,9 @@ class Scores:
         return asdict(self)
 
 
-def compute_scores(y_true: Sequence[int] | np.ndarray, y_pred: Sequence[int] | np.ndarray,
-                   labels: Sequence[str]) -> Scores:
+def compute_scores(
+    y_true: Sequence[int] | np.ndarray, y_pred: Sequence[int] | np.ndarray, labels: Sequence[str]
+) -> Scores:
     """WA, UA, weighted/macro F1 and the confusion matrix over all ``labels``.
 
     Classes absent from ``y_true`` contribute a recall of 0 to UA only if they
@@ -62,14 +63,20 @@ class Summary:
     pooled: Scores | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"folds": {k: v.to_dict() for k, v in self.folds.items()}, "mean": self.mean,
-                "std": self.std, "pooled": self.pooled.to_dict() if self.pooled else None}
+        return {
+            "folds": {k: v.to_dict() for k, v in self.folds.items()},
+            "mean": self.mean,
+            "std": self.std,
+            "pooled": self.pooled.to_dict() if self.pooled else None,
+        }
 
 
 METRIC_NAMES = ("wa", "ua", "weighted_f1", "macro_f1")
 
 
-def summarize(folds: dict[str, Scores], predictions: dict[str, tuple[list[int], list[int]]] | None = None) -> Summary:
+def summarize(
+    folds: dict[str, Scores], predictions: dict[str, tuple[list[int], list[int]]] | None = None
+) -> Summary:
     """Mean and (population) standard deviation over folds; pooled scores if predictions are given."""
     out = Summary(folds)
     for m in METRIC_NAMES:
@@ -88,12 +95,21 @@ def markdown_table(summary: Summary, title: str = "") -> str:
     """A Markdown table: one row per fold, then mean ± std, then the pooled confusion matrix."""
     pct = 100.0
     lines = [f"### {title}", ""] if title else []
-    lines += ["| fold | n | WA % | UA % | weighted F1 % | macro F1 % |", "|---|---|---|---|---|---|"]
+    lines += [
+        "| fold | n | WA % | UA % | weighted F1 % | macro F1 % |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, s in summary.folds.items():
-        lines.append(f"| {name} | {s.count} | {s.wa * pct:.1f} | {s.ua * pct:.1f} | "
-                     f"{s.weighted_f1 * pct:.1f} | {s.macro_f1 * pct:.1f} |")
+        lines.append(
+            f"| {name} | {s.count} | {s.wa * pct:.1f} | {s.ua * pct:.1f} | "
+            f"{s.weighted_f1 * pct:.1f} | {s.macro_f1 * pct:.1f} |"
+        )
     m, sd = summary.mean, summary.std
-    lines.append("| **mean ± std** | | " + " | ".join(f"**{m[k] * pct:.1f} ± {sd[k] * pct:.1f}**" for k in METRIC_NAMES) + " |")
+    lines.append(
+        "| **mean ± std** | | "
+        + " | ".join(f"**{m[k] * pct:.1f} ± {sd[k] * pct:.1f}**" for k in METRIC_NAMES)
+        + " |"
+    )
     if summary.pooled is not None:
         lines += ["", confusion_markdown(summary.pooled)]
     return "\n".join(lines)
@@ -110,7 +126,9 @@ def confusion_markdown(scores: Scores) -> str:
     return "\n".join(lines)
 
 
-def expected_calibration_error(probs: np.ndarray, y_true: Sequence[int] | np.ndarray, n_bins: int = 15) -> float:
+def expected_calibration_error(
+    probs: np.ndarray, y_true: Sequence[int] | np.ndarray, n_bins: int = 15
+) -> float:
     """ECE: |accuracy - confidence| of the top class, averaged over equal-width confidence bins by their share."""
     p = np.asarray(probs, dtype=np.float64)
     t = np.asarray(y_true, dtype=int)

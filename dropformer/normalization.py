@@ -97,7 +97,9 @@ class Moments:
 class StreamNormalizer:
     """Running statistics of one stream's features, blended with the training prior (numpy only)."""
 
-    def __init__(self, prior_mean: np.ndarray, prior_var: np.ndarray, config: StreamNormConfig) -> None:
+    def __init__(
+        self, prior_mean: np.ndarray, prior_var: np.ndarray, config: StreamNormConfig
+    ) -> None:
         self.config = config
         self.prior_mean = np.asarray(prior_mean, dtype=np.float64)  # (D,)
         self.prior_second = np.asarray(prior_var, dtype=np.float64) + self.prior_mean**2
@@ -118,7 +120,9 @@ class StreamNormalizer:
         if m.count <= 0:
             return
         decay = float(np.exp(-m.count / self.horizon_frames))
-        weight = (1.0 - decay) / (1.0 - float(np.exp(-1.0 / self.horizon_frames)))  # a per-frame EMA's, any block size
+        weight = (1.0 - decay) / (
+            1.0 - float(np.exp(-1.0 / self.horizon_frames))
+        )  # a per-frame EMA's, any block size
         self.frames = self.frames * decay + weight
         self.sum1 = self.sum1 * decay + weight * m.mean
         self.sum2 = self.sum2 * decay + weight * m.second
@@ -131,7 +135,9 @@ class StreamNormalizer:
         if self.config.variance:
             second = (self.prior_frames * self.prior_second + self.sum2) / w
         else:
-            second = self.prior_second - self.prior_mean**2 + mean**2  # prior variance around the blended mean
+            second = (
+                self.prior_second - self.prior_mean**2 + mean**2
+            )  # prior variance around the blended mean
         std = np.sqrt(np.maximum(second - mean**2, 0.0) + self.config.eps)
         return mean.astype(np.float32), std.astype(np.float32)
 
@@ -188,7 +194,9 @@ def replay_streams(
         rng.shuffle(order)
         norm = StreamNormalizer(prior[0], prior[1], config)
         if warmup and order:
-            history = rng.sample(order, rng.randrange(len(order) + 1))  # speech heard before this replay
+            history = rng.sample(
+                order, rng.randrange(len(order) + 1)
+            )  # speech heard before this replay
             for uid in history:
                 norm.update(features[uid])
             if rng.random() < 0.25:

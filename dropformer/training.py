@@ -103,7 +103,10 @@ class DataSection(StrictModel):
 
     def specs(self) -> list[SourceSpec]:
         assert self.sources is not None
-        return [SourceSpec(s.name or s.corpus, s.corpus, s.root, s.manifest, s.label_map) for s in self.sources]
+        return [
+            SourceSpec(s.name or s.corpus, s.corpus, s.root, s.manifest, s.label_map)
+            for s in self.sources
+        ]
 
 
 class ModelSection(StrictModel):
@@ -178,10 +181,14 @@ def parse_config(raw: dict[str, Any]) -> TrainConfig:
     stream_norm_config(cfg)
     for name in cfg.train.augment.conditions:
         if name not in TRAIN_CONDITIONS:
-            raise ConfigError(f"train.augment.conditions: {name!r} is unknown; choose from {sorted(TRAIN_CONDITIONS)}")
+            raise ConfigError(
+                f"train.augment.conditions: {name!r} is unknown; choose from {sorted(TRAIN_CONDITIONS)}"
+            )
     for name in cfg.train.eval_conditions:
         if name not in EVAL_CONDITIONS:
-            raise ConfigError(f"train.eval_conditions: {name!r} is unknown; choose from {sorted(EVAL_CONDITIONS)}")
+            raise ConfigError(
+                f"train.eval_conditions: {name!r} is unknown; choose from {sorted(EVAL_CONDITIONS)}"
+            )
     names = [s.name or s.corpus for s in cfg.data.sources or []]
     for name in cfg.train.test_sources or []:
         if name not in names:
@@ -194,7 +201,9 @@ def frontend_config(cfg: TrainConfig) -> FrontendConfig:
     fe = FrontendConfig.from_dict(dict(cfg.frontend))
     if cfg.train.feature_norm == "stream" and fe.kind == "logmel":
         if cfg.train.gain_db is not None:
-            raise ConfigError("train.feature_norm=stream already removes the stream level; set train.gain_db=null")
+            raise ConfigError(
+                "train.feature_norm=stream already removes the stream level; set train.gain_db=null"
+            )
         return dataclasses.replace(fe, normalize="none")
     return fe
 
@@ -206,15 +215,22 @@ def stream_norm_config(cfg: TrainConfig) -> StreamNormConfig:
             raise ConfigError("train.stream_norm is set but train.feature_norm is not 'stream'")
         return StreamNormConfig()
     try:
-        return StreamNormConfig.from_dict({"kind": "stream", **cfg.train.stream_norm,
-                                           "frame_rate_hz": frontend_config(cfg).frame_rate_hz})
+        return StreamNormConfig.from_dict(
+            {
+                "kind": "stream",
+                **cfg.train.stream_norm,
+                "frame_rate_hz": frontend_config(cfg).frame_rate_hz,
+            }
+        )
     except ConfigError as exc:
         raise ConfigError(f"train.{exc}") from exc
 
 
 def model_config(cfg: TrainConfig, input_dim: int, num_classes: int) -> DropFormerConfig:
     try:
-        return preset(cfg.model.preset, input_dim=input_dim, num_classes=num_classes, **cfg.model.overrides)
+        return preset(
+            cfg.model.preset, input_dim=input_dim, num_classes=num_classes, **cfg.model.overrides
+        )
     except TypeError as exc:
         raise ConfigError(f"model.overrides: {exc}; use DropFormerConfig field names") from exc
 
@@ -233,8 +249,14 @@ class Batch:
 Norm = tuple[np.ndarray, np.ndarray]  # (mean, std), each (D,): what a stream normaliser hands out
 
 
-def make_batch(items: Sequence[np.ndarray], targets: Sequence[int], fe: FrontendConfig, device: torch.device,
-               gain_db: torch.Tensor | None = None, norms: Sequence[Norm] | None = None) -> Batch:
+def make_batch(
+    items: Sequence[np.ndarray],
+    targets: Sequence[int],
+    fe: FrontendConfig,
+    device: torch.device,
+    gain_db: torch.Tensor | None = None,
+    norms: Sequence[Norm] | None = None,
+) -> Batch:
     """Pad cached features into a batch, re-level them (log-mel), and normalise them: per stream
     (``norms``, one (mean, std) per item) or by the front end's own normalisation."""
     lengths = torch.tensor([len(x) for x in items], dtype=torch.long)
@@ -248,7 +270,11 @@ def make_batch(items: Sequence[np.ndarray], targets: Sequence[int], fe: Frontend
         feats = apply_gain_db(feats, gain_db)
     if norms is None:
         feats = normalize_batch(feats, lengths, fe)
-    return Batch(feats.to(device), lengths.to(device), torch.tensor(list(targets), dtype=torch.long, device=device))
+    return Batch(
+        feats.to(device),
+        lengths.to(device),
+        torch.tensor(list(targets), dtype=torch.long, device=device),
+    )
 
 
 def random_crop(x: np.ndarray, max_frames: int | None, rng: random.Random) -> np.ndarray:
@@ -284,22 +310,39 @@ def windows(x: np.ndarray, window_frames: int, hop_frames: int) -> list[np.ndarr
 
 
 @torch.no_grad()
-def predict_logits(model: DropFormer, items: Sequence[np.ndarray], fe: FrontendConfig, device: torch.device,
-                   norms: Sequence[Norm] | None = None, batch_size: int = 32) -> np.ndarray:
+def predict_logits(
+    model: DropFormer,
+    items: Sequence[np.ndarray],
+    fe: FrontendConfig,
+    device: torch.device,
+    norms: Sequence[Norm] | None = None,
+    batch_size: int = 32,
+) -> np.ndarray:
     """Logits (N, C) for whole feature sequences (each normalised with its ``norms`` entry if given)."""
     model.eval()
     order = sorted(range(len(items)), key=lambda i: len(items[i]))
     logits = np.zeros((len(items), model.cfg.num_classes), dtype=np.float64)
     for s in range(0, len(order), batch_size):
         idx = order[s : s + batch_size]
-        b = make_batch([items[i] for i in idx], [0] * len(idx), fe, device,
-                       norms=None if norms is None else [norms[i] for i in idx])
+        b = make_batch(
+            [items[i] for i in idx],
+            [0] * len(idx),
+            fe,
+            device,
+            norms=None if norms is None else [norms[i] for i in idx],
+        )
         logits[idx] = model(b.features, b.lengths).logits.float().cpu().numpy()
     return logits
 
 
-def predict(model: DropFormer, items: Sequence[np.ndarray], fe: FrontendConfig, device: torch.device,
-            batch_size: int = 32, norms: Sequence[Norm] | None = None) -> np.ndarray:
+def predict(
+    model: DropFormer,
+    items: Sequence[np.ndarray],
+    fe: FrontendConfig,
+    device: torch.device,
+    batch_size: int = 32,
+    norms: Sequence[Norm] | None = None,
+) -> np.ndarray:
     """Class probabilities (N, C) for whole feature sequences."""
     return softmax(predict_logits(model, items, fe, device, norms, batch_size))
 
@@ -312,8 +355,13 @@ class StreamNorm:
     prior: tuple[np.ndarray, np.ndarray]
 
 
-def eval_norms(utts: Sequence[Utterance], feats: dict[str, np.ndarray], norm: StreamNorm | None,
-               start: str = "cold", seed: str = "eval") -> dict[str, Norm] | None:
+def eval_norms(
+    utts: Sequence[Utterance],
+    feats: dict[str, np.ndarray],
+    norm: StreamNorm | None,
+    start: str = "cold",
+    seed: str = "eval",
+) -> dict[str, Norm] | None:
     """How the daemon would normalise each test utterance, each speaker being one stream.
 
     ``cold``: the speaker's utterances replayed from a cold start in a seeded
@@ -326,7 +374,9 @@ def eval_norms(utts: Sequence[Utterance], feats: dict[str, np.ndarray], norm: St
         return None
     streams = speaker_streams(utts)
     if start == "cold":
-        return replay_streams(streams, feats, norm.prior, norm.config, random.Random(seed), warmup=False)
+        return replay_streams(
+            streams, feats, norm.prior, norm.config, random.Random(seed), warmup=False
+        )
     if start != "warm":
         raise ConfigError(f"normalisation start {start!r}: use 'cold' or 'warm'")
     out: dict[str, Norm] = {}
@@ -344,9 +394,17 @@ def eval_norms(utts: Sequence[Utterance], feats: dict[str, np.ndarray], norm: St
     return out
 
 
-def evaluate_items(model: DropFormer, utts: Sequence[Utterance], feats: dict[str, np.ndarray], labels: Sequence[str],
-                   fe: FrontendConfig, device: torch.device, window_s: float | None = None,
-                   norm: StreamNorm | None = None, start: str = "cold") -> dict[str, Any]:
+def evaluate_items(
+    model: DropFormer,
+    utts: Sequence[Utterance],
+    feats: dict[str, np.ndarray],
+    labels: Sequence[str],
+    fe: FrontendConfig,
+    device: torch.device,
+    window_s: float | None = None,
+    norm: StreamNorm | None = None,
+    start: str = "cold",
+) -> dict[str, Any]:
     """Scores on whole utterances and, with ``window_s``, on windows (each window labelled as its utterance).
 
     With ``norm``, features are normalised per speaker-stream as the daemon would (:func:`eval_norms`,
@@ -360,10 +418,18 @@ def evaluate_items(model: DropFormer, utts: Sequence[Utterance], feats: dict[str
     logits = predict_logits(model, [feats[u.uid] for u in have], fe, device, norms)
     probs = softmax(logits)
     pred = probs.argmax(1).tolist()
-    out: dict[str, Any] = {"utterance": compute_scores(y, pred, labels).to_dict(),
-                           "predictions": {u.uid: {"true": t, "pred": p, "probs": [round(float(v), 5) for v in pr],
-                                                   "logits": [round(float(v), 4) for v in lg]}
-                                           for u, t, p, pr, lg in zip(have, y, pred, probs, logits, strict=True)}}
+    out: dict[str, Any] = {
+        "utterance": compute_scores(y, pred, labels).to_dict(),
+        "predictions": {
+            u.uid: {
+                "true": t,
+                "pred": p,
+                "probs": [round(float(v), 5) for v in pr],
+                "logits": [round(float(v), 4) for v in lg],
+            }
+            for u, t, p, pr, lg in zip(have, y, pred, probs, logits, strict=True)
+        },
+    }
     if window_s:
         win = round(window_s * fe.frame_rate_hz)
         wins, wy, wn = [], [], []
@@ -395,7 +461,9 @@ def build_optimizer(model: nn.Module, t: TrainSection) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
 
 
-def build_scheduler(opt: torch.optim.Optimizer, t: TrainSection, steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
+def build_scheduler(
+    opt: torch.optim.Optimizer, t: TrainSection, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LambdaLR:
     total = max(t.epochs * steps_per_epoch, 1)
     warm = t.warmup_epochs * steps_per_epoch
 
@@ -404,12 +472,16 @@ def build_scheduler(opt: torch.optim.Optimizer, t: TrainSection, steps_per_epoch
             return (step + 1) / warm
         if t.scheduler == "none":
             return 1.0
-        return 0.5 * (1.0 + math.cos(math.pi * min(step - warm, total - warm) / max(total - warm, 1)))
+        return 0.5 * (
+            1.0 + math.cos(math.pi * min(step - warm, total - warm) / max(total - warm, 1))
+        )
 
     return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
-def epoch_order(utts: Sequence[Utterance], balance: str, rng: random.Random, size: int | None = None) -> list[int]:
+def epoch_order(
+    utts: Sequence[Utterance], balance: str, rng: random.Random, size: int | None = None
+) -> list[int]:
     """Indices of one epoch: a shuffle, or ``size`` draws (with replacement) that weigh classes (and sources)
     equally."""
     if balance == "none":
@@ -430,9 +502,15 @@ def speaker_streams(utts: Sequence[Utterance]) -> dict[str, list[str]]:
     return {k: sorted(v) for k, v in streams.items()}
 
 
-def train_fold(cfg: TrainConfig, fold: Fold, corpus: Corpus, feats: dict[str, np.ndarray], run_dir: Path,
-               augmented: dict[str, dict[str, np.ndarray]] | None = None,
-               evaluated: dict[str, dict[str, np.ndarray]] | None = None) -> dict[str, Any]:
+def train_fold(
+    cfg: TrainConfig,
+    fold: Fold,
+    corpus: Corpus,
+    feats: dict[str, np.ndarray],
+    run_dir: Path,
+    augmented: dict[str, dict[str, np.ndarray]] | None = None,
+    evaluated: dict[str, dict[str, np.ndarray]] | None = None,
+) -> dict[str, Any]:
     """Train one fold (resuming if ``state.pt`` exists); return its ``result.json`` content.
 
     ``augmented`` holds the features of each training condition, ``evaluated``
@@ -455,24 +533,43 @@ def train_fold(cfg: TrainConfig, fold: Fold, corpus: Corpus, feats: dict[str, np
     _set_seed(seed)
     model = DropFormer(mcfg).to(device)
     opt = build_optimizer(model, t)
-    steps = math.ceil((t.samples_per_epoch if t.balance != "none" and t.samples_per_epoch else len(train_utts))
-                      / t.batch_size)
+    steps = math.ceil(
+        (t.samples_per_epoch if t.balance != "none" and t.samples_per_epoch else len(train_utts))
+        / t.batch_size
+    )
     sched = build_scheduler(opt, t, steps)
-    counts = np.bincount([labels.index(u.label) for u in train_utts], minlength=len(labels)).astype(np.float64)
-    weight = torch.tensor(counts.sum() / (len(labels) * np.maximum(counts, 1)), dtype=torch.float32, device=device) \
-        if t.class_weighted else None
+    counts = np.bincount([labels.index(u.label) for u in train_utts], minlength=len(labels)).astype(
+        np.float64
+    )
+    weight = (
+        torch.tensor(
+            counts.sum() / (len(labels) * np.maximum(counts, 1)), dtype=torch.float32, device=device
+        )
+        if t.class_weighted
+        else None
+    )
     loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=t.label_smoothing)
     sel_set = {"val": fold.val, "test": fold.test, "last": []}[t.selection]
     if fold.name == "all" and t.selection != "last":
-        raise ConfigError("train.folds_scheme=all has no validation or test set; set train.selection=last")
+        raise ConfigError(
+            "train.folds_scheme=all has no validation or test set; set train.selection=last"
+        )
     if t.selection == "val" and not fold.val:
-        raise ConfigError("train.selection=val but this fold has no validation set; set train.val_count>=1 "
-                          "or train.selection=last")
+        raise ConfigError(
+            "train.selection=val but this fold has no validation set; set train.val_count>=1 "
+            "or train.selection=last"
+        )
     if t.selection == "test":
-        log.warning("train.selection=test: the model is selected on the test fold (the paper's practice); "
-                    "scores are optimistic")
+        log.warning(
+            "train.selection=test: the model is selected on the test fold (the paper's practice); "
+            "scores are optimistic"
+        )
     norm_cfg = stream_norm_config(cfg)
-    snorm = StreamNorm(norm_cfg, prior_from([feats[u.uid] for u in train_utts])) if norm_cfg.enabled else None
+    snorm = (
+        StreamNorm(norm_cfg, prior_from([feats[u.uid] for u in train_utts]))
+        if norm_cfg.enabled
+        else None
+    )
     streams = speaker_streams(train_utts)
     augmented = {k: v for k, v in (augmented or {}).items() if v}
     state_file = fold_dir / "state.pt"
@@ -489,10 +586,21 @@ def train_fold(cfg: TrainConfig, fold: Fold, corpus: Corpus, feats: dict[str, np
     rng = random.Random(seed + start_epoch)
     gen = torch.Generator().manual_seed(seed + start_epoch)
     max_frames = None if t.max_crop_s is None else round(t.max_crop_s * fe.frame_rate_hz)
-    meta: dict[str, Any] = {"corpus": corpus.name, "fold": fold.index, "test": fold.name,
-                            "preset": cfg.model.preset, "selection": t.selection}
-    bar = tqdm(range(start_epoch, t.epochs), desc=f"fold {fold.index}/{fold.name}", unit="ep", disable=not t.progress,
-               initial=start_epoch, total=t.epochs)
+    meta: dict[str, Any] = {
+        "corpus": corpus.name,
+        "fold": fold.index,
+        "test": fold.name,
+        "preset": cfg.model.preset,
+        "selection": t.selection,
+    }
+    bar = tqdm(
+        range(start_epoch, t.epochs),
+        desc=f"fold {fold.index}/{fold.name}",
+        unit="ep",
+        disable=not t.progress,
+        initial=start_epoch,
+        total=t.epochs,
+    )
     for epoch in bar:
         model.train()
         heard = feats
@@ -507,11 +615,19 @@ def train_fold(cfg: TrainConfig, fold: Fold, corpus: Corpus, feats: dict[str, np
         total_loss = 0.0
         for s in range(0, len(order), t.batch_size):
             idx = order[s : s + t.batch_size]
-            gains = None if t.gain_db is None else \
-                torch.empty(len(idx)).uniform_(t.gain_db[0], t.gain_db[1], generator=gen)
-            b = make_batch([random_crop(heard[train_utts[i].uid], max_frames, rng) for i in idx],
-                           [labels.index(train_utts[i].label) for i in idx], fe, device, gains,
-                           norms=None if norms is None else [norms[train_utts[i].uid] for i in idx])
+            gains = (
+                None
+                if t.gain_db is None
+                else torch.empty(len(idx)).uniform_(t.gain_db[0], t.gain_db[1], generator=gen)
+            )
+            b = make_batch(
+                [random_crop(heard[train_utts[i].uid], max_frames, rng) for i in idx],
+                [labels.index(train_utts[i].label) for i in idx],
+                fe,
+                device,
+                gains,
+                norms=None if norms is None else [norms[train_utts[i].uid] for i in idx],
+            )
             spec_augment(b, t, gen)
             loss = loss_fn(model(b.features, b.lengths).logits, b.targets)
             opt.zero_grad(set_to_none=True)
@@ -521,7 +637,11 @@ def train_fold(cfg: TrainConfig, fold: Fold, corpus: Corpus, feats: dict[str, np
             opt.step()
             sched.step()
             total_loss += float(loss.detach()) * len(idx)
-        entry: dict[str, Any] = {"epoch": epoch + 1, "loss": total_loss / len(order), "lr": sched.get_last_lr()[0]}
+        entry: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "loss": total_loss / len(order),
+            "lr": sched.get_last_lr()[0],
+        }
         if sel_set:
             ev = evaluate_items(model, sel_set, feats, labels, fe, device, norm=snorm)["utterance"]
             entry[f"{t.selection}_ua"], entry[f"{t.selection}_wa"] = ev["ua"], ev["wa"]
@@ -529,32 +649,72 @@ def train_fold(cfg: TrainConfig, fold: Fold, corpus: Corpus, feats: dict[str, np
         score = entry.get(f"{t.selection}_ua", float(epoch))
         if score > best or t.selection == "last":
             best = score
-            save_checkpoint(fold_dir / "best", model, frontend_config=fe, labels=labels,
-                            meta={**meta, "epoch": epoch + 1}, stream_norm=norm_cfg,
-                            norm_prior=snorm.prior if snorm else None)
+            save_checkpoint(
+                fold_dir / "best",
+                model,
+                frontend_config=fe,
+                labels=labels,
+                meta={**meta, "epoch": epoch + 1},
+                stream_norm=norm_cfg,
+                norm_prior=snorm.prior if snorm else None,
+            )
         log.debug("fold %d epoch %d: %s", fold.index, epoch + 1, entry)
         bar.set_postfix({k: round(v, 4) for k, v in entry.items() if k not in ("epoch",)})
         if (epoch + 1) % t.checkpoint_every_epochs == 0 or epoch + 1 == t.epochs:
-            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                        "epoch": epoch + 1, "best": best, "history": history, "py_rng": random.getstate(),
-                        "torch_rng": torch.get_rng_state()}, fold_dir / "state.tmp")
+            torch.save(
+                {
+                    "model": model.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(),
+                    "epoch": epoch + 1,
+                    "best": best,
+                    "history": history,
+                    "py_rng": random.getstate(),
+                    "torch_rng": torch.get_rng_state(),
+                },
+                fold_dir / "state.tmp",
+            )
             (fold_dir / "state.tmp").replace(state_file)
     (fold_dir / "history.json").write_text(json.dumps(history, indent=1))
     ckpt = load_checkpoint(fold_dir / "best", map_location=device)
-    res = evaluate_checkpoint(ckpt.model, fold.test, feats, labels, fe, device, t.eval_window_s, snorm, evaluated)
-    res.update({"fold": fold.index, "name": fold.name, "epoch": ckpt.meta.get("epoch"),
-                "n_train": len(train_utts), "n_val": len(fold.val), "n_test": len(fold.test)})
+    res = evaluate_checkpoint(
+        ckpt.model, fold.test, feats, labels, fe, device, t.eval_window_s, snorm, evaluated
+    )
+    res.update(
+        {
+            "fold": fold.index,
+            "name": fold.name,
+            "epoch": ckpt.meta.get("epoch"),
+            "n_train": len(train_utts),
+            "n_val": len(fold.val),
+            "n_test": len(fold.test),
+        }
+    )
     if fold.test:
-        log.info("fold %d (%s): test UA %.3f WA %.3f (epoch %s)", fold.index, fold.name,
-                 res["utterance"]["ua"], res["utterance"]["wa"], res["epoch"])
+        log.info(
+            "fold %d (%s): test UA %.3f WA %.3f (epoch %s)",
+            fold.index,
+            fold.name,
+            res["utterance"]["ua"],
+            res["utterance"]["wa"],
+            res["epoch"],
+        )
     result_file.write_text(json.dumps(res, indent=1))
     state_file.unlink(missing_ok=True)  # finished: the resume state is no longer needed
     return res
 
 
-def evaluate_checkpoint(model: DropFormer, test: Sequence[Utterance], feats: dict[str, np.ndarray],
-                        labels: Sequence[str], fe: FrontendConfig, device: torch.device, window_s: float | None,
-                        norm: StreamNorm | None, evaluated: dict[str, dict[str, np.ndarray]] | None) -> dict[str, Any]:
+def evaluate_checkpoint(
+    model: DropFormer,
+    test: Sequence[Utterance],
+    feats: dict[str, np.ndarray],
+    labels: Sequence[str],
+    fe: FrontendConfig,
+    device: torch.device,
+    window_s: float | None,
+    norm: StreamNorm | None,
+    evaluated: dict[str, dict[str, np.ndarray]] | None,
+) -> dict[str, Any]:
     """Clean scores (with predictions and logits) plus UA/WA under each evaluation condition."""
     if not test:
         return {}
@@ -562,7 +722,9 @@ def evaluate_checkpoint(model: DropFormer, test: Sequence[Utterance], feats: dic
     for name, bank in (evaluated or {}).items():
         ev = evaluate_items(model, test, bank, labels, fe, device, window_s, norm)
         res.setdefault("conditions", {})[name] = {
-            level: {k: ev[level][k] for k in ("ua", "wa", "count")} for level in ("utterance", "window") if level in ev
+            level: {k: ev[level][k] for k in ("ua", "wa", "count")}
+            for level in ("utterance", "window")
+            if level in ev
         }
     return res
 
@@ -576,7 +738,9 @@ def load_data(cfg: TrainConfig) -> Corpus:
     return load_corpus(d.corpus, d.root, d.manifest, labels, d.label_map, d.strict)
 
 
-def extract(cfg: TrainConfig, utts: Sequence[Utterance], condition_name: str | None = None) -> dict[str, np.ndarray]:
+def extract(
+    cfg: TrainConfig, utts: Sequence[Utterance], condition_name: str | None = None
+) -> dict[str, np.ndarray]:
     """Cached features of ``utts`` (one cache per source), clean or under a named condition."""
     t = cfg.train
     cond = None if condition_name is None else condition(condition_name)
@@ -585,8 +749,17 @@ def extract(cfg: TrainConfig, utts: Sequence[Utterance], condition_name: str | N
         by_source.setdefault(u.corpus, []).append(u)
     out: dict[str, np.ndarray] = {}
     for part in by_source.values():
-        out.update(extract_features(part, frontend_config(cfg), cfg.cache_dir, device=str(resolve_device(t.device)),
-                                    progress=t.progress, condition=cond, workers=t.extract_workers))
+        out.update(
+            extract_features(
+                part,
+                frontend_config(cfg),
+                cfg.cache_dir,
+                device=str(resolve_device(t.device)),
+                progress=t.progress,
+                condition=cond,
+                workers=t.extract_workers,
+            )
+        )
     return out
 
 
@@ -594,23 +767,37 @@ def prepare(cfg: TrainConfig) -> tuple[Corpus, list[Fold], dict[str, np.ndarray]
     """Read the corpus, build the folds and make sure every (clean) feature is cached."""
     t = cfg.train
     corpus = load_data(cfg)
-    folds = select_folds(make_folds(corpus.utterances, t.folds_scheme, t.num_folds,
-                                    0 if t.selection != "val" else t.val_count, t.test_sources), t.folds)
+    folds = select_folds(
+        make_folds(
+            corpus.utterances,
+            t.folds_scheme,
+            t.num_folds,
+            0 if t.selection != "val" else t.val_count,
+            t.test_sources,
+        ),
+        t.folds,
+    )
     if t.num_threads:
         torch.set_num_threads(t.num_threads)
     return corpus, folds, extract(cfg, corpus.utterances)
 
 
-def prepare_conditions(cfg: TrainConfig, corpus: Corpus, folds: Sequence[Fold]
-                       ) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, dict[str, np.ndarray]]]:
+def prepare_conditions(
+    cfg: TrainConfig, corpus: Corpus, folds: Sequence[Fold]
+) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, dict[str, np.ndarray]]]:
     """Features under each training condition (training utterances) and evaluation condition (test utterances)."""
     t = cfg.train
     train_uids = {u.uid for f in folds for u in f.train}
     test_uids = {u.uid for f in folds for u in f.test}
-    augmented = {name: extract(cfg, [u for u in corpus.utterances if u.uid in train_uids], name)
-                 for name in t.augment.conditions}
-    evaluated = {name: extract(cfg, [u for u in corpus.utterances if u.uid in test_uids], f"eval:{name}")
-                 for name in t.eval_conditions if name != "clean"}
+    augmented = {
+        name: extract(cfg, [u for u in corpus.utterances if u.uid in train_uids], name)
+        for name in t.augment.conditions
+    }
+    evaluated = {
+        name: extract(cfg, [u for u in corpus.utterances if u.uid in test_uids], f"eval:{name}")
+        for name in t.eval_conditions
+        if name != "clean"
+    }
     return augmented, evaluated
 
 
@@ -628,7 +815,9 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
     return write_summary(run_dir, results, title=f"{corpus.name} {cfg.model.preset}")
 
 
-def write_summary(run_dir: Path, results: Sequence[dict[str, Any]], title: str, stem: str = "summary") -> dict[str, Any]:
+def write_summary(
+    run_dir: Path, results: Sequence[dict[str, Any]], title: str, stem: str = "summary"
+) -> dict[str, Any]:
     """Mean ± std over folds for utterance- and window-level scores, as ``<stem>.json`` and ``<stem>.md``."""
     doc: dict[str, Any] = {}
     md: list[str] = []
@@ -638,11 +827,21 @@ def write_summary(run_dir: Path, results: Sequence[dict[str, Any]], title: str, 
             continue
         scores = {f"{r['fold']}:{r['name']}": Scores(**r[level]) for r in results}
         if level == "utterance":
-            preds = {f"{r['fold']}:{r['name']}": ([p["true"] for p in r["predictions"].values()],
-                                                    [p["pred"] for p in r["predictions"].values()]) for r in results}
+            preds = {
+                f"{r['fold']}:{r['name']}": (
+                    [p["true"] for p in r["predictions"].values()],
+                    [p["pred"] for p in r["predictions"].values()],
+                )
+                for r in results
+            }
         else:
-            preds = {f"{r['fold']}:{r['name']}": (r["window_predictions"]["true"], r["window_predictions"]["pred"])
-                     for r in results}
+            preds = {
+                f"{r['fold']}:{r['name']}": (
+                    r["window_predictions"]["true"],
+                    r["window_predictions"]["pred"],
+                )
+                for r in results
+            }
         s = summarize(scores, preds)
         doc[level] = s.to_dict()
         md.append(markdown_table(s, f"{title}: {level} level"))
@@ -653,10 +852,12 @@ def write_summary(run_dir: Path, results: Sequence[dict[str, Any]], title: str, 
     if calibration:
         doc["calibration"] = calibration
         c = calibration
-        md.append(f"Calibration (temperature scaling fitted on the other folds' held-out speakers, 3 s windows): "
-                  f"ECE {100 * c['ece_window_raw']:.1f}% -> {100 * c['ece_window_calibrated']:.1f}% on windows, "
-                  f"{100 * c['ece_utterance_raw']:.1f}% -> {100 * c['ece_utterance_calibrated']:.1f}% on utterances; "
-                  f"temperature fitted on all folds: {c['temperature']:.3f}")
+        md.append(
+            f"Calibration (temperature scaling fitted on the other folds' held-out speakers, 3 s windows): "
+            f"ECE {100 * c['ece_window_raw']:.1f}% -> {100 * c['ece_window_calibrated']:.1f}% on windows, "
+            f"{100 * c['ece_utterance_raw']:.1f}% -> {100 * c['ece_utterance_calibrated']:.1f}% on utterances; "
+            f"temperature fitted on all folds: {c['temperature']:.3f}"
+        )
     (run_dir / f"{stem}.json").write_text(json.dumps(doc, indent=1))
     (run_dir / f"{stem}.md").write_text("\n\n".join(md) + "\n")
     return doc
@@ -670,8 +871,14 @@ def condition_summary(results: Sequence[dict[str, Any]]) -> tuple[dict[str, Any]
         if all(level in r for r in results):
             rows["clean"][f"{level}_ua"] = float(np.mean([r[level]["ua"] for r in results]))
             for name in names[1:]:
-                vals = [r["conditions"][name][level]["ua"] for r in results if level in r["conditions"].get(name, {})]
-                rows.setdefault(name, {})[f"{level}_ua"] = float(np.mean(vals)) if vals else float("nan")
+                vals = [
+                    r["conditions"][name][level]["ua"]
+                    for r in results
+                    if level in r["conditions"].get(name, {})
+                ]
+                rows.setdefault(name, {})[f"{level}_ua"] = (
+                    float(np.mean(vals)) if vals else float("nan")
+                )
     lines = ["| condition | UA % (utterances) | UA % (3 s windows) |", "|---|---|---|"]
     for name in names:
         r = rows.get(name, {})
@@ -691,14 +898,25 @@ def calibrate(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
     have = [r for r in results if "window_predictions" in r and "logits" in r["window_predictions"]]
     if not have:
         return {}
-    win = [(np.asarray(r["window_predictions"]["logits"]), np.asarray(r["window_predictions"]["true"])) for r in have]
-    utt = [(np.asarray([p["logits"] for p in r["predictions"].values()]),
-            np.asarray([p["true"] for p in r["predictions"].values()])) for r in have]
-    ece: dict[str, list[float]] = {k: [] for k in ("window_raw", "window_calibrated", "utterance_raw",
-                                                   "utterance_calibrated")}
+    win = [
+        (np.asarray(r["window_predictions"]["logits"]), np.asarray(r["window_predictions"]["true"]))
+        for r in have
+    ]
+    utt = [
+        (
+            np.asarray([p["logits"] for p in r["predictions"].values()]),
+            np.asarray([p["true"] for p in r["predictions"].values()]),
+        )
+        for r in have
+    ]
+    ece: dict[str, list[float]] = {
+        k: [] for k in ("window_raw", "window_calibrated", "utterance_raw", "utterance_calibrated")
+    }
     for i in range(len(have)):
         others = [w for j, w in enumerate(win) if j != i] or win
-        temp = fit_temperature(np.concatenate([o[0] for o in others]), np.concatenate([o[1] for o in others]))
+        temp = fit_temperature(
+            np.concatenate([o[0] for o in others]), np.concatenate([o[1] for o in others])
+        )
         for level, (z, y) in (("window", win[i]), ("utterance", utt[i])):
             ece[f"{level}_raw"].append(expected_calibration_error(softmax(z), y))
             ece[f"{level}_calibrated"].append(expected_calibration_error(softmax(z, temp), y))

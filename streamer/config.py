@@ -162,7 +162,11 @@ class StreamConfig(StrictModel):
     @model_validator(mode="before")
     @classmethod
     def _default_source_kind(cls, data: Any) -> Any:
-        if isinstance(data, dict) and isinstance(data.get("source"), dict) and "kind" not in data["source"]:
+        if (
+            isinstance(data, dict)
+            and isinstance(data.get("source"), dict)
+            and "kind" not in data["source"]
+        ):
             data = {**data, "source": {**data["source"], "kind": "file"}}
         return data
 
@@ -322,8 +326,15 @@ class AccessConfig(StrictModel):
     def _origins(cls, origins: list[str]) -> list[str]:
         for origin in origins:
             parts = urlsplit(origin)
-            if parts.scheme not in ("http", "https") or not parts.netloc or parts.path or parts.query:
-                raise ValueError(f"origin {origin!r} must be scheme://host[:port], e.g. https://monitor.example.com")
+            if (
+                parts.scheme not in ("http", "https")
+                or not parts.netloc
+                or parts.path
+                or parts.query
+            ):
+                raise ValueError(
+                    f"origin {origin!r} must be scheme://host[:port], e.g. https://monitor.example.com"
+                )
         return [o.lower() for o in origins]
 
     @field_validator("allowed_hosts")
@@ -331,7 +342,9 @@ class AccessConfig(StrictModel):
     def _hosts(cls, hosts: list[str]) -> list[str]:
         for host in hosts:
             if host != "*" and not re.fullmatch(r"(\*\.)?[A-Za-z0-9_.-]+", host):
-                raise ValueError(f"host {host!r} must be a host name without port, *.domain, or '*'")
+                raise ValueError(
+                    f"host {host!r} must be a host name without port, *.domain, or '*'"
+                )
         return [h.lower() for h in hosts]
 
     @model_validator(mode="after")
@@ -354,9 +367,13 @@ class AccessConfig(StrictModel):
                 raise OSError(f"larger than {MAX_TOKEN_FILE_BYTES} bytes")
             token = raw.decode("utf-8").strip()
         except (OSError, UnicodeDecodeError, ValueError) as exc:
-            raise ValueError(f"token_file {self.token_file!r} cannot be read ({exc}); fix the path") from None
+            raise ValueError(
+                f"token_file {self.token_file!r} cannot be read ({exc}); fix the path"
+            ) from None
         if len(token) < MIN_TOKEN_CHARS:
-            raise ValueError(f"the token in token_file {self.token_file!r} must be at least {MIN_TOKEN_CHARS} characters")
+            raise ValueError(
+                f"the token in token_file {self.token_file!r} must be at least {MIN_TOKEN_CHARS} characters"
+            )
         return token
 
     def bearer_token(self) -> str | None:
@@ -381,7 +398,9 @@ class TwilioConfig(StrictModel):
     @model_validator(mode="after")
     def _check(self) -> TwilioConfig:
         if self.inbound_name == self.outbound_name:
-            raise ValueError("inbound_name and outbound_name must differ, or the two voices would mix")
+            raise ValueError(
+                "inbound_name and outbound_name must differ, or the two voices would mix"
+            )
         return self
 
 
@@ -464,9 +483,14 @@ class AlertRuleConfig(StrictModel):
             raise ValueError(
                 f"rule {self.name!r} has no condition; set label, min_confidence or an arousal/valence bound"
             )
-        for low, high, what in ((self.arousal_min, self.arousal_max, "arousal"), (self.valence_min, self.valence_max, "valence")):
+        for low, high, what in (
+            (self.arousal_min, self.arousal_max, "arousal"),
+            (self.valence_min, self.valence_max, "valence"),
+        ):
             if low is not None and high is not None and low > high:
-                raise ValueError(f"rule {self.name!r}: {what}_min ({low}) exceeds {what}_max ({high})")
+                raise ValueError(
+                    f"rule {self.name!r}: {what}_min ({low}) exceeds {what}_max ({high})"
+                )
         return self
 
 
@@ -509,7 +533,9 @@ class DaemonConfig(StrictModel):
     windowing: WindowConfig = Field(default_factory=WindowConfig)
     gate: GateConfig = Field(default_factory=GateConfig)
     smoothing: SmoothingConfig = Field(default_factory=SmoothingConfig)
-    streams: list[StreamConfig] = Field(default_factory=lambda: [StreamConfig(id="demo", source=FileSourceConfig(loop=True))])
+    streams: list[StreamConfig] = Field(
+        default_factory=lambda: [StreamConfig(id="demo", source=FileSourceConfig(loop=True))]
+    )
     """The audio streams to monitor (default: the bundled demo audio, looping)."""
     publish: PublishConfig = Field(default_factory=PublishConfig)
     ingest: IngestConfig = Field(default_factory=IngestConfig)
@@ -546,14 +572,20 @@ class DaemonConfig(StrictModel):
                 "ingest.twilio serves on the WebSocket port: set publish.websocket.enabled=true or disable ingest.twilio"
             )
         if not self.streams and not self.network_enabled:
-            raise ValueError("at least one stream is needed (streams), or enable ingest or ingest.twilio")
+            raise ValueError(
+                "at least one stream is needed (streams), or enable ingest or ingest.twilio"
+            )
         if not ws.enabled:
             return self  # nothing listens
         paths = [ws.path, "/healthz"]
         if self.network_enabled:
-            paths += ([ing.path] if ing.enabled else []) + ([ing.twilio.path] if ing.twilio.enabled else [])
+            paths += ([ing.path] if ing.enabled else []) + (
+                [ing.twilio.path] if ing.twilio.enabled else []
+            )
         if len(set(paths)) != len(paths):
-            raise ValueError(f"ingest.path, ingest.twilio.path, publish.websocket.path and /healthz must differ; got {paths}")
+            raise ValueError(
+                f"ingest.path, ingest.twilio.path, publish.websocket.path and /healthz must differ; got {paths}"
+            )
         token = self.access.bearer_token()
         if token is None and self.access.require_token:
             raise ValueError(
@@ -568,7 +600,9 @@ class DaemonConfig(StrictModel):
                 "or set access.allow_insecure=true to accept that"
             )
         if token is not None and len(token) < MIN_TOKEN_CHARS:
-            raise ValueError(f"the token from {TOKEN_ENV} must be at least {MIN_TOKEN_CHARS} characters")
+            raise ValueError(
+                f"the token from {TOKEN_ENV} must be at least {MIN_TOKEN_CHARS} characters"
+            )
         return self
 
     @property
@@ -581,5 +615,9 @@ class DaemonConfig(StrictModel):
 def config_summary(cfg: DaemonConfig) -> dict[str, Any]:
     return cfg.model_dump(
         mode="json",
-        exclude={"publish": {"mqtt": {"password"}}, "access": {"token"}, "alerts": {"webhook": {"token"}}},
+        exclude={
+            "publish": {"mqtt": {"password"}},
+            "access": {"token"},
+            "alerts": {"webhook": {"token"}},
+        },
     )

@@ -57,7 +57,13 @@ MAX_RESTART_S = 60.0
 LOSS_REPORT_S = 10.0
 """How often the running loss totals are checked (and logged when they grew) without a heartbeat."""
 #: stream counters that count analysis lost (in the running totals and the summary)
-STREAM_LOSSES = ("skipped_stale", "dropped_frames", "lost_results", "inference_errors", "bad_results")
+STREAM_LOSSES = (
+    "skipped_stale",
+    "dropped_frames",
+    "lost_results",
+    "inference_errors",
+    "bad_results",
+)
 
 
 class Daemon:
@@ -66,7 +72,9 @@ class Daemon:
     def __init__(self, cfg: DaemonConfig, *, backend: InferenceBackend | None = None) -> None:
         self.cfg = cfg
         self.hub = Hub()
-        self.backend: InferenceBackend = backend or wiring.make_worker(cfg.model, cfg.worker, round(cfg.windowing.window_s * OUTPUT_RATE_HZ))
+        self.backend: InferenceBackend = backend or wiring.make_worker(
+            cfg.model, cfg.worker, round(cfg.windowing.window_s * OUTPUT_RATE_HZ)
+        )
         self.cores: dict[str, StreamCore] = {}
         self.sources: dict[str, Source] = {}  # each running stream's source
         self._locks: dict[str, asyncio.Lock] = {}
@@ -87,7 +95,9 @@ class Daemon:
         async with contextlib.AsyncExitStack() as stack:
             await stack.enter_async_context(self.backend)  # loads the model once
             if self.backend.model_info.get("random_init"):
-                log.warning("!!! estimates come from an UNTRAINED model (model.random_init=true in every event) !!!")
+                log.warning(
+                    "!!! estimates come from an UNTRAINED model (model.random_init=true in every event) !!!"
+                )
             await wiring.check_pipeline(self.cfg, self.backend)
             self.websocket = wiring.add_publishers(self.cfg, self.hub, health=self.health)
             self.alerts = wiring.add_alerts(self.cfg, self.backend.labels, self.hub)
@@ -96,14 +106,20 @@ class Daemon:
                 log.warning(
                     "!!! listening on %s WITHOUT A TOKEN (access.allow_insecure): anyone who can reach "
                     "port %d reads every estimate and may send audio. Set EMOTION_MONITOR_TOKEN. !!!",
-                    self.cfg.publish.websocket.host, self.cfg.publish.websocket.port,
+                    self.cfg.publish.websocket.host,
+                    self.cfg.publish.websocket.port,
                 )
             await stack.enter_async_context(self.hub)
             self._stack = stack.pop_all()
         if self.websocket is not None:
-            log.info("dashboard and events: http://%s:%d/  (events at ws://%s:%d%s)",
-                     self.cfg.publish.websocket.host, self.websocket.port, self.cfg.publish.websocket.host,
-                     self.websocket.port, self.cfg.publish.websocket.path)
+            log.info(
+                "dashboard and events: http://%s:%d/  (events at ws://%s:%d%s)",
+                self.cfg.publish.websocket.host,
+                self.websocket.port,
+                self.cfg.publish.websocket.host,
+                self.websocket.port,
+                self.cfg.publish.websocket.path,
+            )
         return self
 
     async def __aexit__(self, *exc_info: Any) -> None:
@@ -124,17 +140,25 @@ class Daemon:
         if self.hub.invalid:
             totals["invalid_events"] = self.hub.invalid
         for key in STREAM_LOSSES:
-            totals[key] = self.ended_streams.get(key, 0) + sum(c.counters.get(key, 0) for c in self.cores.values())
+            totals[key] = self.ended_streams.get(key, 0) + sum(
+                c.counters.get(key, 0) for c in self.cores.values()
+            )
         return totals
 
     def _report_losses(self) -> None:
         """Log the running loss totals when they grew since the last report."""
         totals = self.losses()
-        grown = {k: v - self._losses_reported.get(k, 0) for k, v in totals.items() if v > self._losses_reported.get(k, 0)}
+        grown = {
+            k: v - self._losses_reported.get(k, 0)
+            for k, v in totals.items()
+            if v > self._losses_reported.get(k, 0)
+        }
         if grown:
-            log.warning("lost so far: %s (since the last report: %s)",
-                        ", ".join(f"{k} {v}" for k, v in totals.items() if v),
-                        ", ".join(f"{k} +{v}" for k, v in grown.items()))
+            log.warning(
+                "lost so far: %s (since the last report: %s)",
+                ", ".join(f"{k} {v}" for k, v in totals.items() if v),
+                ", ".join(f"{k} +{v}" for k, v in grown.items()),
+            )
         self._losses_reported = totals
 
     async def _loss_reporter(self) -> None:
@@ -155,7 +179,12 @@ class Daemon:
     def exit_problem(self) -> str | None:
         """Why the run failed as a whole (configured streams, none of which ever produced
         audio, with a failure to tell), else ``None``."""
-        if not self.cfg.streams or self.with_audio or not self.failures or self.ended_streams["streams"]:
+        if (
+            not self.cfg.streams
+            or self.with_audio
+            or not self.failures
+            or self.ended_streams["streams"]
+        ):
             return None
         why = "; ".join(f"{sid}: {text}" for sid, text in self.failures.items())
         return f"no stream produced any audio ({why}); fix the sources (streams.N.source) and start again"
@@ -171,20 +200,29 @@ class Daemon:
             **({"network": self.network.as_dict()} if self.network is not None else {}),
             "ended_streams": dict(self.ended_streams),
             "lost": self.losses(),
-            **({"alerts": {"fired": self.alerts.fired, "streams": self.alerts.streams}} if self.alerts else {}),
+            **(
+                {"alerts": {"fired": self.alerts.fired, "streams": self.alerts.streams}}
+                if self.alerts
+                else {}
+            ),
         }
 
     # ----------------------------------------------------------------- running
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Run every stream until ``stop`` is set, ``duration_s`` passes, or all streams end."""
         stop = stop or asyncio.Event()
-        tasks = [asyncio.create_task(self._supervise(sc), name=f"stream:{sc.id}") for sc in self.cfg.streams]
+        tasks = [
+            asyncio.create_task(self._supervise(sc), name=f"stream:{sc.id}")
+            for sc in self.cfg.streams
+        ]
         waiter = asyncio.create_task(stop.wait())
         reporter = asyncio.create_task(self._loss_reporter())
         try:
             all_done: asyncio.Future[Any] = asyncio.gather(*tasks, return_exceptions=True)
             ends = {waiter, all_done} if tasks else {waiter}  # network only: run until stopped
-            await asyncio.wait(ends, timeout=self.cfg.duration_s, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(
+                ends, timeout=self.cfg.duration_s, return_when=asyncio.FIRST_COMPLETED
+            )
         finally:
             waiter.cancel()
             reporter.cancel()
@@ -198,7 +236,9 @@ class Daemon:
         """Hand ``event`` to the hub (a stream's status with its publishers' losses), then
         feed estimates to the alert rules."""
         if isinstance(event, StreamStatus):
-            event = dataclasses.replace(event, counters={**event.counters, **self.hub.losses(event.stream_id)})
+            event = dataclasses.replace(
+                event, counters={**event.counters, **self.hub.losses(event.stream_id)}
+            )
         self.hub.publish(event.to_dict())
         if self.alerts is not None and isinstance(event, EmotionEstimate):
             for alert in self.alerts.update(event):
@@ -216,11 +256,20 @@ class Daemon:
                 raise
             except Exception as exc:  # isolate every failure to this stream
                 retry = delay is not None and sc.source.kind == "microphone"
-                self.failures[sc.id] = str(exc) if isinstance(exc, EmotionMonitorError) else f"{type(exc).__name__}: {exc}"
+                self.failures[sc.id] = (
+                    str(exc)
+                    if isinstance(exc, EmotionMonitorError)
+                    else f"{type(exc).__name__}: {exc}"
+                )
                 if not isinstance(exc, (EmotionMonitorError, OSError)):
                     log.exception("stream %s crashed", sc.id)
                 else:
-                    log.error("stream %s failed: %s%s", sc.id, exc, f"; retrying in {delay:.1f} s" if retry else "")
+                    log.error(
+                        "stream %s failed: %s%s",
+                        sc.id,
+                        exc,
+                        f"; retrying in {delay:.1f} s" if retry else "",
+                    )
                 if not retry or delay is None:
                     return
                 await asyncio.sleep(delay)
@@ -238,9 +287,13 @@ class Daemon:
         self.publish(core.start())
         pending: set[asyncio.Task[None]] = set()
         error: str | None = None
-        heartbeat = asyncio.create_task(self._heartbeat(core)) if self.cfg.status_interval_s else None
+        heartbeat = (
+            asyncio.create_task(self._heartbeat(core)) if self.cfg.status_interval_s else None
+        )
         try:
-            source, realtime = wiring.make_source(sc) if network_source is None else (network_source, True)
+            source, realtime = (
+                wiring.make_source(sc) if network_source is None else (network_source, True)
+            )
             stale_s = self.cfg.worker.stale_after_s if realtime else None
             self.sources[sc.id] = source
             async with source:
@@ -258,7 +311,11 @@ class Daemon:
                         self.with_audio.add(sc.id)
                     count_dropped()
                     async with lock:
-                        items = await asyncio.to_thread(core.push, frames) if off_loop else core.push(frames)
+                        items = (
+                            await asyncio.to_thread(core.push, frames)
+                            if off_loop
+                            else core.push(frames)
+                        )
                     await self._handle(core, items, stale_s, pending)
                 count_dropped()
                 await self._handle(core, core.flush(), stale_s, pending)
@@ -267,7 +324,11 @@ class Daemon:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            error = f"{type(exc).__name__}: {exc}" if not isinstance(exc, EmotionMonitorError) else str(exc)
+            error = (
+                f"{type(exc).__name__}: {exc}"
+                if not isinstance(exc, EmotionMonitorError)
+                else str(exc)
+            )
             raise
         finally:
             for t in pending:
@@ -284,7 +345,9 @@ class Daemon:
         if self.cfg.network_enabled and self.websocket is not None:
             from streamer.sources.ingest import install_endpoints
 
-            self.network = install_endpoints(self, self.cfg.ingest, self.websocket, token=self.cfg.access.bearer_token())
+            self.network = install_endpoints(
+                self, self.cfg.ingest, self.websocket, token=self.cfg.access.bearer_token()
+            )
 
     def open_network_stream(
         self, stream_id: str, source: Source, *, role: str | None = None
@@ -294,14 +357,22 @@ class Daemon:
         The task returns the stream's final counters once the source ended, the
         ``offline`` status went out and the stream's state was released.
         """
-        if stream_id in self.cores or stream_id in self._network_tasks or any(s.id == stream_id for s in self.cfg.streams):
+        if (
+            stream_id in self.cores
+            or stream_id in self._network_tasks
+            or any(s.id == stream_id for s in self.cfg.streams)
+        ):
             return None
-        task = asyncio.create_task(self._run_network_stream(StreamConfig(id=stream_id), source, role),
-                                   name=f"stream:{stream_id}")
+        task = asyncio.create_task(
+            self._run_network_stream(StreamConfig(id=stream_id), source, role),
+            name=f"stream:{stream_id}",
+        )
         self._network_tasks[stream_id] = task
         return task
 
-    async def _run_network_stream(self, sc: StreamConfig, source: Source, role: str | None) -> dict[str, int]:
+    async def _run_network_stream(
+        self, sc: StreamConfig, source: Source, role: str | None
+    ) -> dict[str, int]:
         if self.alerts is not None:
             self.alerts.open(sc.id, role)
         try:
@@ -338,7 +409,10 @@ class Daemon:
                 self.publish(core.status())
 
     async def _handle(
-        self, core: StreamCore, items: list[WindowRequest | Event], stale_s: float | None,
+        self,
+        core: StreamCore,
+        items: list[WindowRequest | Event],
+        stale_s: float | None,
         pending: set[asyncio.Task[None]],
     ) -> None:
         for item in items:
@@ -360,17 +434,31 @@ class Daemon:
             self.publish(ev)
 
     @staticmethod
-    def _apply(core: StreamCore, req: WindowRequest, outcome: InferenceOutcome, t0: float) -> list[Event]:
+    def _apply(
+        core: StreamCore, req: WindowRequest, outcome: InferenceOutcome, t0: float
+    ) -> list[Event]:
         if outcome.skipped is not None or outcome.probs is None:
             events = core.on_skipped(req.seq, outcome.skipped or "error")
         else:
             latency_ms = (time.monotonic() - t0) * 1000.0
-            events = core.on_result(req.seq, outcome.probs, outcome.tokens_in, outcome.tokens_kept, latency_ms,
-                                    outcome.moments, importance=outcome.importance)
+            events = core.on_result(
+                req.seq,
+                outcome.probs,
+                outcome.tokens_in,
+                outcome.tokens_kept,
+                latency_ms,
+                outcome.moments,
+                importance=outcome.importance,
+            )
         return events
 
 
-async def run_daemon(cfg: DaemonConfig, *, install_signals: bool = True, on_ready: Callable[[Daemon], None] | None = None) -> int:
+async def run_daemon(
+    cfg: DaemonConfig,
+    *,
+    install_signals: bool = True,
+    on_ready: Callable[[Daemon], None] | None = None,
+) -> int:
     """Start the daemon, stop on SIGINT/SIGTERM, shut down gracefully; the exit status
     (1 when no configured stream ever produced audio, see :meth:`Daemon.exit_problem`)."""
     import signal
@@ -397,4 +485,3 @@ async def run_daemon(cfg: DaemonConfig, *, install_signals: bool = True, on_read
             for sig in (signal.SIGINT, signal.SIGTERM):
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.remove_signal_handler(sig)
-

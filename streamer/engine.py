@@ -40,14 +40,20 @@ class BatchResult:
     tokens_in: np.ndarray  # (B,) tokens entering the first block
     tokens_kept: np.ndarray  # (B,) tokens left after the last block
     compute_ms: float
-    moments: list[Moments] | None = None  # per window: its raw features' moments (per-stream normalisation)
-    importance: list[TokenImportance] | None = None  # per window: last layer's token importance, TDM's drops
+    moments: list[Moments] | None = (
+        None  # per window: its raw features' moments (per-stream normalisation)
+    )
+    importance: list[TokenImportance] | None = (
+        None  # per window: last layer's token importance, TDM's drops
+    )
 
 
 class Engine:
     """Front end + DropFormer on one device, with the labels and a description for events."""
 
-    def __init__(self, checkpoint: Checkpoint, device: torch.device, *, random_init: bool = False) -> None:
+    def __init__(
+        self, checkpoint: Checkpoint, device: torch.device, *, random_init: bool = False
+    ) -> None:
         self.device = device
         self.labels = list(checkpoint.labels)
         self.model = checkpoint.model.to(device).eval()
@@ -79,8 +85,13 @@ class Engine:
 
     @classmethod
     def load(
-        cls, checkpoint: str | Path | None, *, device: str = "auto", frontend_model: str | None = None,
-        threads: int | None = None, frontend_overrides: dict[str, Any] | None = None,
+        cls,
+        checkpoint: str | Path | None,
+        *,
+        device: str = "auto",
+        frontend_model: str | None = None,
+        threads: int | None = None,
+        frontend_overrides: dict[str, Any] | None = None,
     ) -> Engine:
         """Load ``checkpoint`` (a folder or a shipped model's name; None: the bundled default model, else a random
         log-mel model, loudly). ``frontend_overrides`` replace fields of the checkpoint's front-end config
@@ -96,17 +107,36 @@ class Engine:
                 "Its estimates are meaningless. Set model.checkpoint to a trained checkpoint. !!!"
             )
             torch.manual_seed(0)
-            model = DropFormer(preset("dropformer", input_dim=80, d_model=128, num_heads=8, ffn_dim=256, head_hidden=(128,)))
-            ckpt = Checkpoint(model.eval(), model.cfg, FrontendConfig(kind="logmel"), list(DEFAULT_LABELS), {})
+            model = DropFormer(
+                preset(
+                    "dropformer",
+                    input_dim=80,
+                    d_model=128,
+                    num_heads=8,
+                    ffn_dim=256,
+                    head_hidden=(128,),
+                )
+            )
+            ckpt = Checkpoint(
+                model.eval(), model.cfg, FrontendConfig(kind="logmel"), list(DEFAULT_LABELS), {}
+            )
             random_init = True
         else:
             ckpt = load_checkpoint(path)
         if frontend_model is not None:
             ckpt.frontend_config.model = frontend_model
         if frontend_overrides:
-            ckpt.frontend_config = FrontendConfig.from_dict({**ckpt.frontend_config.to_dict(), **frontend_overrides})
+            ckpt.frontend_config = FrontendConfig.from_dict(
+                {**ckpt.frontend_config.to_dict(), **frontend_overrides}
+            )
         engine = cls(ckpt, dev, random_init=random_init)
-        log.info("model %s (front end %s, labels %s) on %s", engine.info["rev"], engine.info["frontend"], engine.labels, dev)
+        log.info(
+            "model %s (front end %s, labels %s) on %s",
+            engine.info["rev"],
+            engine.info["frontend"],
+            engine.labels,
+            dev,
+        )
         return engine
 
     def warm_up(self, window_samples: int, batch_sizes: tuple[int, ...] = (1,)) -> float:
@@ -116,11 +146,15 @@ class Engine:
         t0 = time.perf_counter()
         rng = np.random.default_rng(0)
         for b in batch_sizes:
-            self.run([(1e-3 * rng.standard_normal(window_samples)).astype(np.float32) for _ in range(b)])
+            self.run(
+                [(1e-3 * rng.standard_normal(window_samples)).astype(np.float32) for _ in range(b)]
+            )
         return time.perf_counter() - t0
 
     @torch.inference_mode()
-    def run(self, waves: list[np.ndarray], norms: list[NormStats | None] | None = None) -> BatchResult:
+    def run(
+        self, waves: list[np.ndarray], norms: list[NormStats | None] | None = None
+    ) -> BatchResult:
         """Classify a batch of 16 kHz mono windows of any lengths.
 
         When the checkpoint normalises features per stream, ``norms[i]`` is
@@ -133,34 +167,51 @@ class Engine:
         batch = torch.zeros(len(waves), int(lengths.max()), dtype=torch.float32)
         for i, w in enumerate(waves):
             batch[i, : len(w)] = torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32))
-        feats, feat_lengths = self.frontend(batch.to(self.device), lengths.to(self.device))  # (B, T, D), (B,)
+        feats, feat_lengths = self.frontend(
+            batch.to(self.device), lengths.to(self.device)
+        )  # (B, T, D), (B,)
         moments = None
         if self._cold is not None:
             feats, moments = self._normalize(feats, feat_lengths, norms or [None] * len(waves))
         out = self.model(feats, feat_lengths)
         probs = torch.softmax(out.logits.float() / self.temperature, dim=-1).cpu().numpy()  # (B, C)
         kept = out.kept_tokens.cpu().numpy()  # (B, L + 1)
-        return BatchResult(probs, kept[:, 0], kept[:, -1], (time.perf_counter() - t0) * 1000.0, moments,
-                           importance=token_importance(out.importance, kept))
+        return BatchResult(
+            probs,
+            kept[:, 0],
+            kept[:, -1],
+            (time.perf_counter() - t0) * 1000.0,
+            moments,
+            importance=token_importance(out.importance, kept),
+        )
 
-    def _normalize(self, feats: torch.Tensor, lengths: torch.Tensor, norms: list[NormStats | None]
-                   ) -> tuple[torch.Tensor, list[Moments]]:
+    def _normalize(
+        self, feats: torch.Tensor, lengths: torch.Tensor, norms: list[NormStats | None]
+    ) -> tuple[torch.Tensor, list[Moments]]:
         """Standardise each item's valid frames by its stream's statistics; return its raw moments too."""
         assert self._cold is not None
         if len(norms) != feats.shape[0]:
-            raise ValueError(f"{len(norms)} normalisation entries for a batch of {feats.shape[0]} windows")
+            raise ValueError(
+                f"{len(norms)} normalisation entries for a batch of {feats.shape[0]} windows"
+            )
         moments = []
         out = torch.zeros_like(feats)
         for i, stats in enumerate(norms):
             n = int(lengths[i])
             x = feats[i, : max(n, 1)].double()  # (T, D); an empty item yields a zero-count block
-            moments.append(Moments(float(n), x.mean(0).cpu().numpy(), (x * x).mean(0).cpu().numpy()))
+            moments.append(
+                Moments(float(n), x.mean(0).cpu().numpy(), (x * x).mean(0).cpu().numpy())
+            )
             mean, std = stats if stats is not None else self._cold
-            out[i, :n] = (feats[i, :n] - torch.from_numpy(mean).to(feats)) / torch.from_numpy(std).to(feats)
+            out[i, :n] = (feats[i, :n] - torch.from_numpy(mean).to(feats)) / torch.from_numpy(
+                std
+            ).to(feats)
         return out, moments
 
 
-def token_importance(per_layer: list[torch.Tensor], kept: np.ndarray) -> list[TokenImportance] | None:
+def token_importance(
+    per_layer: list[torch.Tensor], kept: np.ndarray
+) -> list[TokenImportance] | None:
     """Each window's last-layer importance on its own time axis and the tokens TDM dropped.
 
     ``per_layer`` is DropFormer's ``importance`` ((B, T) per layer, NaN where a token was
@@ -191,4 +242,3 @@ def _weights_rev(folder: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return f"{folder.name}@{h.hexdigest()[:12]}"
-

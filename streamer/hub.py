@@ -111,8 +111,12 @@ class Hub:
         except (TypeError, ValueError) as exc:
             self.invalid += 1
             if should_log(self.invalid):
-                log.error("event of type %r is not valid JSON (%s); not published (%d so far)",
-                          event.get("type"), exc, self.invalid)
+                log.error(
+                    "event of type %r is not valid JSON (%s); not published (%d so far)",
+                    event.get("type"),
+                    exc,
+                    self.invalid,
+                )
             return None
         self.events += 1
         self.state.update(event)
@@ -123,13 +127,19 @@ class Hub:
                 self.errors[name] += 1
                 n = self.errors[name]
                 if should_log(n):
-                    log.exception("publisher %s failed on a %r event (%d failure(s) so far)",
-                                  name, message.type, n)
+                    log.exception(
+                        "publisher %s failed on a %r event (%d failure(s) so far)",
+                        name,
+                        message.type,
+                        n,
+                    )
         return message
 
     def losses(self, stream_id: str) -> dict[str, int]:
         """Messages of ``stream_id`` each publisher lost so far: ``{"lost_<name>": n}``."""
-        return {f"lost_{name}": p.stats.lost_by_stream.get(stream_id, 0) for name, p in self.publishers}
+        return {
+            f"lost_{name}": p.stats.lost_by_stream.get(stream_id, 0) for name, p in self.publishers
+        }
 
     def lost_total(self) -> dict[str, int]:
         """Messages each publisher lost so far, all streams and daemon-wide ones: ``{name: n}``."""
@@ -169,7 +179,9 @@ class Hub:
         return self
 
     async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
         stack, self._stack = self._stack, None

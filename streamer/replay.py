@@ -47,8 +47,9 @@ class Segment:
     uid: str
 
 
-def compose_stream(utts: Sequence[Utterance], *, episode_s: float = 12.0, gap_s: float = 0.3,
-                   seed: str = "stream") -> tuple[np.ndarray, list[Segment]]:
+def compose_stream(
+    utts: Sequence[Utterance], *, episode_s: float = 12.0, gap_s: float = 0.3, seed: str = "stream"
+) -> tuple[np.ndarray, list[Segment]]:
     """One speaker's utterances as a stream of one-emotion episodes; returns the audio and its segments."""
     rng = random.Random(seed)
     by_label: dict[str, list[Utterance]] = {}
@@ -83,13 +84,23 @@ def compose_stream(utts: Sequence[Utterance], *, episode_s: float = 12.0, gap_s:
     return (np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)), segments
 
 
-def daemon_config(checkpoint: str | Path, wav: Path, events: Path, stream_id: str = "eval",
-                  overrides: dict[str, Any] | None = None) -> DaemonConfig:
+def daemon_config(
+    checkpoint: str | Path,
+    wav: Path,
+    events: Path,
+    stream_id: str = "eval",
+    overrides: dict[str, Any] | None = None,
+) -> DaemonConfig:
     """The daemon's default settings, analysing ``wav`` completely (no real-time pacing) into ``events``."""
     raw = {
         "model": {"checkpoint": str(checkpoint)},
-        "streams": [{"id": stream_id, "source": {"kind": "file", "path": str(wav), "realtime": False}}],
-        "publish": {"websocket": {"enabled": False}, "jsonl": {"enabled": True, "path": str(events)}},
+        "streams": [
+            {"id": stream_id, "source": {"kind": "file", "path": str(wav), "realtime": False}}
+        ],
+        "publish": {
+            "websocket": {"enabled": False},
+            "jsonl": {"enabled": True, "path": str(events)},
+        },
         "status_interval_s": None,
     }
     return validate(DaemonConfig, deep_merge(raw, overrides or {}), source="streaming evaluation")
@@ -113,8 +124,12 @@ def read_estimates(events: Path) -> list[dict[str, Any]]:
     return sorted(out, key=lambda e: (e["stream_id"], e["seq"]))
 
 
-def timeline_accuracy(estimates: Sequence[dict[str, Any]], segments: Sequence[Segment], labels: Sequence[str],
-                      step_ms: int = 10) -> dict[str, Any]:
+def timeline_accuracy(
+    estimates: Sequence[dict[str, Any]],
+    segments: Sequence[Segment],
+    labels: Sequence[str],
+    step_ms: int = 10,
+) -> dict[str, Any]:
     """Share of speech time on which the label shown (the latest estimate's) is the true one.
 
     Time before the first estimate counts as wrong (nothing is shown yet).
@@ -126,8 +141,14 @@ def timeline_accuracy(estimates: Sequence[dict[str, Any]], segments: Sequence[Se
     total = {c: 0 for c in labels}
     halves = np.zeros((2, 2))  # [first, second half of each episode] x [right, total]
     for episode in episodes(segments):
-        spans = [np.arange(s.start_sample * 1000 // SAMPLE_RATE_HZ, s.end_sample * 1000 // SAMPLE_RATE_HZ, step_ms)
-                 for s in episode]
+        spans = [
+            np.arange(
+                s.start_sample * 1000 // SAMPLE_RATE_HZ,
+                s.end_sample * 1000 // SAMPLE_RATE_HZ,
+                step_ms,
+            )
+            for s in episode
+        ]
         t = np.concatenate(spans)
         idx = np.searchsorted(ends, t, side="right") - 1  # latest estimate published by time t
         ok = np.array([i >= 0 and shown[i] == episode[0].label for i in idx], dtype=bool)
@@ -142,7 +163,9 @@ def timeline_accuracy(estimates: Sequence[dict[str, Any]], segments: Sequence[Se
         "speech_s": speech * step_ms / 1000.0,
         "accuracy": sum(right.values()) / speech if speech else float("nan"),
         "per_class": per_class,
-        "balanced_accuracy": float(np.mean(list(per_class.values()))) if per_class else float("nan"),
+        "balanced_accuracy": float(np.mean(list(per_class.values())))
+        if per_class
+        else float("nan"),
         "episode_first_half": float(halves[0, 0] / halves[0, 1]) if halves[0, 1] else float("nan"),
         "episode_second_half": float(halves[1, 0] / halves[1, 1]) if halves[1, 1] else float("nan"),
         "estimates": len(estimates),
@@ -160,9 +183,17 @@ def episodes(segments: Sequence[Segment]) -> list[list[Segment]]:
     return out
 
 
-def evaluate_stream(checkpoint: str | Path, utts: Sequence[Utterance], out_dir: Path, name: str,
-                    labels: Sequence[str], *, episode_s: float = 12.0, seed: str = "stream",
-                    overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+def evaluate_stream(
+    checkpoint: str | Path,
+    utts: Sequence[Utterance],
+    out_dir: Path,
+    name: str,
+    labels: Sequence[str],
+    *,
+    episode_s: float = 12.0,
+    seed: str = "stream",
+    overrides: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Compose ``utts`` into a stream, run it through the daemon, score the smoothed labels over time.
 
     Leaves ``<name>.wav``, ``<name>.segments.json`` and ``<name>.events.jsonl``
@@ -172,27 +203,48 @@ def evaluate_stream(checkpoint: str | Path, utts: Sequence[Utterance], out_dir: 
     wave, segments = compose_stream(utts, episode_s=episode_s, seed=f"{seed}:{name}")
     wav, events = out_dir / f"{name}.wav", out_dir / f"{name}.events.jsonl"
     sf.write(wav, wave, SAMPLE_RATE_HZ, subtype="PCM_16")
-    (out_dir / f"{name}.segments.json").write_text(json.dumps([s.__dict__ for s in segments], indent=0))
+    (out_dir / f"{name}.segments.json").write_text(
+        json.dumps([s.__dict__ for s in segments], indent=0)
+    )
     events.unlink(missing_ok=True)
     run_daemon_on(daemon_config(checkpoint, wav, events, overrides=overrides))
     result = timeline_accuracy(read_estimates(events), segments, labels)
-    result.update({"name": name, "audio_s": len(wave) / SAMPLE_RATE_HZ, "utterances": len(segments)})
-    log.info("stream %s: smoothed label right on %.1f%% of %.0f s of speech", name, 100 * result["accuracy"],
-             result["speech_s"])
+    result.update(
+        {"name": name, "audio_s": len(wave) / SAMPLE_RATE_HZ, "utterances": len(segments)}
+    )
+    log.info(
+        "stream %s: smoothed label right on %.1f%% of %.0f s of speech",
+        name,
+        100 * result["accuracy"],
+        result["speech_s"],
+    )
     return result
 
 
 def streaming_table(results: Sequence[dict[str, Any]], labels: Sequence[str]) -> str:
     """Markdown: one row per stream, then the mean and the speech-time-weighted total."""
-    lines = ["| stream | speech s | label right % | " + " | ".join(f"{c} %" for c in labels)
-             + " | 1st half of episodes % | 2nd half % |", "|---|---|---|" + "---|" * (len(labels) + 2)]
+    lines = [
+        "| stream | speech s | label right % | "
+        + " | ".join(f"{c} %" for c in labels)
+        + " | 1st half of episodes % | 2nd half % |",
+        "|---|---|---|" + "---|" * (len(labels) + 2),
+    ]
     for r in results:
         cells = [f"{100 * r['per_class'][c]:.1f}" if c in r["per_class"] else "-" for c in labels]
         cells += [f"{100 * r[k]:.1f}" for k in ("episode_first_half", "episode_second_half")]
-        lines.append(f"| {r['name']} | {r['speech_s']:.0f} | {100 * r['accuracy']:.1f} | " + " | ".join(cells) + " |")
+        lines.append(
+            f"| {r['name']} | {r['speech_s']:.0f} | {100 * r['accuracy']:.1f} | "
+            + " | ".join(cells)
+            + " |"
+        )
     weight = sum(r["speech_s"] for r in results)
-    pooled = sum(r["accuracy"] * r["speech_s"] for r in results) / weight if weight else float("nan")
+    pooled = (
+        sum(r["accuracy"] * r["speech_s"] for r in results) / weight if weight else float("nan")
+    )
     mean = float(np.mean([r["accuracy"] for r in results])) if results else float("nan")
     lines.append(f"| **mean over streams** | | **{100 * mean:.1f}** |" + " |" * (len(labels) + 2))
-    lines.append(f"| **all speech time** | {weight:.0f} | **{100 * pooled:.1f}** |" + " |" * (len(labels) + 2))
+    lines.append(
+        f"| **all speech time** | {weight:.0f} | **{100 * pooled:.1f}** |"
+        + " |" * (len(labels) + 2)
+    )
     return "\n".join(lines)

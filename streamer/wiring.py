@@ -39,29 +39,43 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def make_worker(model: ModelConfig, worker: WorkerConfig, window_samples: int = 48000) -> InferenceWorker:
+def make_worker(
+    model: ModelConfig, worker: WorkerConfig, window_samples: int = 48000
+) -> InferenceWorker:
     """The in-process inference worker; it loads the model when entered (and warms it up on one
     window of ``window_samples`` when ``model.warm_up``)."""
     from streamer.engine import Engine
     from streamer.worker import InferenceWorker
 
     def load() -> Engine:
-        engine = Engine.load(model.checkpoint, device=model.device, frontend_model=model.frontend_model,
-                             threads=model.threads, frontend_overrides=model.frontend or None)
+        engine = Engine.load(
+            model.checkpoint,
+            device=model.device,
+            frontend_model=model.frontend_model,
+            threads=model.threads,
+            frontend_overrides=model.frontend or None,
+        )
         if model.warm_up:
             log.info("model warmed up in %.1f s", engine.warm_up(window_samples))
         return engine
 
-    return InferenceWorker(load, max_batch=worker.max_batch, max_wait_ms=worker.max_wait_ms,
-                           queue_size=worker.queue_size)
+    return InferenceWorker(
+        load,
+        max_batch=worker.max_batch,
+        max_wait_ms=worker.max_wait_ms,
+        queue_size=worker.queue_size,
+    )
 
 
 def make_gate(gate: GateConfig) -> Gate | None:
     """The speech gate of ``gate.kind`` (``None``: every window is speech)."""
     if gate.kind == "energy":
         return EnergyGate(
-            frame_ms=gate.frame_ms, threshold_dbfs=gate.threshold_dbfs, hysteresis_db=gate.hysteresis_db,
-            min_speech_share=gate.min_speech_share, noise_floor_margin_db=gate.noise_floor_margin_db,
+            frame_ms=gate.frame_ms,
+            threshold_dbfs=gate.threshold_dbfs,
+            hysteresis_db=gate.hysteresis_db,
+            min_speech_share=gate.min_speech_share,
+            noise_floor_margin_db=gate.noise_floor_margin_db,
             noise_floor_rise=gate.noise_floor_rise,
         )
     if gate.kind == "silero":
@@ -72,19 +86,32 @@ def make_gate(gate: GateConfig) -> Gate | None:
 
 
 def make_core(
-    cfg: DaemonConfig, stream_id: str, backend: InferenceBackend, *, continues: StreamCore | None = None
+    cfg: DaemonConfig,
+    stream_id: str,
+    backend: InferenceBackend,
+    *,
+    continues: StreamCore | None = None,
 ) -> StreamCore:
     """A stream's sans-I/O core: windower, gate and smoother from their sections."""
     w, s = cfg.windowing, cfg.smoothing
     labels = backend.labels
     return StreamCore(
-        stream_id, labels,
-        windower=Windower(window_s=w.window_s, hop_s=w.hop_s, first_window=w.first_window,
-                          min_window_s=w.min_window_s),
+        stream_id,
+        labels,
+        windower=Windower(
+            window_s=w.window_s,
+            hop_s=w.hop_s,
+            first_window=w.first_window,
+            min_window_s=w.min_window_s,
+        ),
         gate=make_gate(cfg.gate),
         smoother=Smoother(
-            labels, time_constant_s=s.time_constant_s, switch_margin=s.switch_margin,
-            min_dwell_s=s.min_dwell_s, silence=s.silence, decay_time_constant_s=s.decay_time_constant_s,
+            labels,
+            time_constant_s=s.time_constant_s,
+            switch_margin=s.switch_margin,
+            min_dwell_s=s.min_dwell_s,
+            silence=s.silence,
+            decay_time_constant_s=s.decay_time_constant_s,
             neutral_label=s.neutral_label or "",  # not a label: decay toward uniform scores
         ),
         model_info=backend.model_info,
@@ -102,16 +129,22 @@ def make_source(sc: StreamConfig) -> tuple[Source, bool]:
         from streamer.sources.file import FileSource
 
         path = src.path or str(demo_audio_path())
-        return FileSource(path, sc.id, realtime=src.realtime, block_ms=src.block_ms, loop=src.loop), src.realtime
+        return FileSource(
+            path, sc.id, realtime=src.realtime, block_ms=src.block_ms, loop=src.loop
+        ), src.realtime
     from streamer.sources.microphone import MicrophoneSource
 
-    return MicrophoneSource(src.device, sc.id, block_ms=src.block_ms, queue_blocks=src.queue_blocks,
-                            channels=src.channels, sample_rate_hz=src.sample_rate_hz), True
+    return MicrophoneSource(
+        src.device,
+        sc.id,
+        block_ms=src.block_ms,
+        queue_blocks=src.queue_blocks,
+        channels=src.channels,
+        sample_rate_hz=src.sample_rate_hz,
+    ), True
 
 
-def add_publishers(
-    cfg: DaemonConfig, hub: Hub, *, health: Any = None
-) -> WebSocketPublisher | None:
+def add_publishers(cfg: DaemonConfig, hub: Hub, *, health: Any = None) -> WebSocketPublisher | None:
     """Add the enabled publishers to ``hub`` (names: websocket, mqtt, jsonl); returns the
     WebSocket server (the network endpoints are served on its port) if enabled."""
     p = cfg.publish
@@ -122,9 +155,11 @@ def add_publishers(
         static = dashboard_dir() if p.websocket.dashboard else None
         websocket = hub.add(
             WebSocketPublisher(
-                p.websocket, access=AccessPolicy.from_config(cfg.access, p.websocket.host),
+                p.websocket,
+                access=AccessPolicy.from_config(cfg.access, p.websocket.host),
                 static_dir=static if static is not None and static.is_dir() else None,
-                snapshot=hub.snapshot, health=health,
+                snapshot=hub.snapshot,
+                health=health,
             ),
             "websocket",
         )
@@ -164,16 +199,24 @@ async def check_pipeline(cfg: DaemonConfig, backend: InferenceBackend) -> None:
         log.info("the model has no %r label: silence decays toward uniform scores", s.neutral_label)
     w = cfg.windowing
     shortest_s = min(w.min_window_s, w.window_s)
-    for key, seconds in (("windowing.min_window_s", shortest_s), ("windowing.window_s", w.window_s)):
+    for key, seconds in (
+        ("windowing.min_window_s", shortest_s),
+        ("windowing.window_s", w.window_s),
+    ):
         n = round(seconds * OUTPUT_RATE_HZ)
         problem = await backend.probe(n)
         if problem is None:
             continue
         need = await _shortest_window(backend, n)
-        fix = (f"set windowing.window_s and windowing.min_window_s to at least {need / OUTPUT_RATE_HZ:.3f} s"
-               if need is not None else "use a longer window or another model")
-        raise ConfigError(f"{key}={seconds:g} s: the model ({backend.model_info.get('frontend')}) cannot "
-                          f"classify a window of {n} samples ({problem}); {fix}")
+        fix = (
+            f"set windowing.window_s and windowing.min_window_s to at least {need / OUTPUT_RATE_HZ:.3f} s"
+            if need is not None
+            else "use a longer window or another model"
+        )
+        raise ConfigError(
+            f"{key}={seconds:g} s: the model ({backend.model_info.get('frontend')}) cannot "
+            f"classify a window of {n} samples ({problem}); {fix}"
+        )
 
 
 async def _shortest_window(backend: InferenceBackend, failing: int) -> int | None:

@@ -69,10 +69,15 @@ class InferenceBackend(Protocol):
     async def __aenter__(self) -> InferenceBackend: ...
 
     async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None: ...
 
-    async def infer(self, request: WindowRequest, *, deadline_s: float | None) -> InferenceOutcome: ...
+    async def infer(
+        self, request: WindowRequest, *, deadline_s: float | None
+    ) -> InferenceOutcome: ...
 
     async def probe(self, n_samples: int) -> str | None:
         """Run the model once on a window of ``n_samples``: ``None`` if it can, else why not
@@ -96,13 +101,18 @@ class WorkerStats:
     skipped_stale: int = 0
     evicted: int = 0
     errors: int = 0
-    compute_ms: collections.deque[float] = field(default_factory=lambda: collections.deque(maxlen=1000))
+    compute_ms: collections.deque[float] = field(
+        default_factory=lambda: collections.deque(maxlen=1000)
+    )
 
     def as_dict(self) -> dict[str, Any]:
         recent = sorted(self.compute_ms)
         return {
-            "batches": self.batches, "windows": self.windows, "skipped_stale": self.skipped_stale,
-            "evicted": self.evicted, "errors": self.errors,
+            "batches": self.batches,
+            "windows": self.windows,
+            "skipped_stale": self.skipped_stale,
+            "evicted": self.evicted,
+            "errors": self.errors,
             "compute_ms_median": recent[len(recent) // 2] if recent else None,
         }
 
@@ -111,10 +121,19 @@ class InferenceWorker:
     """In-process :class:`InferenceBackend` running ``Engine`` on a dedicated thread."""
 
     def __init__(
-        self, load_engine: Callable[[], Engine], *, max_batch: int = 8, max_wait_ms: float = 10.0, queue_size: int = 32
+        self,
+        load_engine: Callable[[], Engine],
+        *,
+        max_batch: int = 8,
+        max_wait_ms: float = 10.0,
+        queue_size: int = 32,
     ) -> None:
         self._load_engine = load_engine
-        self.max_batch, self.max_wait_s, self.queue_size = max_batch, max_wait_ms / 1000.0, queue_size
+        self.max_batch, self.max_wait_s, self.queue_size = (
+            max_batch,
+            max_wait_ms / 1000.0,
+            queue_size,
+        )
         self._queue: collections.deque[_Item] = collections.deque()
         self._cond = threading.Condition()
         self._stopping = False
@@ -139,13 +158,18 @@ class InferenceWorker:
     async def __aenter__(self) -> InferenceWorker:
         loop = asyncio.get_running_loop()
         ready: asyncio.Future[None] = loop.create_future()
-        self._thread = threading.Thread(target=self._main, args=(loop, ready), name="inference-worker", daemon=True)
+        self._thread = threading.Thread(
+            target=self._main, args=(loop, ready), name="inference-worker", daemon=True
+        )
         self._thread.start()
         await ready  # re-raises a loading error here
         return self
 
     async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         with self._cond:
             self._stopping = True
@@ -232,7 +256,9 @@ class InferenceWorker:
         if not fresh:
             return
         try:
-            res = self.engine.run([it.request.samples for it in fresh], [it.request.norm for it in fresh])
+            res = self.engine.run(
+                [it.request.samples for it in fresh], [it.request.norm for it in fresh]
+            )
         except Exception:
             log.exception("inference failed on a batch of %d windows; they are skipped", len(fresh))
             self.stats.errors += len(fresh)
@@ -243,12 +269,20 @@ class InferenceWorker:
         self.stats.windows += len(fresh)
         self.stats.compute_ms.append(res.compute_ms)
         for i, it in enumerate(fresh):
-            _resolve(it, InferenceOutcome(
-                it.request, res.probs[i], int(res.tokens_in[i]), int(res.tokens_kept[i]),
-                None, res.compute_ms, len(fresh), None if res.moments is None else res.moments[i],
-                importance=None if res.importance is None else res.importance[i],
-            ))
-
+            _resolve(
+                it,
+                InferenceOutcome(
+                    it.request,
+                    res.probs[i],
+                    int(res.tokens_in[i]),
+                    int(res.tokens_kept[i]),
+                    None,
+                    res.compute_ms,
+                    len(fresh),
+                    None if res.moments is None else res.moments[i],
+                    importance=None if res.importance is None else res.importance[i],
+                ),
+            )
 
     def _probe(self, item: _Item) -> None:
         assert self.engine is not None

@@ -20,8 +20,20 @@ from tests.fixtures.services import free_port, wait_for_port
 def test_default_run_shows_estimates_in_the_dashboard(tmp_path: Path) -> None:
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "streamer.cli", "run", "--set", f"publish.websocket.port={port}", "--duration-s", "60"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        [
+            sys.executable,
+            "-m",
+            "streamer.cli",
+            "run",
+            "--set",
+            f"publish.websocket.port={port}",
+            "--duration-s",
+            "60",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     try:
         wait_for_port("127.0.0.1", port, 60.0)
@@ -34,9 +46,13 @@ def test_default_run_shows_estimates_in_the_dashboard(tmp_path: Path) -> None:
             card = page.locator('article.card[data-stream="demo"]')
             expect(card).to_be_visible(timeout=20_000)
             label = card.locator('[data-role="label"]')
-            expect(label).to_have_text(re.compile(r"neutral|happy|angry|sad", re.IGNORECASE), timeout=20_000)
+            expect(label).to_have_text(
+                re.compile(r"neutral|happy|angry|sad", re.IGNORECASE), timeout=20_000
+            )
             expect(card.locator('[data-role="tokens"]')).to_contain_text("/", timeout=5_000)
-            expect(card.locator('[data-role="untrained"]')).to_be_hidden()  # the bundled model is trained
+            expect(
+                card.locator('[data-role="untrained"]')
+            ).to_be_hidden()  # the bundled model is trained
             time.sleep(2)
             page.screenshot(path=str(tmp_path / "default-run.png"))
             browser.close()

@@ -31,13 +31,17 @@ log = logging.getLogger("probe_layers")
 WIDTH = 512  # Whisper-base's d_model
 
 
-def pooled(feats: Sequence[np.ndarray], layers: Sequence[int], groups: np.ndarray | None) -> np.ndarray:
+def pooled(
+    feats: Sequence[np.ndarray], layers: Sequence[int], groups: np.ndarray | None
+) -> np.ndarray:
     """Mean and std over frames of the chosen layers (0-based), frames standardised per group if given."""
     cols = np.concatenate([np.arange(layer * WIDTH, (layer + 1) * WIDTH) for layer in layers])
     stats = {}
     if groups is not None:
         for g in np.unique(groups):
-            frames = np.concatenate([np.asarray(feats[i][:, cols], dtype=np.float64) for i in np.where(groups == g)[0]])
+            frames = np.concatenate(
+                [np.asarray(feats[i][:, cols], dtype=np.float64) for i in np.where(groups == g)[0]]
+            )
             stats[g] = (frames.mean(0), frames.std(0) + 1e-5)
     out = []
     for i, f in enumerate(feats):
@@ -53,12 +57,19 @@ def ua(model: object, x: np.ndarray, y: np.ndarray) -> float:
     return float(recall_score(y, model.predict(x), average="macro"))  # type: ignore[attr-defined]
 
 
-def probe(x: np.ndarray, y: np.ndarray, speakers: np.ndarray, corpora: np.ndarray) -> dict[str, float]:
+def probe(
+    x: np.ndarray, y: np.ndarray, speakers: np.ndarray, corpora: np.ndarray
+) -> dict[str, float]:
     def fit(mask: np.ndarray) -> object:
-        return make_pipeline(StandardScaler(), LogisticRegression(C=0.05, max_iter=2000)).fit(x[mask], y[mask])
+        return make_pipeline(StandardScaler(), LogisticRegression(C=0.05, max_iter=2000)).fit(
+            x[mask], y[mask]
+        )
 
     emodb = corpora == "emodb"
-    loso = [ua(fit(emodb & (speakers != s)), x[speakers == s], y[speakers == s]) for s in np.unique(speakers[emodb])]
+    loso = [
+        ua(fit(emodb & (speakers != s)), x[speakers == s], y[speakers == s])
+        for s in np.unique(speakers[emodb])
+    ]
     return {
         "emodb_loso": float(np.mean(loso)),
         "nemo_to_emodb": ua(fit(corpora == "nemo"), x[emodb], y[emodb]),
@@ -70,13 +81,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--emodb", required=True, help="EmoDB folder")
     parser.add_argument("--nemo", required=True, help="nEMO folder")
-    parser.add_argument("--cache-dir", default="cache/features", help="feature cache (default cache/features)")
+    parser.add_argument(
+        "--cache-dir", default="cache/features", help="feature cache (default cache/features)"
+    )
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    raw = load_config("configs/train/whisper.yaml", [
-        f"data.sources.0.root={args.emodb}", f"data.sources.1.root={args.nemo}", f"cache_dir={args.cache_dir}",
-        "frontend.layer=6", "frontend.concat_layers=6", "train.augment.conditions=[]", "train.eval_conditions=[]",
-    ])
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    raw = load_config(
+        "configs/train/whisper.yaml",
+        [
+            f"data.sources.0.root={args.emodb}",
+            f"data.sources.1.root={args.nemo}",
+            f"cache_dir={args.cache_dir}",
+            "frontend.layer=6",
+            "frontend.concat_layers=6",
+            "train.augment.conditions=[]",
+            "train.eval_conditions=[]",
+        ],
+    )
     cfg = training.parse_config(raw)
     corpus = training.load_data(cfg)
     feats_by_uid = training.extract(cfg, corpus.utterances)
@@ -91,8 +114,11 @@ def main() -> None:
     for layers in tqdm(candidates, desc="probing"):
         for norm, groups in (("none", None), ("per speaker", speakers)):
             r = probe(pooled(feats, layers, groups), y, speakers, corpora)
-            print(f"| {'+'.join(str(i + 1) for i in layers)} | {norm} | {100 * r['emodb_loso']:.1f} | "
-                  f"{100 * r['nemo_to_emodb']:.1f} | {100 * r['emodb_to_nemo']:.1f} |", flush=True)
+            print(
+                f"| {'+'.join(str(i + 1) for i in layers)} | {norm} | {100 * r['emodb_loso']:.1f} | "
+                f"{100 * r['nemo_to_emodb']:.1f} | {100 * r['emodb_to_nemo']:.1f} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

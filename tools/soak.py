@@ -81,8 +81,12 @@ def free_port() -> int:
 def start_mosquitto(folder: Path) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     conf = folder / "mosquitto.conf"
-    conf.write_text(f"user root\npersistence false\nallow_anonymous true\nlistener {port} 127.0.0.1\n")
-    proc = subprocess.Popen(["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    conf.write_text(
+        f"user root\npersistence false\nallow_anonymous true\nlistener {port} 127.0.0.1\n"
+    )
+    proc = subprocess.Popen(
+        ["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     for _ in range(100):
         try:
             socket.create_connection(("127.0.0.1", port), 0.2).close()
@@ -95,9 +99,15 @@ def start_mosquitto(folder: Path) -> tuple[subprocess.Popen[bytes], int]:
 async def soak(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     audio = long_audio(Path(args.audio) if args.audio else None, work / "audio.wav")
     broker = None
-    publish: dict[str, Any] = {"websocket": {"port": 0, "max_queue": 1000},
-                               "jsonl": {"enabled": True, "path": str(work / "events.jsonl"),
-                                         "rotate_mb": 2, "rotate_keep": 3}}
+    publish: dict[str, Any] = {
+        "websocket": {"port": 0, "max_queue": 1000},
+        "jsonl": {
+            "enabled": True,
+            "path": str(work / "events.jsonl"),
+            "rotate_mb": 2,
+            "rotate_keep": 3,
+        },
+    }
     if not args.no_mqtt and shutil.which("mosquitto"):
         broker, port = start_mosquitto(work)
         publish["mqtt"] = {"enabled": True, "port": port, "max_queue": 10000}
@@ -120,7 +130,9 @@ async def soak(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 nonlocal received
                 from websockets.asyncio.client import connect
 
-                async with connect(f"ws://127.0.0.1:{daemon.websocket.port}/ws", max_size=None) as ws:
+                async with connect(
+                    f"ws://127.0.0.1:{daemon.websocket.port}/ws", max_size=None
+                ) as ws:
                     async for _ in ws:
                         received += 1
 
@@ -160,26 +172,48 @@ def verdict(samples: list[dict[str, float]], warmup: float) -> dict[str, Any]:
         base = after[0][key]
         last = samples[-1][key]
         peak = max(s[key] for s in after)
-        out[key] = {"after_warmup": base, "end": last, "peak": peak,
-                    "growth_pct": round(100.0 * (last - base) / base, 2),
-                    "peak_growth_pct": round(100.0 * (peak - base) / base, 2)}
+        out[key] = {
+            "after_warmup": base,
+            "end": last,
+            "peak": peak,
+            "growth_pct": round(100.0 * (last - base) / base, 2),
+            "peak_growth_pct": round(100.0 * (peak - base) / base, 2),
+        }
     out["ok"] = all(v["growth_pct"] < 5.0 for v in out.values() if isinstance(v, dict))
     return out
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--hours", type=float, default=24.0, help="audio to analyse, all streams together (default 24)")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--hours",
+        type=float,
+        default=24.0,
+        help="audio to analyse, all streams together (default 24)",
+    )
     ap.add_argument("--streams", type=int, default=4, help="concurrent file streams (default 4)")
-    ap.add_argument("--audio", default=None, help="folder of 16 kHz WAV files (default: the bundled demo audio)")
+    ap.add_argument(
+        "--audio", default=None, help="folder of 16 kHz WAV files (default: the bundled demo audio)"
+    )
     ap.add_argument("--checkpoint", default="emodb_logmel", help="model (default emodb_logmel)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    ap.add_argument("--sample-s", type=float, default=10.0, help="seconds between samples (default 10)")
-    ap.add_argument("--warmup", type=float, default=0.1, help="share of the audio counted as warm-up (default 0.1)")
+    ap.add_argument(
+        "--sample-s", type=float, default=10.0, help="seconds between samples (default 10)"
+    )
+    ap.add_argument(
+        "--warmup",
+        type=float,
+        default=0.1,
+        help="share of the audio counted as warm-up (default 0.1)",
+    )
     ap.add_argument("--no-mqtt", action="store_true", help="no MQTT publisher")
     ap.add_argument("--out", default=None, help="write samples, summary and verdict as JSON here")
     args = ap.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     logging.getLogger("streamer").setLevel(logging.WARNING)
     logging.getLogger("websockets").setLevel(logging.WARNING)
     with tempfile.TemporaryDirectory(prefix="soak-") as tmp:
@@ -188,9 +222,15 @@ def main() -> int:
         wall_s = time.monotonic() - t0
     samples = result["samples"]
     result["verdict"] = verdict(samples, args.warmup)
-    result["run"] = {"hours": args.hours, "streams": args.streams, "wall_s": round(wall_s, 1),
-                     "audio_s": samples[-1]["audio_s"], "speed_x": round(samples[-1]["audio_s"] / wall_s, 1),
-                     "cpu": _cpu(), "load_avg": os.getloadavg()}
+    result["run"] = {
+        "hours": args.hours,
+        "streams": args.streams,
+        "wall_s": round(wall_s, 1),
+        "audio_s": samples[-1]["audio_s"],
+        "speed_x": round(samples[-1]["audio_s"] / wall_s, 1),
+        "cpu": _cpu(),
+        "load_avg": os.getloadavg(),
+    }
     print(json.dumps({k: result[k] for k in ("run", "verdict")}, indent=2))
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=1))

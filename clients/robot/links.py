@@ -242,7 +242,9 @@ class WebSocketLink(_Task):
             try:
                 token = self.token or token_from_env()
                 async with connect(
-                    self.url, open_timeout=self.open_timeout_s, max_size=MAX_MESSAGE_BYTES,
+                    self.url,
+                    open_timeout=self.open_timeout_s,
+                    max_size=MAX_MESSAGE_BYTES,
                     additional_headers={"Authorization": f"Bearer {token}"} if token else None,
                 ) as ws:
                     self.connected, self.last_error = True, None
@@ -286,6 +288,7 @@ class WebSocketLink(_Task):
 
     def _hello(self, hello: dict[str, Any]) -> None:
         """Where things stand: statuses, each stream's last transitions (oldest first), last estimates."""
+
         def part(key: str) -> dict[str, Any]:  # a malformed part is left out, not a crash
             value = hello.get(key)
             return value if isinstance(value, dict) else {}

@@ -14,11 +14,20 @@ log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--presets", default="dropformer,no_tdm,static_only,dynamic_only,no_da,vanilla",
-                        help="comma-separated presets (default: all six of Table 1)")
-    parser.add_argument("--jobs", type=int, default=1,
-                        help="presets trained in parallel processes (each gets train.num_threads, default 1 thread)")
-    parser.add_argument("--out", default=None, help="run folder (overrides out_dir); one sub-folder per preset")
+    parser.add_argument(
+        "--presets",
+        default="dropformer,no_tdm,static_only,dynamic_only,no_da,vanilla",
+        help="comma-separated presets (default: all six of Table 1)",
+    )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="presets trained in parallel processes (each gets train.num_threads, default 1 thread)",
+    )
+    parser.add_argument(
+        "--out", default=None, help="run folder (overrides out_dir); one sub-folder per preset"
+    )
 
 
 def main(args: argparse.Namespace, config: dict[str, Any]) -> int:
@@ -41,8 +50,12 @@ def main(args: argparse.Namespace, config: dict[str, Any]) -> int:
     rows = dict(zip(presets, run_many(raws, args.jobs), strict=True))
     table = ablation_table(rows, PRESET_TITLES)
     (root / "ablation.md").write_text(table + "\n")
-    (root / "ablation.json").write_text(json.dumps({k: v["utterance"]["mean"] | {"std": v["utterance"]["std"]}
-                                                    for k, v in rows.items()}, indent=1))
+    (root / "ablation.json").write_text(
+        json.dumps(
+            {k: v["utterance"]["mean"] | {"std": v["utterance"]["std"]} for k, v in rows.items()},
+            indent=1,
+        )
+    )
     print(table)
     return 0
 
@@ -66,13 +79,18 @@ def _train_one(raw: dict[str, Any]) -> dict[str, Any]:
     """Worker-process entry: train one preset (logging set up again in the child)."""
     from dropformer.training import parse_config, run_training
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     return run_training(parse_config(raw))
 
 
 def ablation_table(rows: dict[str, dict[str, Any]], titles: dict[str, str]) -> str:
     """Markdown: one row per preset, UA/WA mean ± std over folds (utterance and 3 s window level)."""
-    lines = ["| model | UA % | WA % | UA % (3 s windows) | WA % (3 s windows) |", "|---|---|---|---|---|"]
+    lines = [
+        "| model | UA % | WA % | UA % (3 s windows) | WA % (3 s windows) |",
+        "|---|---|---|---|---|",
+    ]
     for name, summary in rows.items():
         cells = []
         for level in ("utterance", "window"):

@@ -17,9 +17,15 @@ log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", default=None, metavar="DIR",
-                        help="target folder (default: the cache, $EMOTION_MONITOR_CACHE or ~/.cache/emotion-monitor)")
-    parser.add_argument("--force", action="store_true", help="convert again even if the folder exists")
+    parser.add_argument(
+        "--out",
+        default=None,
+        metavar="DIR",
+        help="target folder (default: the cache, $EMOTION_MONITOR_CACHE or ~/.cache/emotion-monitor)",
+    )
+    parser.add_argument(
+        "--force", action="store_true", help="convert again even if the folder exists"
+    )
 
 
 def main(args: argparse.Namespace, config: dict[str, Any]) -> int:

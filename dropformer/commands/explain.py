@@ -12,7 +12,9 @@ log = logging.getLogger(__name__)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("audio", help="audio file (any rate; resampled to 16 kHz mono)")
-    parser.add_argument("--checkpoint", required=True, help="checkpoint folder (config.json + model.safetensors)")
+    parser.add_argument(
+        "--checkpoint", required=True, help="checkpoint folder (config.json + model.safetensors)"
+    )
     parser.add_argument("--out", default="explain.png", help="PNG to write (default explain.png)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
 
@@ -26,6 +28,9 @@ def main(args: argparse.Namespace, config: dict[str, Any]) -> int:
     wav = load_audio(args.audio)
     expl = explain(ckpt, wav, device=args.device)
     out = plot_explanation(expl, wav, args.out)
-    print(f"{args.audio}: {expl.label} " + " ".join(f"{k}={p:.2f}" for k, p in zip(expl.labels, expl.probs, strict=True))
-          + f"; tokens per layer {expl.kept_tokens}; wrote {out}")
+    print(
+        f"{args.audio}: {expl.label} "
+        + " ".join(f"{k}={p:.2f}" for k, p in zip(expl.labels, expl.probs, strict=True))
+        + f"; tokens per layer {expl.kept_tokens}; wrote {out}"
+    )
     return 0

@@ -18,9 +18,18 @@ def _floats(text: str) -> list[float]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--keep-rates", type=_floats, default=[0.05, 0.1, 0.2, 0.3], help="comma-separated KR values")
-    parser.add_argument("--drop-rates", type=_floats, default=[0.05, 0.1, 0.2], help="comma-separated DR values")
-    parser.add_argument("--jobs", type=int, default=1, help="grid points trained in parallel processes")
+    parser.add_argument(
+        "--keep-rates",
+        type=_floats,
+        default=[0.05, 0.1, 0.2, 0.3],
+        help="comma-separated KR values",
+    )
+    parser.add_argument(
+        "--drop-rates", type=_floats, default=[0.05, 0.1, 0.2], help="comma-separated DR values"
+    )
+    parser.add_argument(
+        "--jobs", type=int, default=1, help="grid points trained in parallel processes"
+    )
     parser.add_argument("--out", default=None, help="sweep folder (overrides out_dir)")
 
 
@@ -38,13 +47,23 @@ def main(args: argparse.Namespace, config: dict[str, Any]) -> int:
         raw["out_dir"] = str(root / f"kr{kr:g}_dr{dr:g}")
         raws.append(raw)
     results = run_many(raws, args.jobs)
-    points = [{"keep_rate": kr, "drop_rate": dr, "ua": r["utterance"]["mean"]["ua"], "wa": r["utterance"]["mean"]["wa"],
-               "ua_std": r["utterance"]["std"]["ua"]} for (kr, dr), r in zip(grid, results, strict=True)]
+    points = [
+        {
+            "keep_rate": kr,
+            "drop_rate": dr,
+            "ua": r["utterance"]["mean"]["ua"],
+            "wa": r["utterance"]["mean"]["wa"],
+            "ua_std": r["utterance"]["std"]["ua"],
+        }
+        for (kr, dr), r in zip(grid, results, strict=True)
+    ]
     (root / "sweep.json").write_text(json.dumps(points, indent=1))
     png = plot_sweep(points, root / "figure5.png")
     print("| KR | DR | UA % | WA % |\n|---|---|---|---|")
     for p in points:
-        print(f"| {p['keep_rate']:g} | {p['drop_rate']:g} | {100 * p['ua']:.1f} | {100 * p['wa']:.1f} |")
+        print(
+            f"| {p['keep_rate']:g} | {p['drop_rate']:g} | {100 * p['ua']:.1f} | {100 * p['wa']:.1f} |"
+        )
     print(f"wrote {png}")
     return 0
 

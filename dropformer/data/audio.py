@@ -16,8 +16,12 @@ SAMPLE_RATE_HZ = 16_000
 VIDEO_SUFFIXES = {".mp4", ".mkv", ".avi", ".mov", ".webm"}
 
 
-def load_audio(path: str | Path, sample_rate_hz: int = SAMPLE_RATE_HZ,
-               start_s: float | None = None, end_s: float | None = None) -> np.ndarray:
+def load_audio(
+    path: str | Path,
+    sample_rate_hz: int = SAMPLE_RATE_HZ,
+    start_s: float | None = None,
+    end_s: float | None = None,
+) -> np.ndarray:
     """Return mono float32 samples of ``path`` at ``sample_rate_hz``, optionally a time slice."""
     p = Path(path)
     if not p.is_file():
@@ -38,7 +42,9 @@ def load_audio(path: str | Path, sample_rate_hz: int = SAMPLE_RATE_HZ,
         b = None if end_s is None else int(round(end_s * sample_rate_hz))
         wav = wav[a:b]
     if wav.size == 0:
-        raise AudioError(f"{str(p)!r} holds no samples (or an empty slice); remove it from the list")
+        raise AudioError(
+            f"{str(p)!r} holds no samples (or an empty slice); remove it from the list"
+        )
     return np.ascontiguousarray(wav, dtype=np.float32)
 
 
@@ -46,9 +52,25 @@ def decode_with_ffmpeg(path: Path, sample_rate_hz: int = SAMPLE_RATE_HZ) -> np.n
     """Decode the audio track of a video (or any file ffmpeg reads) to mono float32."""
     exe = shutil.which("ffmpeg")
     if exe is None:
-        raise AudioError("ffmpeg is not installed; install it (apt-get install ffmpeg) to read MELD videos")
-    cmd = [exe, "-nostdin", "-loglevel", "error", "-i", str(path), "-vn", "-ac", "1",
-           "-ar", str(sample_rate_hz), "-f", "f32le", "pipe:1"]
+        raise AudioError(
+            "ffmpeg is not installed; install it (apt-get install ffmpeg) to read MELD videos"
+        )
+    cmd = [
+        exe,
+        "-nostdin",
+        "-loglevel",
+        "error",
+        "-i",
+        str(path),
+        "-vn",
+        "-ac",
+        "1",
+        "-ar",
+        str(sample_rate_hz),
+        "-f",
+        "f32le",
+        "pipe:1",
+    ]
     proc = subprocess.run(cmd, capture_output=True, check=False)
     if proc.returncode != 0:
         err = proc.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["unknown error"]

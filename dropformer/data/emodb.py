@@ -13,21 +13,34 @@ from dropformer.data.report import DataReport
 
 #: EmoDB's emotion letters and their (English) names.
 EMODB_CODES: dict[str, str] = {
-    "W": "anger", "F": "happiness", "N": "neutral", "T": "sadness",
-    "L": "boredom", "E": "disgust", "A": "fear",
+    "W": "anger",
+    "F": "happiness",
+    "N": "neutral",
+    "T": "sadness",
+    "L": "boredom",
+    "E": "disgust",
+    "A": "fear",
 }
 
 #: Default mapping of EmoDB names onto the shared 4-class names; ``None`` excludes.
 DEFAULT_LABEL_MAP: dict[str, str | None] = {
-    "anger": "angry", "happiness": "happy", "neutral": "neutral", "sadness": "sad",
-    "boredom": None, "disgust": None, "fear": None,
+    "anger": "angry",
+    "happiness": "happy",
+    "neutral": "neutral",
+    "sadness": "sad",
+    "boredom": None,
+    "disgust": None,
+    "fear": None,
 }
 
 _NAME = re.compile(r"^(?P<spk>\d\d)(?P<text>[a-z]\d\d)(?P<code>[A-Z])(?P<ver>[a-z])$")
 
 
-def read_emodb(root: str | Path, label_map: Mapping[str, str | None] | None = None,
-               labels: tuple[str, ...] = FOUR_CLASSES) -> Corpus:
+def read_emodb(
+    root: str | Path,
+    label_map: Mapping[str, str | None] | None = None,
+    labels: tuple[str, ...] = FOUR_CLASSES,
+) -> Corpus:
     """Read EmoDB from ``root`` (a folder holding the wavs, or holding ``wav/``).
 
     ``label_map`` maps EmoDB names (``anger``, ``boredom``, ...) to class names,
@@ -53,7 +66,9 @@ def read_emodb(root: str | Path, label_map: Mapping[str, str | None] | None = No
             report.exclude(name)
             continue
         if target not in labels:
-            report.problem(str(path), f"label map sends {name!r} to {target!r}, not one of {labels}")
+            report.problem(
+                str(path), f"label map sends {name!r} to {target!r}, not one of {labels}"
+            )
             continue
         try:
             duration_s = sf.info(str(path)).duration

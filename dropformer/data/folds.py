@@ -50,8 +50,13 @@ def _key(u: Utterance, scheme: Scheme) -> str:
     return u.group if scheme == "group" else u.corpus if scheme == "corpus" else u.speaker
 
 
-def make_folds(utts: Sequence[Utterance], scheme: Scheme = "speaker", num_folds: int = 5,
-               val_count: int = 1, test_sources: Sequence[str] | None = None) -> list[Fold]:
+def make_folds(
+    utts: Sequence[Utterance],
+    scheme: Scheme = "speaker",
+    num_folds: int = 5,
+    val_count: int = 1,
+    test_sources: Sequence[str] | None = None,
+) -> list[Fold]:
     """Build the folds of ``scheme`` (see the module docstring)."""
     if not utts:
         raise DataError("no utterances to split into folds; check data.root")
@@ -60,35 +65,50 @@ def make_folds(utts: Sequence[Utterance], scheme: Scheme = "speaker", num_folds:
     if scheme == "all":
         return [Fold(1, "all", list(utts), [], [])]
     if scheme not in ("speaker", "group", "kfold", "corpus"):
-        raise ConfigError(f"train.folds_scheme={scheme!r} is unknown; use speaker, group, kfold, split, all or corpus")
+        raise ConfigError(
+            f"train.folds_scheme={scheme!r} is unknown; use speaker, group, kfold, split, all or corpus"
+        )
     key_scheme: Scheme = scheme if scheme in ("group", "corpus") else "speaker"
     testable = [u for u in utts if not test_sources or u.corpus in test_sources]
     if not testable:
-        raise ConfigError(f"train.test_sources={list(test_sources or [])} match no utterance; use data.sources names")
+        raise ConfigError(
+            f"train.test_sources={list(test_sources or [])} match no utterance; use data.sources names"
+        )
     keys = sorted({_key(u, key_scheme) for u in testable})
     if scheme == "kfold":
         if not 2 <= num_folds <= len(keys):
-            raise ConfigError(f"train.num_folds={num_folds} must lie in 2..{len(keys)} (number of speakers)")
+            raise ConfigError(
+                f"train.num_folds={num_folds} must lie in 2..{len(keys)} (number of speakers)"
+            )
         groups = [_key(u, key_scheme) for u in testable]
-        parts = [sorted({groups[i] for i in test})
-                 for _, test in GroupKFold(num_folds).split(testable, groups=groups)]
+        parts = [
+            sorted({groups[i] for i in test})
+            for _, test in GroupKFold(num_folds).split(testable, groups=groups)
+        ]
     else:
         if len(keys) < 2:
-            raise DataError(f"leave-one-{key_scheme}-out needs at least 2 {key_scheme}s, found {keys}")
+            raise DataError(
+                f"leave-one-{key_scheme}-out needs at least 2 {key_scheme}s, found {keys}"
+            )
         parts = [[k] for k in keys]
     if val_count < 0 or val_count > len(parts) - 2 and val_count > 0:
-        raise ConfigError(f"train.val_count={val_count} leaves no training data with {len(parts)} folds; "
-                          f"use 0..{max(len(parts) - 2, 0)}")
+        raise ConfigError(
+            f"train.val_count={val_count} leaves no training data with {len(parts)} folds; "
+            f"use 0..{max(len(parts) - 2, 0)}"
+        )
     folds = []
     for i, test_keys in enumerate(parts):
         val_keys = [k for j in range(1, val_count + 1) for k in parts[(i + j) % len(parts)]]
         test_set, val_set = set(test_keys), set(val_keys)
-        folds.append(Fold(
-            index=i + 1, name="+".join(test_keys),
-            train=[u for u in utts if _key(u, key_scheme) not in test_set | val_set],
-            val=[u for u in utts if _key(u, key_scheme) in val_set],
-            test=[u for u in utts if _key(u, key_scheme) in test_set],
-        ))
+        folds.append(
+            Fold(
+                index=i + 1,
+                name="+".join(test_keys),
+                train=[u for u in utts if _key(u, key_scheme) not in test_set | val_set],
+                val=[u for u in utts if _key(u, key_scheme) in val_set],
+                test=[u for u in utts if _key(u, key_scheme) in test_set],
+            )
+        )
     return folds
 
 
@@ -98,8 +118,10 @@ def _split_fold(utts: Sequence[Utterance]) -> Fold:
         by.setdefault(u.group.lower(), []).append(u)
     val = by.get("dev", []) + by.get("val", []) + by.get("valid", []) + by.get("validation", [])
     if not by.get("train") or not by.get("test"):
-        raise DataError(f"folds_scheme=split needs 'train' and 'test' groups, found {sorted(by)}; "
-                        "add a split column to the manifest or use folds_scheme=speaker")
+        raise DataError(
+            f"folds_scheme=split needs 'train' and 'test' groups, found {sorted(by)}; "
+            "add a split column to the manifest or use folds_scheme=speaker"
+        )
     return Fold(1, "test", by["train"], val, by["test"])
 
 

@@ -14,30 +14,44 @@ from dropformer.errors import ConfigError
 CORPORA = ("emodb", "nemo", "iemocap", "meld", "manifest")
 
 
-def load_corpus(corpus: str, root: str | Path | None, manifest: str | Path | None = None,
-                labels: tuple[str, ...] | None = None, label_map: Mapping[str, Any] | None = None,
-                strict: bool = False) -> Corpus:
+def load_corpus(
+    corpus: str,
+    root: str | Path | None,
+    manifest: str | Path | None = None,
+    labels: tuple[str, ...] | None = None,
+    label_map: Mapping[str, Any] | None = None,
+    strict: bool = False,
+) -> Corpus:
     """Read ``corpus`` (emodb, nemo, iemocap, meld or manifest), log its report, honour ``strict``."""
     if corpus == "manifest":
         if manifest is None:
-            raise ConfigError("data.manifest is required with data.corpus=manifest; set it to a CSV file")
+            raise ConfigError(
+                "data.manifest is required with data.corpus=manifest; set it to a CSV file"
+            )
         from dropformer.data.manifest import read_manifest
+
         result = read_manifest(manifest, labels, label_map=label_map)
     else:
         if root is None:
-            raise ConfigError(f"data.root is required with data.corpus={corpus}; pass --set data.root=/path/to/{corpus}")
+            raise ConfigError(
+                f"data.root is required with data.corpus={corpus}; pass --set data.root=/path/to/{corpus}"
+            )
         kw: dict[str, Any] = {} if labels is None else {"labels": labels}
         if corpus == "emodb":
             from dropformer.data.emodb import read_emodb
+
             result = read_emodb(root, label_map=label_map, **kw)
         elif corpus == "nemo":
             from dropformer.data.nemo import read_nemo
+
             result = read_nemo(root, label_map=label_map, **kw)
         elif corpus == "iemocap":
             from dropformer.data.iemocap import read_iemocap
+
             result = read_iemocap(root, label_map=label_map, **kw)
         elif corpus == "meld":
             from dropformer.data.meld import read_meld
+
             result = read_meld(root, **kw)
         else:
             raise ConfigError(f"data.corpus={corpus!r} is unknown; use one of {', '.join(CORPORA)}")
@@ -56,8 +70,9 @@ class SourceSpec:
     label_map: Mapping[str, Any] | None = None
 
 
-def load_sources(sources: Sequence[SourceSpec], labels: tuple[str, ...] | None = None,
-                 strict: bool = False) -> Corpus:
+def load_sources(
+    sources: Sequence[SourceSpec], labels: tuple[str, ...] | None = None, strict: bool = False
+) -> Corpus:
     """Read each source and combine them: uids and speakers prefixed ``<name>/``, ``corpus`` = the name.
 
     Every source must use the same class names (``labels``; default the four
@@ -74,10 +89,16 @@ def load_sources(sources: Sequence[SourceSpec], labels: tuple[str, ...] | None =
     for spec in sources:
         part = load_corpus(spec.corpus, spec.root, spec.manifest, classes, spec.label_map, strict)
         if tuple(part.labels) != tuple(classes):
-            raise ConfigError(f"data.sources[{spec.name}] has classes {part.labels}, expected {classes}; "
-                              "set data.labels and each source's label_map to the same class names")
-        utts += [dataclasses.replace(u, uid=f"{spec.name}/{u.uid}", speaker=f"{spec.name}/{u.speaker}",
-                                     corpus=spec.name) for u in part.utterances]
+            raise ConfigError(
+                f"data.sources[{spec.name}] has classes {part.labels}, expected {classes}; "
+                "set data.labels and each source's label_map to the same class names"
+            )
+        utts += [
+            dataclasses.replace(
+                u, uid=f"{spec.name}/{u.uid}", speaker=f"{spec.name}/{u.speaker}", corpus=spec.name
+            )
+            for u in part.utterances
+        ]
         report.used += part.report.used
         report.excluded.update({f"{spec.name}:{k}": v for k, v in part.report.excluded.items()})
         report.problems += part.report.problems

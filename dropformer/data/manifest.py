@@ -12,8 +12,11 @@ from dropformer.data.report import DataReport
 from dropformer.errors import DataError
 
 
-def read_manifest(path: str | Path, labels: Sequence[str] | None = None,
-                  label_map: Mapping[str, Any] | None = None) -> Corpus:
+def read_manifest(
+    path: str | Path,
+    labels: Sequence[str] | None = None,
+    label_map: Mapping[str, Any] | None = None,
+) -> Corpus:
     """Read a manifest; ``labels`` fixes the class order (others are excluded).
 
     ``label_map`` renames the manifest's labels first (``None`` as a value excludes one).
@@ -23,13 +26,17 @@ def read_manifest(path: str | Path, labels: Sequence[str] | None = None,
     """
     p = Path(path)
     if not p.is_file():
-        raise DataError(f"manifest {str(p)!r} does not exist; set data.manifest to a CSV with path,label,speaker")
+        raise DataError(
+            f"manifest {str(p)!r} does not exist; set data.manifest to a CSV with path,label,speaker"
+        )
     report = DataReport(f"manifest {p.name}")
     with p.open(encoding="utf-8", newline="") as fh:
         reader = csv.DictReader(fh)
         missing = [c for c in ("path", "label", "speaker") if c not in (reader.fieldnames or [])]
         if missing:
-            raise DataError(f"manifest {str(p)!r} lacks column(s) {missing}; the header must be path,label,speaker[,split]")
+            raise DataError(
+                f"manifest {str(p)!r} lacks column(s) {missing}; the header must be path,label,speaker[,split]"
+            )
         rows = list(enumerate(reader, 2))
     mapping = dict(label_map or {})
 
@@ -38,11 +45,19 @@ def read_manifest(path: str | Path, labels: Sequence[str] | None = None,
 
     found = sorted({m for _, r in rows if (m := mapped((r["label"] or "").strip()))} - {""})
     if labels is None:
-        labels = tuple(c for c in FOUR_CLASSES if c in found) if set(found) <= set(FOUR_CLASSES) else tuple(found)
+        labels = (
+            tuple(c for c in FOUR_CLASSES if c in found)
+            if set(found) <= set(FOUR_CLASSES)
+            else tuple(found)
+        )
     utts: list[Utterance] = []
     for lineno, row in rows:
         where = f"{p}:{lineno}"
-        rel, raw, speaker = (row["path"] or "").strip(), (row["label"] or "").strip(), (row["speaker"] or "").strip()
+        rel, raw, speaker = (
+            (row["path"] or "").strip(),
+            (row["label"] or "").strip(),
+            (row["speaker"] or "").strip(),
+        )
         if not rel or not raw or not speaker:
             report.problem(where, "empty path, label or speaker")
             continue

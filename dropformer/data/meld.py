@@ -8,7 +8,15 @@ from pathlib import Path
 from dropformer.data import Corpus, Utterance
 from dropformer.data.report import DataReport
 
-MELD_CLASSES: tuple[str, ...] = ("neutral", "joy", "sadness", "anger", "surprise", "fear", "disgust")
+MELD_CLASSES: tuple[str, ...] = (
+    "neutral",
+    "joy",
+    "sadness",
+    "anger",
+    "surprise",
+    "fear",
+    "disgust",
+)
 
 #: split -> (CSV file, media folder) as in the official release.
 MELD_SPLITS: dict[str, tuple[str, str]] = {
@@ -19,8 +27,11 @@ MELD_SPLITS: dict[str, tuple[str, str]] = {
 _REQUIRED = ("Speaker", "Emotion", "Dialogue_ID", "Utterance_ID")
 
 
-def read_meld(root: str | Path, labels: tuple[str, ...] = MELD_CLASSES,
-              media_suffixes: tuple[str, ...] = (".mp4", ".wav")) -> Corpus:
+def read_meld(
+    root: str | Path,
+    labels: tuple[str, ...] = MELD_CLASSES,
+    media_suffixes: tuple[str, ...] = (".mp4", ".wav"),
+) -> Corpus:
     """Read MELD; group = split (train/dev/test), speaker = the CSV's Speaker column.
 
     A row whose media file (``dia{D}_utt{U}.mp4``) is missing is a problem in the
@@ -52,10 +63,17 @@ def read_meld(root: str | Path, labels: tuple[str, ...] = MELD_CLASSES,
                     report.exclude(emotion or "<empty>")
                     continue
                 stem = f"dia{d}_utt{u}"
-                path = next((p for s in media_suffixes if (p := base / media / f"{stem}{s}").is_file()), None)
+                path = next(
+                    (p for s in media_suffixes if (p := base / media / f"{stem}{s}").is_file()),
+                    None,
+                )
                 if path is None:
                     report.problem(str(base / media / f"{stem}.mp4"), "missing media file")
                     continue
-                utts.append(Utterance(f"{split}/{stem}", path, emotion, (row["Speaker"] or "?").strip(), split))
+                utts.append(
+                    Utterance(
+                        f"{split}/{stem}", path, emotion, (row["Speaker"] or "?").strip(), split
+                    )
+                )
     report.used = len(utts)
     return Corpus("meld", utts, labels, report)

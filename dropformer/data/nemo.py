@@ -16,13 +16,21 @@ from dropformer.data.report import DataReport
 
 #: nEMO's emotion names onto the shared 4-class names; ``None`` excludes.
 DEFAULT_LABEL_MAP: dict[str, str | None] = {
-    "anger": "angry", "happiness": "happy", "neutral": "neutral", "sadness": "sad",
-    "fear": None, "surprised": None, "surprise": None,
+    "anger": "angry",
+    "happiness": "happy",
+    "neutral": "neutral",
+    "sadness": "sad",
+    "fear": None,
+    "surprised": None,
+    "surprise": None,
 }
 
 
-def read_nemo(root: str | Path, label_map: Mapping[str, str | None] | None = None,
-              labels: tuple[str, ...] = FOUR_CLASSES) -> Corpus:
+def read_nemo(
+    root: str | Path,
+    label_map: Mapping[str, str | None] | None = None,
+    labels: tuple[str, ...] = FOUR_CLASSES,
+) -> Corpus:
     """Read nEMO from ``root`` (holding ``labels.csv`` or ``data.tsv``, and the audio in ``wav/`` or ``data/``)."""
     base = Path(root)
     report = DataReport("nemo")
@@ -43,22 +51,32 @@ def read_nemo(root: str | Path, label_map: Mapping[str, str | None] | None = Non
             report.problem(f"{index}:{lineno}", "empty file, emotion or speaker")
             continue
         if emotion not in mapping:
-            report.problem(f"{index}:{lineno}", f"unknown emotion {emotion!r}; add it to data.label_map")
+            report.problem(
+                f"{index}:{lineno}", f"unknown emotion {emotion!r}; add it to data.label_map"
+            )
             continue
         target = mapping[emotion]
         if target is None:
             report.exclude(emotion)
             continue
         if target not in labels:
-            report.problem(f"{index}:{lineno}", f"label map sends {emotion!r} to {target!r}, not one of {labels}")
+            report.problem(
+                f"{index}:{lineno}",
+                f"label map sends {emotion!r} to {target!r}, not one of {labels}",
+            )
             continue
         path = audio_dir / name
         if not path.suffix:
-            path = next((path.with_suffix(s) for s in (".wav", ".flac") if path.with_suffix(s).is_file()), path)
+            path = next(
+                (path.with_suffix(s) for s in (".wav", ".flac") if path.with_suffix(s).is_file()),
+                path,
+            )
         if not path.is_file():
             report.problem(str(path), "missing audio file")
             continue
         duration = row.get("duration_s")
-        utts.append(Utterance(path.stem, path, target, speaker, "", float(duration) if duration else None))
+        utts.append(
+            Utterance(path.stem, path, target, speaker, "", float(duration) if duration else None)
+        )
     report.used = len(utts)
     return Corpus("nemo", utts, labels, report)

@@ -45,8 +45,10 @@ class DataReport:
     def summary(self) -> str:
         """Multi-line text: counts first, then every problem on its own line."""
         excl = ", ".join(f"{k}={v}" for k, v in sorted(self.excluded.items())) or "none"
-        lines = [f"{self.corpus}: {self.used} utterances used; excluded by label: {excl}; "
-                 f"{len(self.problems)} problem(s)"]
+        lines = [
+            f"{self.corpus}: {self.used} utterances used; excluded by label: {excl}; "
+            f"{len(self.problems)} problem(s)"
+        ]
         lines += [f"  - {p}" for p in self.problems]
         return "\n".join(lines)
 
@@ -57,7 +59,11 @@ class DataReport:
         """Log the report; with ``strict`` raise :class:`DataError` if any problem was found."""
         self.log()
         if strict and self.problems:
-            raise DataError(self.summary() + "\nfix or remove these entries, or set data.strict=false "
-                            "to train on the usable ones")
+            raise DataError(
+                self.summary() + "\nfix or remove these entries, or set data.strict=false "
+                "to train on the usable ones"
+            )
         if self.used == 0:
-            raise DataError(self.summary() + "\nno usable utterances: check data.root points at the corpus")
+            raise DataError(
+                self.summary() + "\nno usable utterances: check data.root points at the corpus"
+            )

@@ -12,7 +12,9 @@ HELP = "list audio input devices and their native sample rates"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``--json``."""
-    parser.add_argument("--json", action="store_true", help="print the list as JSON instead of a table")
+    parser.add_argument(
+        "--json", action="store_true", help="print the list as JSON instead of a table"
+    )
 
 
 def format_table(devices: list[dict[str, Any]]) -> str:
@@ -20,8 +22,13 @@ def format_table(devices: list[dict[str, Any]]) -> str:
     if not devices:
         return "no audio input devices found (on Linux, is PulseAudio/PipeWire running?)"
     rows = [("index", "name", "channels", "rate_hz", "host_api")] + [
-        (str(d["index"]), d["name"], str(d["max_input_channels"]),
-         f"{d['default_samplerate']:.0f}", d["hostapi"])
+        (
+            str(d["index"]),
+            d["name"],
+            str(d["max_input_channels"]),
+            f"{d['default_samplerate']:.0f}",
+            d["hostapi"],
+        )
         for d in devices
     ]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]

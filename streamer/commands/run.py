@@ -25,8 +25,12 @@ log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--duration-s", type=float, default=None, help="stop after this many seconds")
-    parser.add_argument("--print-config", action="store_true", help="print the validated config and exit")
+    parser.add_argument(
+        "--duration-s", type=float, default=None, help="stop after this many seconds"
+    )
+    parser.add_argument(
+        "--print-config", action="store_true", help="print the validated config and exit"
+    )
 
 
 def main(args: argparse.Namespace, config: dict[str, Any]) -> int:

@@ -46,11 +46,15 @@ def parse_streams(value: Any) -> frozenset[str] | None:
 def parse_control(raw: str | bytes, *, max_bytes: int) -> Subscribe:
     """The client's message as a :class:`Subscribe`; see the module docstring for errors."""
     try:
-        msg = loads_object(raw, max_bytes=max_bytes, max_depth=MAX_CONTROL_DEPTH, what="control message")
+        msg = loads_object(
+            raw, max_bytes=max_bytes, max_depth=MAX_CONTROL_DEPTH, what="control message"
+        )
     except MessageError as exc:
         if exc.code in ("too_large", "too_deep"):
             raise
         raise ControlError(exc.code, exc.message) from None
     if msg.get("type") != "subscribe":
-        raise ControlError("bad_request", 'only {"type": "subscribe", "streams": [...]} is understood')
+        raise ControlError(
+            "bad_request", 'only {"type": "subscribe", "streams": [...]} is understood'
+        )
     return Subscribe(parse_streams(msg.get("streams")))

@@ -69,7 +69,9 @@ def loads_bounded(
     numbers beyond a float's range are refused too. Raises :class:`MessageError`."""
     size = len(data.encode("utf-8", "surrogatepass")) if isinstance(data, str) else len(data)
     if size > max_bytes:
-        raise MessageError("too_large", f"{what} of {size} bytes exceeds the limit of {max_bytes} bytes")
+        raise MessageError(
+            "too_large", f"{what} of {size} bytes exceeds the limit of {max_bytes} bytes"
+        )
     if isinstance(data, bytes):
         try:
             data = data.decode("utf-8")

@@ -216,7 +216,9 @@ class StreamCore:
         """The current status with up-to-date counters (a heartbeat; the state is unchanged)."""
         if self._state is None:
             raise RuntimeError(f"stream {self.stream_id} has not been started")
-        return StreamStatus(self.stream_id, self._state, self._ms(self.windower.total_samples), self.counters)
+        return StreamStatus(
+            self.stream_id, self._state, self._ms(self.windower.total_samples), self.counters
+        )
 
     def start(self) -> StreamStatus:
         """Begin the stream: returns the ``online`` status."""
@@ -319,8 +321,13 @@ class StreamCore:
         state: StreamState = "speech" if speech else "silence"
         if state != self._state:
             out.append(self._status(state, at_sample=w.end_sample))
-        self._pending[seq] = _Slot(w.start_sample, w.end_sample, speech, resolved=not speech,
-                                   envelope=envelope(w.samples) if speech and self.importance else None)
+        self._pending[seq] = _Slot(
+            w.start_sample,
+            w.end_sample,
+            speech,
+            resolved=not speech,
+            envelope=envelope(w.samples) if speech and self.importance else None,
+        )
         if speech:
             out.append(
                 WindowRequest(
@@ -438,7 +445,16 @@ class StreamCore:
             out.append(self._estimate(seq, slot, upd, raw))
             if not self._announced:  # the first label: a transition from nothing
                 self._announced = True
-                out.append(EmotionTransition(self.stream_id, seq, self._ms(slot.end_sample), None, upd.label, upd.confidence))
+                out.append(
+                    EmotionTransition(
+                        self.stream_id,
+                        seq,
+                        self._ms(slot.end_sample),
+                        None,
+                        upd.label,
+                        upd.confidence,
+                    )
+                )
             elif upd.transition is not None:
                 out.append(
                     EmotionTransition(

@@ -60,11 +60,17 @@ class JsonlSink:
     def publish(self, message: Message) -> None:
         """Queue ``message`` for writing; never blocks."""
         self.stats.track(message.stream_id)
-        dropped = self._queue.push((message.stream_id, (message.text_for(self.importance) + "\n").encode()))
+        dropped = self._queue.push(
+            (message.stream_id, (message.text_for(self.importance) + "\n").encode())
+        )
         if dropped is not None:
             self.stats.lose(dropped[0])
             if should_log(self.stats.dropped):
-                log.warning("jsonl %s: disk too slow; %d event(s) lost so far", self.path, self.stats.dropped)
+                log.warning(
+                    "jsonl %s: disk too slow; %d event(s) lost so far",
+                    self.path,
+                    self.stats.dropped,
+                )
 
     def forget(self, stream_id: str) -> None:
         """Nothing per stream is kept here (the hub forgets the loss count)."""
@@ -74,12 +80,16 @@ class JsonlSink:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._open()
         except OSError as exc:
-            raise ConfigError(f"publish.jsonl.path {str(self.path)!r} cannot be opened for appending ({exc})") from exc
+            raise ConfigError(
+                f"publish.jsonl.path {str(self.path)!r} cannot be opened for appending ({exc})"
+            ) from exc
         self._writer = asyncio.get_running_loop().create_task(self._write_loop())
         return self
 
     async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
         self._closing = True
@@ -90,8 +100,12 @@ class JsonlSink:
         if self._fd is not None:
             await asyncio.to_thread(self._final_flush, self._queue.drain())
         if self.stats.dropped:
-            log.warning("jsonl %s: closed; %d event(s) written, %d lost", self.path,
-                        self.stats.published, self.stats.dropped)
+            log.warning(
+                "jsonl %s: closed; %d event(s) written, %d lost",
+                self.path,
+                self.stats.published,
+                self.stats.dropped,
+            )
 
     # -- on the worker thread ------------------------------------------------
     def _open(self) -> None:
@@ -106,7 +120,10 @@ class JsonlSink:
         try:
             os.fsync(fd)
         except OSError as exc:
-            if exc.errno not in (22, 95):  # EINVAL, EOPNOTSUPP: not a file that can be synced (a pipe, /dev/full)
+            if exc.errno not in (
+                22,
+                95,
+            ):  # EINVAL, EOPNOTSUPP: not a file that can be synced (a pipe, /dev/full)
                 self._failed(f"fsync failed ({exc})", [])
         finally:
             try:
@@ -158,7 +175,7 @@ class JsonlSink:
                     pass
             self._size = start + kept
             self._count_written(lines, kept)
-            self._failed(f"write failed ({exc})", lines[self._n_lines(lines, kept):])
+            self._failed(f"write failed ({exc})", lines[self._n_lines(lines, kept) :])
             return
         self._size = start + done
         self.stats.published += len(lines)
@@ -194,8 +211,14 @@ class JsonlSink:
         self.write_errors += 1
         self.last_error = what
         if should_log(self.write_errors):
-            log.error("jsonl %s: %s; %d event(s) lost now, %d in all (%d failure(s) so far)",
-                      self.path, what, len(lost), self.stats.dropped, self.write_errors)
+            log.error(
+                "jsonl %s: %s; %d event(s) lost now, %d in all (%d failure(s) so far)",
+                self.path,
+                what,
+                len(lost),
+                self.stats.dropped,
+                self.write_errors,
+            )
 
     def _rotate(self) -> None:
         """``path`` -> ``path.1`` (older ones shift up; the one past ``rotate_keep`` is deleted)."""
@@ -217,15 +240,25 @@ class JsonlSink:
                 if oldest.exists():
                     oldest.unlink()
                     self.deleted += 1
-                    log.info("jsonl %s: deleted %s (publish.jsonl.rotate_keep=%d; %d deleted so far)",
-                             self.path, oldest, keep, self.deleted)
+                    log.info(
+                        "jsonl %s: deleted %s (publish.jsonl.rotate_keep=%d; %d deleted so far)",
+                        self.path,
+                        oldest,
+                        keep,
+                        self.deleted,
+                    )
             for i in range(keep - 1, 0, -1):
                 older = self._rotated(i)
                 if older.exists():
                     older.replace(self._rotated(i + 1))
             self.path.replace(self._rotated(1))
             self.rotations += 1
-            log.info("jsonl %s: rotated to %s (%d rotation(s) so far)", self.path, self._rotated(1), self.rotations)
+            log.info(
+                "jsonl %s: rotated to %s (%d rotation(s) so far)",
+                self.path,
+                self._rotated(1),
+                self.rotations,
+            )
         except OSError as exc:
             log.error("jsonl %s: rotation failed (%s); appending to the same file", self.path, exc)
         try:
@@ -238,5 +271,11 @@ class JsonlSink:
 
     def health(self) -> dict[str, object]:
         """Counters (for ``/healthz``)."""
-        return {**self.stats.as_dict(), "queued": len(self._queue), "rotations": self.rotations,
-                "deleted": self.deleted, "write_errors": self.write_errors, "last_error": self.last_error}
+        return {
+            **self.stats.as_dict(),
+            "queued": len(self._queue),
+            "rotations": self.rotations,
+            "deleted": self.deleted,
+            "write_errors": self.write_errors,
+            "last_error": self.last_error,
+        }

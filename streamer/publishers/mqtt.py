@@ -171,7 +171,11 @@ class MqttPublisher:
     """
 
     def __init__(
-        self, cfg: MqttConfig, *, password: str | None = None, close_timeout_s: float = 3.0,
+        self,
+        cfg: MqttConfig,
+        *,
+        password: str | None = None,
+        close_timeout_s: float = 3.0,
         timeout_s: float = 10.0,
     ) -> None:
         self.cfg = cfg
@@ -198,7 +202,9 @@ class MqttPublisher:
         self._ignored_types: set[str] = set()
         self._drained = asyncio.Event()
         self._runner: asyncio.Task[None] | None = None
-        self._lost_reported = 0  # stats.dropped at the last connect (the outage's losses are logged)
+        self._lost_reported = (
+            0  # stats.dropped at the last connect (the outage's losses are logged)
+        )
         self._props = Properties(PacketTypes.PUBLISH)
         self._props.ContentType = "application/json"
 
@@ -234,9 +240,12 @@ class MqttPublisher:
         for lost in self._queue.put((sid, topic, payload), estimate=kind == "emotion.estimate"):
             self.stats.lose(lost[0])
             if self.stats.dropped in (1, 100) or self.stats.dropped % 10000 == 0:
-                log.warning("mqtt: broker slow or unreachable; dropped %d message(s) so far "
-                            "(queue of %d; the oldest estimates go first)", self.stats.dropped,
-                            self._queue.maxsize)
+                log.warning(
+                    "mqtt: broker slow or unreachable; dropped %d message(s) so far "
+                    "(queue of %d; the oldest estimates go first)",
+                    self.stats.dropped,
+                    self._queue.maxsize,
+                )
 
     def forget(self, stream_id: str) -> None:
         """An ended stream: its retained topics stay on the broker (status offline,
@@ -258,8 +267,9 @@ class MqttPublisher:
 
     def _announce(self, stream_id: str) -> None:
         """Home Assistant discovery configs for a stream seen for the first time (retained)."""
-        configs = discovery_configs(self.discovery_prefix, self.prefix, stream_id,
-                                    topic_segment(stream_id), qos=self.qos)
+        configs = discovery_configs(
+            self.discovery_prefix, self.prefix, stream_id, topic_segment(stream_id), qos=self.qos
+        )
         for topic, doc in configs.items():
             self._set_retained(topic, _json(doc), None)
 
@@ -277,19 +287,29 @@ class MqttPublisher:
         return self
 
     async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
         for sid in self._streams:
             last = self._last_status.get(sid) or {
-                "type": "stream.status", "v": 1, "stream_id": sid, "audio_ms": 0,
+                "type": "stream.status",
+                "v": 1,
+                "stream_id": sid,
+                "audio_ms": 0,
                 "counters": dict.fromkeys(COUNTER_NAMES, 0),
             }
             if last.get("state") in ("offline", "error"):
                 continue  # the stream said goodbye itself
-            self._set_retained(self.topic(sid, "status"),
-                               _json({**last, "state": "offline", "detail": "daemon stopped"}), sid)
-        self._set_retained(self.daemon_topic, self._daemon_status("offline", "daemon stopped"), None)
+            self._set_retained(
+                self.topic(sid, "status"),
+                _json({**last, "state": "offline", "detail": "daemon stopped"}),
+                sid,
+            )
+        self._set_retained(
+            self.daemon_topic, self._daemon_status("offline", "daemon stopped"), None
+        )
         self._drained.clear()
         if self.connected:
             try:
@@ -302,9 +322,14 @@ class MqttPublisher:
         for owner in left:
             self.stats.lose(owner)
         if left:
-            log.warning("mqtt: closing with %d message(s) undelivered (broker %s:%d %s); "
-                        "%d lost in all", len(left), self.host, self.port,
-                        "slow" if self.connected else "unreachable", self.stats.dropped)
+            log.warning(
+                "mqtt: closing with %d message(s) undelivered (broker %s:%d %s); %d lost in all",
+                len(left),
+                self.host,
+                self.port,
+                "slow" if self.connected else "unreachable",
+                self.stats.dropped,
+            )
         runner, self._runner = self._runner, None
         if runner is not None:
             runner.cancel()
@@ -319,15 +344,28 @@ class MqttPublisher:
     def _client(self) -> aiomqtt.Client:
         tls = self.cfg.tls
         return aiomqtt.Client(
-            self.host, self.port, username=self.username, password=self.password,
-            identifier=self.client_id, protocol=aiomqtt.ProtocolVersion.V5,
-            keepalive=self.keepalive_s, timeout=self.timeout_s,
+            self.host,
+            self.port,
+            username=self.username,
+            password=self.password,
+            identifier=self.client_id,
+            protocol=aiomqtt.ProtocolVersion.V5,
+            keepalive=self.keepalive_s,
+            timeout=self.timeout_s,
             logger=logging.getLogger(__name__ + ".client"),
-            will=aiomqtt.Will(self.daemon_topic, self._daemon_status("offline", "connection lost"),
-                              qos=1, retain=True),
+            will=aiomqtt.Will(
+                self.daemon_topic,
+                self._daemon_status("offline", "connection lost"),
+                qos=1,
+                retain=True,
+            ),
             tls_params=aiomqtt.TLSParameters(
-                ca_certs=tls.ca_file, certfile=tls.cert_file, keyfile=tls.key_file,
-            ) if tls is not None else None,
+                ca_certs=tls.ca_file,
+                certfile=tls.cert_file,
+                keyfile=tls.key_file,
+            )
+            if tls is not None
+            else None,
             tls_insecure=tls.insecure if tls is not None else None,
         )
 
@@ -341,10 +379,16 @@ class MqttPublisher:
                     self.connects += 1
                     lost = self.stats.dropped - self._lost_reported
                     self._lost_reported = self.stats.dropped
-                    log.log(logging.WARNING if lost else logging.INFO, "mqtt: connected to %s:%d%s%s",
-                            self.host, self.port, f" after {failures} failed attempt(s)" if failures else "",
-                            f"; {lost} message(s) lost while disconnected ({self.stats.dropped} in all)"
-                            if lost else "")
+                    log.log(
+                        logging.WARNING if lost else logging.INFO,
+                        "mqtt: connected to %s:%d%s%s",
+                        self.host,
+                        self.port,
+                        f" after {failures} failed attempt(s)" if failures else "",
+                        f"; {lost} message(s) lost while disconnected ({self.stats.dropped} in all)"
+                        if lost
+                        else "",
+                    )
                     delay_s, failures = self.reconnect_min_s, 0
                     await self._serve(client)
             except aiomqtt.MqttError as exc:
@@ -358,8 +402,13 @@ class MqttPublisher:
                     level = logging.DEBUG
                 elif _reason_code(exc) in _AUTH_CODES:
                     level = logging.ERROR
-                log.log(level, "mqtt: %s; retrying in %.1f s (attempt %d)", self.last_error,
-                        delay_s, failures)
+                log.log(
+                    level,
+                    "mqtt: %s; retrying in %.1f s (attempt %d)",
+                    self.last_error,
+                    delay_s,
+                    failures,
+                )
             except Exception as exc:  # a bug must not silently end publishing for good
                 failures += 1
                 self.last_error = f"internal error: {exc!r}"
@@ -372,16 +421,23 @@ class MqttPublisher:
     def _describe(self, exc: aiomqtt.MqttError) -> str:
         where = f"broker {self.host}:{self.port}"
         if _reason_code(exc) in _AUTH_CODES:
-            return (f"{where} refused user {self.username!r} ({exc}); check mqtt.username and "
-                    "mqtt.password and the broker's ACL")
+            return (
+                f"{where} refused user {self.username!r} ({exc}); check mqtt.username and "
+                "mqtt.password and the broker's ACL"
+            )
         if self.connected:
             return f"lost connection to {where} ({exc})"
         return f"cannot connect to {where} ({exc}); is the broker running and reachable?"
 
     async def _serve(self, client: aiomqtt.Client) -> None:
         """Send retained state, then queued messages, until the connection fails."""
-        await client.publish(self.daemon_topic, self._daemon_status("online"), qos=1, retain=True,
-                             properties=self._props)
+        await client.publish(
+            self.daemon_topic,
+            self._daemon_status("online"),
+            qos=1,
+            retain=True,
+            properties=self._props,
+        )
         for topic in self._retained:
             self._dirty.setdefault(topic, None)
         watcher = asyncio.get_running_loop().create_task(self._watch(client))
@@ -420,7 +476,9 @@ class MqttPublisher:
             watcher.cancel()
             await asyncio.wait([watcher])
 
-    async def _send(self, client: aiomqtt.Client, topic: str, payload: bytes, *, retain: bool) -> None:
+    async def _send(
+        self, client: aiomqtt.Client, topic: str, payload: bytes, *, retain: bool
+    ) -> None:
         await client.publish(topic, payload, qos=self.qos, retain=retain, properties=self._props)
         self.stats.published += 1
 
@@ -434,7 +492,10 @@ class MqttPublisher:
     def health(self) -> dict[str, Any]:
         """Counters and connection state (for ``/healthz``)."""
         return {
-            **self.stats.as_dict(), "connected": self.connected, "connects": self.connects,
-            "queued": len(self._queue), "retained_pending": len(self._dirty),
+            **self.stats.as_dict(),
+            "connected": self.connected,
+            "connects": self.connects,
+            "queued": len(self._queue),
+            "retained_pending": len(self._dirty),
             "last_error": self.last_error,
         }

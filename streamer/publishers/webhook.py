@@ -99,7 +99,9 @@ class WebhookPublisher:
         if dropped is not None:
             self.stats.lose(dropped[0])
             if should_log(self.stats.dropped):
-                log.warning("webhook: queue full, dropped the oldest alert (%d so far)", self.stats.dropped)
+                log.warning(
+                    "webhook: queue full, dropped the oldest alert (%d so far)", self.stats.dropped
+                )
 
     async def __aenter__(self) -> WebhookPublisher:
         self._runner = asyncio.get_running_loop().create_task(self._run(), name="webhook")
@@ -123,7 +125,11 @@ class WebhookPublisher:
         for sid, _ in left:
             self.stats.lose(sid)
         if left:
-            log.warning("webhook: closing with %d alert(s) undelivered (%d lost in all)", len(left), self.stats.dropped)
+            log.warning(
+                "webhook: closing with %d alert(s) undelivered (%d lost in all)",
+                len(left),
+                self.stats.dropped,
+            )
 
     async def _run(self) -> None:
         while True:
@@ -155,8 +161,12 @@ class WebhookPublisher:
             if status is not None and status < 500 and status not in RETRY_STATUS:
                 break  # the server refused it for good
         self.counters.failed += 1
-        log.warning("webhook: could not deliver an alert to %s (%s); %d failed in all", self.url,
-                    self.last_error, self.counters.failed)
+        log.warning(
+            "webhook: could not deliver an alert to %s (%s); %d failed in all",
+            self.url,
+            self.last_error,
+            self.counters.failed,
+        )
         return False
 
     def _post(self, body: bytes) -> tuple[int | None, str | None]:

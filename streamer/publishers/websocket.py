@@ -72,8 +72,14 @@ log = logging.getLogger(__name__)
 
 PROTOCOL_VERSION = 1
 CLOSE_TRY_AGAIN_LATER = 1013
-_EXTRA_TYPES = {".js": "text/javascript", ".mjs": "text/javascript", ".css": "text/css",
-                ".json": "application/json", ".svg": "image/svg+xml", ".wasm": "application/wasm"}
+_EXTRA_TYPES = {
+    ".js": "text/javascript",
+    ".mjs": "text/javascript",
+    ".css": "text/css",
+    ".json": "application/json",
+    ".svg": "image/svg+xml",
+    ".wasm": "application/wasm",
+}
 
 
 @dataclass(eq=False)
@@ -97,10 +103,14 @@ class _Client:
 
     def info(self, *, with_address: bool) -> dict[str, Any]:
         doc: dict[str, Any] = {"remote": self.remote} if with_address else {}
-        doc.update({
-            "streams": sorted(self.streams) if self.streams is not None else None,
-            "queued": len(self.queue), "sent": self.sent, "dropped": self.dropped,
-        })
+        doc.update(
+            {
+                "streams": sorted(self.streams) if self.streams is not None else None,
+                "queued": len(self.queue),
+                "sent": self.sent,
+                "dropped": self.dropped,
+            }
+        )
         return doc
 
 
@@ -132,11 +142,15 @@ class WebSocketPublisher:
     """
 
     def __init__(
-        self, cfg: WebSocketConfig | None = None, *, access: AccessPolicy | None = None,
+        self,
+        cfg: WebSocketConfig | None = None,
+        *,
+        access: AccessPolicy | None = None,
         static_dir: str | Path | None = None,
         snapshot: Callable[[], dict[str, Any]] | None = None,
         health: Callable[[], dict[str, Any]] | None = None,
-        close_timeout_s: float = 2.0, write_limit_bytes: int = 32 * 1024,
+        close_timeout_s: float = 2.0,
+        write_limit_bytes: int = 32 * 1024,
     ) -> None:
         cfg = cfg or WebSocketConfig()
         self.cfg = cfg
@@ -173,9 +187,13 @@ class WebSocketPublisher:
     async def __aenter__(self) -> WebSocketPublisher:
         try:
             self._server = await serve(
-                self._handle, self.host, self.port, process_request=self._process_request,
+                self._handle,
+                self.host,
+                self.port,
+                process_request=self._process_request,
                 select_subprotocol=lambda _conn, offered: select_subprotocol(offered),
-                max_size=self._max_message_bytes, write_limit=self.write_limit_bytes,
+                max_size=self._max_message_bytes,
+                write_limit=self.write_limit_bytes,
                 close_timeout=self.close_timeout_s,
             )
         except OSError as exc:
@@ -184,12 +202,19 @@ class WebSocketPublisher:
                 "pick a free port or 0 for any"
             ) from exc
         self.port = int(next(iter(self._server.sockets)).getsockname()[1])
-        log.info("websocket: serving ws://%s:%d%s%s", self.host, self.port, self.path,
-                 f" and files from {self.static_dir}" if self.static_dir else "")
+        log.info(
+            "websocket: serving ws://%s:%d%s%s",
+            self.host,
+            self.port,
+            self.path,
+            f" and files from {self.static_dir}" if self.static_dir else "",
+        )
         return self
 
     async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
         server, self._server = self._server, None
@@ -201,8 +226,12 @@ class WebSocketPublisher:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def add_route(
-        self, path: str, handler: Callable[[ServerConnection], Awaitable[None]], *,
-        max_message_bytes: int = 64 * 1024, needs_token: bool = False,
+        self,
+        path: str,
+        handler: Callable[[ServerConnection], Awaitable[None]],
+        *,
+        max_message_bytes: int = 64 * 1024,
+        needs_token: bool = False,
     ) -> None:
         """Serve another WebSocket endpoint at ``path``; ``handler(conn)`` owns the connection.
 
@@ -260,8 +289,13 @@ class WebSocketPublisher:
             client.dropped += 1
             self.stats.lose(dropped[0])
             if client.dropped in (1, 100) or client.dropped % 10000 == 0:
-                log.warning("websocket: client %s is slow; dropped %d message(s) for it "
-                            "(%d for all clients so far)", client.remote, client.dropped, self.stats.dropped)
+                log.warning(
+                    "websocket: client %s is slow; dropped %d message(s) for it "
+                    "(%d for all clients so far)",
+                    client.remote,
+                    client.dropped,
+                    self.stats.dropped,
+                )
         if not client.queue.full():
             client.full_since = None
         elif client.full_since is None:
@@ -275,9 +309,13 @@ class WebSocketPublisher:
             client.dropped += 1
             self.stats.lose(sid)
         self.slow_clients_closed += 1
-        log.warning("websocket: closing client %s: its queue stayed full for over %.1f s "
-                    "(%d message(s) dropped for it)", client.remote,
-                    self.slow_client_timeout_s, client.dropped)
+        log.warning(
+            "websocket: closing client %s: its queue stayed full for over %.1f s "
+            "(%d message(s) dropped for it)",
+            client.remote,
+            self.slow_client_timeout_s,
+            client.dropped,
+        )
         for task in list(client.tasks):
             task.cancel()
         self._spawn(client.conn.close(CLOSE_TRY_AGAIN_LATER, "client too slow, reconnect"))
@@ -324,10 +362,15 @@ class WebSocketPublisher:
         snap = self._snapshot()
         last = snap.get("last_estimate", {})
         hello = {
-            "type": "hello", "v": PROTOCOL_VERSION, "streams": snap.get("streams", []),
+            "type": "hello",
+            "v": PROTOCOL_VERSION,
+            "streams": snap.get("streams", []),
             "last_status": snap.get("last_status", {}),
-            "last_estimate": last if self.importance else {
-                sid: {k: v for k, v in est.items() if k != "importance"} for sid, est in last.items()
+            "last_estimate": last
+            if self.importance
+            else {
+                sid: {k: v for k, v in est.items() if k != "importance"}
+                for sid, est in last.items()
             },
             "transitions": snap.get("transitions", {}),
         }
@@ -357,14 +400,22 @@ class WebSocketPublisher:
         except MessageError as exc:
             self.control_errors[exc.code] = self.control_errors.get(exc.code, 0) + 1
             if should_log(self.control_errors[exc.code]):
-                log.warning("websocket: closing client %s: %s (%d such so far)", client.remote,
-                            exc.message, self.control_errors[exc.code])
+                log.warning(
+                    "websocket: closing client %s: %s (%d such so far)",
+                    client.remote,
+                    exc.message,
+                    self.control_errors[exc.code],
+                )
             return exc
         client.streams = sub.streams
-        self._reply(client, {
-            "type": "subscribed", "v": PROTOCOL_VERSION,
-            "streams": sorted(client.streams) if client.streams is not None else None,
-        })
+        self._reply(
+            client,
+            {
+                "type": "subscribed",
+                "v": PROTOCOL_VERSION,
+                "streams": sorted(client.streams) if client.streams is not None else None,
+            },
+        )
         return None
 
     def _reply(self, client: _Client, doc: dict[str, Any]) -> None:
@@ -386,21 +437,28 @@ class WebSocketPublisher:
             total = len(others)
             from_address = sum(1 for c in others if _address(c) == address)
         refusal = self.access.check(
-            request.path, request.headers, websocket=websocket,
+            request.path,
+            request.headers,
+            websocket=websocket,
             needs_token=path == self.path or (route is not None and route.needs_token),
-            open_from_address=from_address, open_total=total,
+            open_from_address=from_address,
+            open_total=total,
         )
         if refusal is not None:
             return self._refuse(conn, refusal)
         if websocket:
             return None  # WebSocket handshake
         if path == "/healthz":
-            authenticated = self.access.token is not None and self.access.authenticated(request.path, request.headers)
+            authenticated = self.access.token is not None and self.access.authenticated(
+                request.path, request.headers
+            )
             body = encode_json(self.health(with_addresses=authenticated))
             return self._response(http.HTTPStatus.OK, body.encode(), "application/json")
         file = self._static_file(path)
         if file is None:
-            return self._response(http.HTTPStatus.NOT_FOUND, b"not found\n", "text/plain; charset=utf-8")
+            return self._response(
+                http.HTTPStatus.NOT_FOUND, b"not found\n", "text/plain; charset=utf-8"
+            )
         ctype = _EXTRA_TYPES.get(file.suffix.lower()) or mimetypes.guess_type(file.name)[0]
         ctype = ctype or "application/octet-stream"
         if ctype.startswith("text/") or ctype in ("application/json", "image/svg+xml"):
@@ -410,10 +468,19 @@ class WebSocketPublisher:
     def _refuse(self, conn: ServerConnection, refusal: Refusal) -> Response:
         n = self.refused[refusal.status] = self.refused.get(refusal.status, 0) + 1
         if should_log(n):
-            log.warning("websocket: refused %s with %d: %s (%d refused with %d so far)",
-                        _address(conn), refusal.status, refusal.reason, n, refusal.status)
-        return self._response(http.HTTPStatus(refusal.status), (refusal.reason + "\n").encode(),
-                              "text/plain; charset=utf-8")
+            log.warning(
+                "websocket: refused %s with %d: %s (%d refused with %d so far)",
+                _address(conn),
+                refusal.status,
+                refusal.reason,
+                n,
+                refusal.status,
+            )
+        return self._response(
+            http.HTTPStatus(refusal.status),
+            (refusal.reason + "\n").encode(),
+            "text/plain; charset=utf-8",
+        )
 
     def _static_file(self, url_path: str) -> Path | None:
         """The file under ``static_dir`` for ``url_path``; ``None`` if absent or outside."""
@@ -431,18 +498,25 @@ class WebSocketPublisher:
 
     @staticmethod
     def _response(status: http.HTTPStatus, body: bytes, content_type: str) -> Response:
-        headers = Headers([
-            ("Date", email.utils.formatdate(usegmt=True)), ("Connection", "close"),
-            ("Content-Length", str(len(body))), ("Content-Type", content_type),
-            ("Cache-Control", "no-cache"), ("X-Content-Type-Options", "nosniff"),
-        ])
+        headers = Headers(
+            [
+                ("Date", email.utils.formatdate(usegmt=True)),
+                ("Connection", "close"),
+                ("Content-Length", str(len(body))),
+                ("Content-Type", content_type),
+                ("Cache-Control", "no-cache"),
+                ("X-Content-Type-Options", "nosniff"),
+            ]
+        )
         return Response(status.value, status.phrase, headers, body)
 
     def health(self, *, with_addresses: bool = False) -> dict[str, Any]:
         """The ``/healthz`` document: counters of this server and its clients (their
         addresses only ``with_addresses``: a request that presented the token)."""
         doc: dict[str, Any] = {
-            "status": "ok", **self.stats.as_dict(), "clients": self.client_info(with_address=with_addresses),
+            "status": "ok",
+            **self.stats.as_dict(),
+            "clients": self.client_info(with_address=with_addresses),
             "connections_total": self.connections_total,
             "slow_clients_closed": self.slow_clients_closed,
             "refused": {str(k): v for k, v in sorted(self.refused.items())},

@@ -5,6 +5,12 @@ from streamer.sources.file import FileSource, open_audio
 from streamer.sources.resample import StreamResampler
 
 __all__ = [
-    "OUTPUT_RATE_HZ", "FileSource", "Frame", "Source", "SourceStats", "StreamResampler", "open_audio",
+    "OUTPUT_RATE_HZ",
+    "FileSource",
+    "Frame",
+    "Source",
+    "SourceStats",
+    "StreamResampler",
+    "open_audio",
 ]
 # MicrophoneSource lives in streamer.sources.microphone (imports PortAudio lazily).

@@ -48,8 +48,13 @@ class FileSource:
     """
 
     def __init__(
-        self, path: str | Path, stream_id: str, *, realtime: bool = True,
-        block_ms: float = 100.0, loop: bool = False,
+        self,
+        path: str | Path,
+        stream_id: str,
+        *,
+        realtime: bool = True,
+        block_ms: float = 100.0,
+        loop: bool = False,
     ) -> None:
         self.path = Path(path)
         self.stream_id = stream_id
@@ -69,13 +74,19 @@ class FileSource:
         f = self._file
         log.info(
             "stream %s: file %s (%d Hz, %d ch, %.2f s)%s",
-            self.stream_id, self.path, f.samplerate, f.channels, f.frames / f.samplerate,
+            self.stream_id,
+            self.path,
+            f.samplerate,
+            f.channels,
+            f.frames / f.samplerate,
             ", looping" if self.loop else "",
         )
         return self
 
     async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
         if self._file is not None:
@@ -97,7 +108,9 @@ class FileSource:
             try:
                 data = f.read(block_in, dtype="float32", always_2d=True)
             except (sf.LibsndfileError, RuntimeError) as exc:
-                raise AudioError(f"audio file {str(self.path)!r} cannot be read any further ({exc}); is it damaged?") from exc
+                raise AudioError(
+                    f"audio file {str(self.path)!r} cannot be read any further ({exc}); is it damaged?"
+                ) from exc
             if len(data) == 0:
                 if self.loop:
                     f.seek(0)
@@ -128,7 +141,9 @@ class FileSource:
 
 def block_frames(rate_hz: int, channels: int, block_ms: float) -> int:
     """Sample frames per read: ``block_ms`` of audio, but at most ``MAX_BLOCK_BYTES`` of float32."""
-    return max(1, min(round(rate_hz * block_ms / 1000.0), MAX_BLOCK_BYTES // (4 * max(1, channels))))
+    return max(
+        1, min(round(rate_hz * block_ms / 1000.0), MAX_BLOCK_BYTES // (4 * max(1, channels)))
+    )
 
 
 def open_audio(path: str | Path) -> sf.SoundFile:
@@ -142,7 +157,9 @@ def open_audio(path: str | Path) -> sf.SoundFile:
     try:
         f = sf.SoundFile(name)
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError, OverflowError) as exc:
-        raise AudioError(f"audio file {name!r} cannot be decoded ({exc}); expected a WAV, FLAC or OGG audio file") from exc
+        raise AudioError(
+            f"audio file {name!r} cannot be decoded ({exc}); expected a WAV, FLAC or OGG audio file"
+        ) from exc
     problem = None
     if not 1 <= f.channels <= MAX_CHANNELS:
         problem = f"has {f.channels} channels; at most {MAX_CHANNELS} are accepted"

@@ -61,13 +61,15 @@ def list_input_devices(*, refresh: bool = False) -> list[dict[str, Any]]:
     for d in sd.query_devices():
         if d["max_input_channels"] < 1:
             continue
-        out.append({
-            "index": int(d["index"]),
-            "name": str(d["name"]),
-            "max_input_channels": int(d["max_input_channels"]),
-            "default_samplerate": float(d["default_samplerate"]),
-            "hostapi": str(hostapis[d["hostapi"]]["name"]),
-        })
+        out.append(
+            {
+                "index": int(d["index"]),
+                "name": str(d["name"]),
+                "max_input_channels": int(d["max_input_channels"]),
+                "default_samplerate": float(d["default_samplerate"]),
+                "hostapi": str(hostapis[d["hostapi"]]["name"]),
+            }
+        )
     return out
 
 
@@ -94,7 +96,9 @@ def resolve_input_device(device: str | int | None) -> dict[str, Any]:
         try:
             index = int(sd.query_devices(kind="input")["index"])
         except (sd.PortAudioError, ValueError) as exc:
-            raise DeviceError(f"there is no default input device ({exc}); {_describe(devices)}") from exc
+            raise DeviceError(
+                f"there is no default input device ({exc}); {_describe(devices)}"
+            ) from exc
         device = index
     if isinstance(device, int) or (isinstance(device, str) and device.strip().isdigit()):
         idx = int(device)
@@ -140,8 +144,14 @@ class MicrophoneSource:
     """
 
     def __init__(
-        self, device: str | int | None, stream_id: str, *, block_ms: float = 20.0,
-        queue_blocks: int = 50, channels: int = 1, sample_rate_hz: float | None = None,
+        self,
+        device: str | int | None,
+        stream_id: str,
+        *,
+        block_ms: float = 20.0,
+        queue_blocks: int = 50,
+        channels: int = 1,
+        sample_rate_hz: float | None = None,
     ) -> None:
         self.device = device
         self.stream_id = stream_id
@@ -178,9 +188,13 @@ class MicrophoneSource:
 
         try:
             self._stream = sd.InputStream(
-                device=info["index"], samplerate=rate, channels=self.channels, dtype="float32",
+                device=info["index"],
+                samplerate=rate,
+                channels=self.channels,
+                dtype="float32",
                 blocksize=max(1, round(rate * self.block_ms / 1000.0)),
-                callback=callback, finished_callback=finished,
+                callback=callback,
+                finished_callback=finished,
             )
             self._stream.start()
         except sd.PortAudioError as exc:
@@ -208,7 +222,8 @@ class MicrophoneSource:
             if self.stats.dropped_frames in (1, 10, 100) or self.stats.dropped_frames % 1000 == 0:
                 log.warning(
                     "stream %s: consumer too slow, dropped %d audio block(s) so far",
-                    self.stream_id, self.stats.dropped_frames,
+                    self.stream_id,
+                    self.stats.dropped_frames,
                 )
         q.put_nowait(block)
 
@@ -221,7 +236,9 @@ class MicrophoneSource:
                 stream.close()
 
     async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
         self._close_stream()
@@ -233,7 +250,9 @@ class MicrophoneSource:
     async def _frames(self) -> AsyncIterator[Frame]:
         q, resampler = self._queue, self._resampler
         if q is None or resampler is None:
-            raise DeviceError(f"MicrophoneSource {self.stream_id!r} is not open; use 'async with source:'")
+            raise DeviceError(
+                f"MicrophoneSource {self.stream_id!r} is not open; use 'async with source:'"
+            )
         while True:
             block = await q.get()
             if block is None:

@@ -21,8 +21,12 @@ class StreamResampler:
     """
 
     def __init__(
-        self, in_rate_hz: float, out_rate_hz: float = OUTPUT_RATE_HZ, channels: int = 1,
-        *, quality: str = "HQ",
+        self,
+        in_rate_hz: float,
+        out_rate_hz: float = OUTPUT_RATE_HZ,
+        channels: int = 1,
+        *,
+        quality: str = "HQ",
     ) -> None:
         for name, rate in (("in_rate_hz", in_rate_hz), ("out_rate_hz", out_rate_hz)):
             if not np.isfinite(rate) or rate <= 0:

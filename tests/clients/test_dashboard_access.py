@@ -38,7 +38,10 @@ ATTACK = """<!doctype html><meta charset="utf-8"><title>cat pictures</title>
 async def browser() -> AsyncIterator[Browser]:
     path = chromium_path()
     # rebound.test and attacker.test resolve to this machine: what DNS rebinding achieves
-    args = [*CHROMIUM_ARGS, "--host-resolver-rules=MAP rebound.test 127.0.0.1, MAP attacker.test 127.0.0.1"]
+    args = [
+        *CHROMIUM_ARGS,
+        "--host-resolver-rules=MAP rebound.test 127.0.0.1, MAP attacker.test 127.0.0.1",
+    ]
     async with async_playwright() as p:
         b = await p.chromium.launch(executable_path=path, args=args)
         try:
@@ -55,25 +58,36 @@ async def test_other_pages_cannot_read_the_estimates(browser: Browser, tmp_path:
     attacker = websocket_publisher(static_dir=site, access=AccessPolicy(allowed_hosts=("*",)))
     monitor = websocket_publisher(port=monitor_port, static_dir=DASHBOARD_DIR)
     async with monitor, attacker:
-        monitor.publish(encode(Alert("mic0", "sustained_anger", "warning", "angry 0.94", 1000).to_dict()))
+        monitor.publish(
+            encode(Alert("mic0", "sustained_anger", "warning", "angry 0.94", 1000).to_dict())
+        )
         page = await browser.new_page()
         await page.goto(f"http://attacker.test:{attacker.port}/")
         await page.wait_for_function("Object.keys(window.results).length == 2", timeout=WAIT_MS)
-        assert await page.evaluate("window.results") == {"cross_origin": "refused", "rebound": "refused"}
+        assert await page.evaluate("window.results") == {
+            "cross_origin": "refused",
+            "rebound": "refused",
+        }
         # the rebound name cannot even load a page from the monitor
         response = await page.goto(f"http://rebound.test:{monitor_port}/")
         assert response is not None and response.status == 403
         # the monitor's own dashboard connects
         await page.goto(f"http://127.0.0.1:{monitor_port}/")
         await expect(page.locator("#conn-text")).to_have_text("connected", timeout=WAIT_MS)
-    assert monitor.refused[403] >= 3 and monitor.connections_total == 1  # (the page, its favicon, 2 sockets)
+    assert (
+        monitor.refused[403] >= 3 and monitor.connections_total == 1
+    )  # (the page, its favicon, 2 sockets)
 
 
 async def test_the_dashboard_passes_the_token_from_its_url(browser: Browser) -> None:
-    async with websocket_publisher(static_dir=DASHBOARD_DIR, access=AccessPolicy(token=TOKEN)) as monitor:
+    async with websocket_publisher(
+        static_dir=DASHBOARD_DIR, access=AccessPolicy(token=TOKEN)
+    ) as monitor:
         page = await browser.new_page()
         await page.goto(f"http://127.0.0.1:{monitor.port}/")
-        await expect(page.locator("#conn-text")).to_contain_text("this monitor needs a token", timeout=WAIT_MS)
+        await expect(page.locator("#conn-text")).to_contain_text(
+            "this monitor needs a token", timeout=WAIT_MS
+        )
         await page.goto(f"http://127.0.0.1:{monitor.port}/?token={TOKEN}")
         await expect(page.locator("#conn-text")).to_have_text("connected", timeout=WAIT_MS)
     assert monitor.refused.get(401, 0) >= 1 and monitor.connections_total == 1

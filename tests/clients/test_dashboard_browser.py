@@ -21,8 +21,14 @@ from tests.fixtures.services import require_binary
 CHROMIUM = "/usr/bin/chromium"
 DASHBOARD_DIR = Path(__file__).resolve().parents[2] / "clients" / "dashboard"
 CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
     "--disable-dev-shm-usage",
 ]
 WAIT_MS = 15_000  # generous upper bound for each UI condition (polled, not slept)
@@ -37,20 +43,51 @@ def _scores(labels: tuple[str, ...], top: str, p_top: float) -> dict[str, float]
     return {lab: (p_top if lab == top else rest) for lab in labels}
 
 
-def estimate(sid: str, seq: int, label: str, p: float, labels: tuple[str, ...] = FOUR, *,
-             random_init: bool = False, arousal: float = 0.5, valence: float = -0.4) -> dict[str, Any]:
+def estimate(
+    sid: str,
+    seq: int,
+    label: str,
+    p: float,
+    labels: tuple[str, ...] = FOUR,
+    *,
+    random_init: bool = False,
+    arousal: float = 0.5,
+    valence: float = -0.4,
+) -> dict[str, Any]:
     scores = _scores(labels, label, p)
     return EmotionEstimate(
-        stream_id=sid, seq=seq, audio_start_ms=seq * 500, audio_end_ms=seq * 500 + 3000,
-        speech=True, label=label, confidence=p, scores=scores, raw=scores,
-        arousal=arousal, valence=valence, tokens_in=150, tokens_kept=98, latency_ms=38.2,
-        model={"name": "dropformer", "frontend": "logmel80", "rev": "test", "random_init": random_init},
+        stream_id=sid,
+        seq=seq,
+        audio_start_ms=seq * 500,
+        audio_end_ms=seq * 500 + 3000,
+        speech=True,
+        label=label,
+        confidence=p,
+        scores=scores,
+        raw=scores,
+        arousal=arousal,
+        valence=valence,
+        tokens_in=150,
+        tokens_kept=98,
+        latency_ms=38.2,
+        model={
+            "name": "dropformer",
+            "frontend": "logmel80",
+            "rev": "test",
+            "random_init": random_init,
+        },
     ).to_dict()
 
 
 def status(sid: str, state: str, audio_ms: int) -> dict[str, Any]:
-    counters = {"windows": 12, "inferred": 9, "skipped_stale": 2, "skipped_silence": 1,
-                "dropped_frames": 0, "bad_samples": 0}
+    counters = {
+        "windows": 12,
+        "inferred": 9,
+        "skipped_stale": 2,
+        "skipped_silence": 1,
+        "dropped_frames": 0,
+        "bad_samples": 0,
+    }
     return StreamStatus(sid, state, audio_ms, counters).to_dict()  # type: ignore[arg-type]
 
 
@@ -74,7 +111,9 @@ async def browser() -> AsyncIterator[Browser]:
             await b.close()
 
 
-async def test_dashboard_shows_streams_transitions_and_reconnects(browser: Browser, tmp_path: Path) -> None:
+async def test_dashboard_shows_streams_transitions_and_reconnects(
+    browser: Browser, tmp_path: Path
+) -> None:
     errors: list[str] = []
     page = await browser.new_page(viewport={"width": 1360, "height": 1000})
 
@@ -102,7 +141,9 @@ async def test_dashboard_shows_streams_transitions_and_reconnects(browser: Brows
         for seq, p in enumerate((0.5, 0.6, 0.7)):
             pub.publish(encode(estimate("mic0", seq, "neutral", p)))
             if seq == 0:  # the stream's first label comes as a transition from null
-                pub.publish(encode(EmotionTransition("mic0", 0, 3000, None, "neutral", 0.5).to_dict()))
+                pub.publish(
+                    encode(EmotionTransition("mic0", 0, 3000, None, "neutral", 0.5).to_dict())
+                )
         for seq, lab in enumerate(("neutral", "neutral", "angry", "angry")):
             pub.publish(encode(estimate("mic0", 3 + seq, lab, 0.72, arousal=0.62, valence=-0.48)))
         pub.publish(encode(EmotionTransition("mic0", 6, 6000, "neutral", "angry", 0.72).to_dict()))
@@ -161,7 +202,9 @@ async def test_dashboard_shows_streams_transitions_and_reconnects(browser: Brows
         await _until(page, lambda: [c["streams"] for c in pub.clients] == [None])
 
     # Server gone: the page says so and keeps retrying.
-    await expect(page.locator("#conn")).to_have_attribute("data-state", "disconnected", timeout=WAIT_MS)
+    await expect(page.locator("#conn")).to_have_attribute(
+        "data-state", "disconnected", timeout=WAIT_MS
+    )
     await expect(page.locator("#conn-text")).to_contain_text("reconnecting")
 
     # Same port, a new server (the daemon restarted): the page reconnects.

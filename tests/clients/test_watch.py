@@ -26,15 +26,28 @@ def estimate(sid: str, seq: int, label: str, p: float = 0.7) -> dict[str, Any]:
     rest = (1 - p) / 3
     scores = {lab: (p if lab == label else rest) for lab in LABELS}
     return EmotionEstimate(
-        stream_id=sid, seq=seq, audio_start_ms=seq * 500, audio_end_ms=seq * 500 + 3000,
-        speech=True, label=label, confidence=p, scores=scores, raw=scores, arousal=0.62,
-        valence=-0.48, tokens_in=150, tokens_kept=98, latency_ms=38.2,
+        stream_id=sid,
+        seq=seq,
+        audio_start_ms=seq * 500,
+        audio_end_ms=seq * 500 + 3000,
+        speech=True,
+        label=label,
+        confidence=p,
+        scores=scores,
+        raw=scores,
+        arousal=0.62,
+        valence=-0.48,
+        tokens_in=150,
+        tokens_kept=98,
+        latency_ms=38.2,
         model={"name": "dropformer", "frontend": "logmel80", "rev": "t", "random_init": False},
     ).to_dict()
 
 
 @contextlib.asynccontextmanager
-async def publishing(pub: WebSocketPublisher, tick: Callable[[int], list[dict[str, Any]]]) -> AsyncIterator[None]:
+async def publishing(
+    pub: WebSocketPublisher, tick: Callable[[int], list[dict[str, Any]]]
+) -> AsyncIterator[None]:
     """Publish ``tick(i)``'s events every 50 ms while the body runs (a live daemon)."""
 
     async def loop() -> None:
@@ -57,8 +70,13 @@ async def publishing(pub: WebSocketPublisher, tick: Callable[[int], list[dict[st
 async def run_watch(*args: str) -> tuple[int, str, str]:
     """Run ``python -m streamer.cli watch ARGS``; return (status, stdout, stderr)."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "streamer.cli", "watch", *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "streamer.cli",
+        "watch",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     try:
         out, err = await asyncio.wait_for(proc.communicate(), HANG_GUARD_S)
@@ -102,9 +120,13 @@ async def test_human_format_with_stream_filter() -> None:
     assert "mic0" not in out and "sad" not in out
     estimates = [line for line in lines if "0.81" in line]
     assert len(estimates) == 4, out
-    assert all("mic1" in line and "angry" in line and "A+0.62" in line and "V-0.48" in line
-               for line in estimates)
-    assert any("neutral" in line and ("→ angry" in line or "-> angry" in line) for line in lines), out
+    assert all(
+        "mic1" in line and "angry" in line and "A+0.62" in line and "V-0.48" in line
+        for line in estimates
+    )
+    assert any("neutral" in line and ("→ angry" in line or "-> angry" in line) for line in lines), (
+        out
+    )
     assert any("ALERT WARNING sustained_anger" in line for line in lines), out
     assert any("status SPEECH" in line for line in lines), out
     assert all(line.split()[1] == "mic1" for line in lines), out
@@ -114,9 +136,19 @@ async def test_human_format_with_stream_filter() -> None:
 async def test_reconnects_until_the_daemon_comes_up() -> None:
     port = free_port()
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "streamer.cli", "watch", "--url", f"ws://127.0.0.1:{port}/ws",
-        "--count", "2", "--json", "--set", "backoff_max_s=0.5",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "streamer.cli",
+        "watch",
+        "--url",
+        f"ws://127.0.0.1:{port}/ws",
+        "--count",
+        "2",
+        "--json",
+        "--set",
+        "backoff_max_s=0.5",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     try:
         assert proc.stderr is not None
@@ -126,7 +158,10 @@ async def test_reconnects_until_the_daemon_comes_up() -> None:
             assert line, f"watch exited early; stderr:\n{seen}"
             seen += line.decode()
         assert "cannot watch" in seen and str(port) in seen
-        async with websocket_publisher(port=port) as pub, publishing(pub, lambda i: [estimate("mic0", i, "happy")]):
+        async with (
+            websocket_publisher(port=port) as pub,
+            publishing(pub, lambda i: [estimate("mic0", i, "happy")]),
+        ):
             out, _ = await asyncio.wait_for(proc.communicate(), HANG_GUARD_S)
     finally:
         if proc.returncode is None:
@@ -136,10 +171,13 @@ async def test_reconnects_until_the_daemon_comes_up() -> None:
     assert [json.loads(x)["label"] for x in out.decode().splitlines()] == ["happy", "happy"]
 
 
-@pytest.mark.parametrize("url, expect", [
-    ("closed-port", "cannot watch ws://127.0.0.1:{port}/ws"),
-    ("http://127.0.0.1:{port}/ws", "url: must be a WebSocket URL"),
-])
+@pytest.mark.parametrize(
+    "url, expect",
+    [
+        ("closed-port", "cannot watch ws://127.0.0.1:{port}/ws"),
+        ("http://127.0.0.1:{port}/ws", "url: must be a WebSocket URL"),
+    ],
+)
 async def test_bad_url_is_a_clear_error(url: str, expect: str) -> None:
     port = free_port()
     target = f"ws://127.0.0.1:{port}/ws" if url == "closed-port" else url.format(port=port)
@@ -161,8 +199,9 @@ async def test_a_monitor_with_a_token() -> None:
     from streamer.access import AccessPolicy
 
     token = "watch-token-0123456789"
-    async with websocket_publisher(port=0, access=AccessPolicy(token=token)) as pub, publishing(
-        pub, lambda i: [estimate("mic0", i, "happy")]
+    async with (
+        websocket_publisher(port=0, access=AccessPolicy(token=token)) as pub,
+        publishing(pub, lambda i: [estimate("mic0", i, "happy")]),
     ):
         rc, _, err = await run_watch("--url", pub.url, "--once")
         assert rc == 2 and "refused with HTTP 401" in err and "token" in err

@@ -48,7 +48,9 @@ def test_dynamic_mask_keeps_rows_and_columns_of_top_k() -> None:
 def test_dynamic_mask_keeps_ties_and_ignores_padding() -> None:
     s = torch.tensor([[[1.0, 2.0, 2.0, 0.5, 9.0, 9.0]]])
     valid = torch.tensor([[True, True, True, True, False, False]])  # padding has the largest scores
-    m = dynamic_topk_mask(s, valid, keep_rate=0.25)[0, 0]  # k = int(0.25 * 4) = 1, tie at 2.0 keeps both
+    m = dynamic_topk_mask(s, valid, keep_rate=0.25)[
+        0, 0
+    ]  # k = int(0.25 * 4) = 1, tie at 2.0 keeps both
     kept = m.any(-1).nonzero().flatten().tolist()
     assert kept == [1, 2]
 
@@ -73,7 +75,9 @@ def test_masks_change_the_output() -> None:
     attn = DropAttention(32, 4, keep_rate=0.1, static_offsets=(0, 2), dropout=0.0).eval()
     x = torch.randn(1, 20, 32)
     valid = torch.ones(1, 20, dtype=torch.bool)
-    assert not torch.allclose(attn(x, valid)[0], plain_attention_reference(x, valid, attn), atol=1e-3)
+    assert not torch.allclose(
+        attn(x, valid)[0], plain_attention_reference(x, valid, attn), atol=1e-3
+    )
 
 
 def test_importance_is_column_sum_over_valid_rows() -> None:

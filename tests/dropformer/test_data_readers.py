@@ -95,16 +95,44 @@ def test_iemocap_missing_session_is_reported(iemocap_root: Path) -> None:
 def test_meld_csv_media_and_ffmpeg_decoding(tmp_path: Path) -> None:
     header = "Sr No.,Utterance,Speaker,Emotion,Sentiment,Dialogue_ID,Utterance_ID,Season,Episode,StartTime,EndTime\n"
     rows = {
-        "train": [("Hi, there", "Joey", "joy", 0, 0), ("No.", "Ross", "anger", 0, 1), ("Oh", "Monica", "neutral", 1, 0)],
+        "train": [
+            ("Hi, there", "Joey", "joy", 0, 0),
+            ("No.", "Ross", "anger", 0, 1),
+            ("Oh", "Monica", "neutral", 1, 0),
+        ],
         "dev": [("Well", "Rachel", "sadness", 0, 0)],
         "test": [("Wow", "Chandler", "surprise", 0, 0), ("Hm", "Phoebe", "fear", 2, 3)],
     }
-    folders = {"train": "train_splits", "dev": "dev_splits_complete", "test": "output_repeated_splits_test"}
+    folders = {
+        "train": "train_splits",
+        "dev": "dev_splits_complete",
+        "test": "output_repeated_splits_test",
+    }
     mp4 = tmp_path / "tone.mp4"
-    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-f", "lavfi", "-i", "sine=frequency=440:duration=0.3",
-                    "-ac", "1", "-ar", "44100", "-c:a", "aac", str(mp4)], check=True)
+    subprocess.run(
+        [
+            "ffmpeg",
+            "-nostdin",
+            "-loglevel",
+            "error",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=440:duration=0.3",
+            "-ac",
+            "1",
+            "-ar",
+            "44100",
+            "-c:a",
+            "aac",
+            str(mp4),
+        ],
+        check=True,
+    )
     for split, items in rows.items():
-        text = header + "".join(f'{i},"{u}",{s},{e},x,{d},{k},1,1,0,1\n' for i, (u, s, e, d, k) in enumerate(items, 1))
+        text = header + "".join(
+            f'{i},"{u}",{s},{e},x,{d},{k},1,1,0,1\n' for i, (u, s, e, d, k) in enumerate(items, 1)
+        )
         (tmp_path / f"{split}_sent_emo.csv").write_text(text)
         (tmp_path / folders[split]).mkdir()
         for *_, d, k in items:
@@ -113,8 +141,12 @@ def test_meld_csv_media_and_ffmpeg_decoding(tmp_path: Path) -> None:
     c = read_meld(tmp_path)
     assert len(c.labels) == 7
     assert [(u.uid, u.label, u.speaker) for u in c.utterances] == [
-        ("train/dia0_utt0", "joy", "Joey"), ("train/dia0_utt1", "anger", "Ross"), ("train/dia1_utt0", "neutral", "Monica"),
-        ("dev/dia0_utt0", "sadness", "Rachel"), ("test/dia0_utt0", "surprise", "Chandler")]
+        ("train/dia0_utt0", "joy", "Joey"),
+        ("train/dia0_utt1", "anger", "Ross"),
+        ("train/dia1_utt0", "neutral", "Monica"),
+        ("dev/dia0_utt0", "sadness", "Rachel"),
+        ("test/dia0_utt0", "surprise", "Chandler"),
+    ]
     assert len(c.report.problems) == 1 and "dia2_utt3" in str(c.report.problems[0])
     (fold,) = make_folds(c.utterances, "split")
     assert (len(fold.train), len(fold.val), len(fold.test)) == (3, 1, 1)
@@ -129,7 +161,11 @@ def test_emodb_names_mapping_and_exclusions(tmp_path: Path) -> None:
         _tone(tmp_path / "wav" / f"{name}.wav")
     c = read_emodb(tmp_path)
     assert [(u.uid, u.label, u.speaker) for u in c.utterances] == [
-        ("03a01Fa", "happy", "03"), ("03a01Wa", "angry", "03"), ("10b02Na", "neutral", "10"), ("10b02Ta", "sad", "10")]
+        ("03a01Fa", "happy", "03"),
+        ("03a01Wa", "angry", "03"),
+        ("10b02Na", "neutral", "10"),
+        ("10b02Ta", "sad", "10"),
+    ]
     assert dict(c.report.excluded) == {"boredom": 1, "fear": 1}
     assert len(c.report.problems) == 1 and "bad_name" in str(c.report.problems[0])
     mapped = read_emodb(tmp_path / "wav", label_map={"boredom": "neutral"})
@@ -144,7 +180,11 @@ def test_manifest_and_speaker_folds(tmp_path: Path) -> None:
             lines.append(f"audio/{spk}_{lab}.wav,{lab},{spk},train")
     lines += ["audio/gone.wav,sad,d,train", "audio/a_angry.wav,bored,a,train"]
     (tmp_path / "m.csv").write_text("\n".join(lines) + "\n")
-    assert read_manifest(tmp_path / "m.csv").labels == ("angry", "bored", "sad")  # all labels found, sorted
+    assert read_manifest(tmp_path / "m.csv").labels == (
+        "angry",
+        "bored",
+        "sad",
+    )  # all labels found, sorted
     c = read_manifest(tmp_path / "m.csv", labels=("angry", "sad"))
     assert c.labels == ("angry", "sad") and len(c.utterances) == 8
     assert dict(c.report.excluded) == {"bored": 1}
@@ -153,7 +193,11 @@ def test_manifest_and_speaker_folds(tmp_path: Path) -> None:
     assert [f.name for f in folds] == ["a", "b", "c", "d"]
     for f in folds:
         spk = lambda us: {u.speaker for u in us}  # noqa: E731
-        assert spk(f.test) == {f.name} and len(spk(f.val)) == 1 and not spk(f.train) & (spk(f.test) | spk(f.val))
+        assert (
+            spk(f.test) == {f.name}
+            and len(spk(f.val)) == 1
+            and not spk(f.train) & (spk(f.test) | spk(f.val))
+        )
         assert len(f.train) + len(f.val) + len(f.test) == 8
     k2 = make_folds(c.utterances, "kfold", num_folds=2, val_count=0)
     assert sorted(len(f.test) for f in k2) == [4, 4]
@@ -162,7 +206,9 @@ def test_manifest_and_speaker_folds(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="train.folds"):
         select_folds(folds, [5])
     with pytest.raises(DataError, match="data.strict"):
-        load_corpus("manifest", None, manifest=tmp_path / "m.csv", labels=("angry", "sad"), strict=True)
+        load_corpus(
+            "manifest", None, manifest=tmp_path / "m.csv", labels=("angry", "sad"), strict=True
+        )
 
 
 FIXTURE = Path(__file__).resolve().parents[1] / "data" / "emodb"
@@ -173,8 +219,16 @@ def _nemo_tree(root: Path) -> Path:
     (root / "wav").mkdir(parents=True)
     rows = ["file,speaker,gender,age,emotion,text,duration_s"]
     sources = sorted(FIXTURE.glob("*.wav"))
-    for i, (spk, emo) in enumerate([("AA0", "anger"), ("AA0", "neutral"), ("BB0", "sadness"), ("BB0", "happiness"),
-                                    ("BB0", "fear"), ("CC0", "anger")]):
+    for i, (spk, emo) in enumerate(
+        [
+            ("AA0", "anger"),
+            ("AA0", "neutral"),
+            ("BB0", "sadness"),
+            ("BB0", "happiness"),
+            ("BB0", "fear"),
+            ("CC0", "anger"),
+        ]
+    ):
         name = f"{spk}_{emo}_{i}.flac"
         wav, sr = sf.read(sources[i], dtype="float32")
         sf.write(root / "wav" / name, wav, sr, format="FLAC")
@@ -200,14 +254,23 @@ def test_two_corpora_combined_then_left_out_in_turn(tmp_path: Path) -> None:
     from dropformer.data.load import SourceSpec, load_sources
     from dropformer.training import epoch_order
 
-    corpus = load_sources([SourceSpec("emodb", "emodb", str(FIXTURE)),
-                           SourceSpec("nemo", "nemo", str(_nemo_tree(tmp_path / "nemo")))])
+    corpus = load_sources(
+        [
+            SourceSpec("emodb", "emodb", str(FIXTURE)),
+            SourceSpec("nemo", "nemo", str(_nemo_tree(tmp_path / "nemo"))),
+        ]
+    )
     assert len(corpus.utterances) == 12 + 5
     assert {u.corpus for u in corpus.utterances} == {"emodb", "nemo"}
-    assert all(u.uid.startswith(f"{u.corpus}/") and u.speaker.startswith(f"{u.corpus}/") for u in corpus.utterances)
+    assert all(
+        u.uid.startswith(f"{u.corpus}/") and u.speaker.startswith(f"{u.corpus}/")
+        for u in corpus.utterances
+    )
     loco = make_folds(corpus.utterances, "corpus", val_count=0)
     assert [f.name for f in loco] == ["emodb", "nemo"]
-    assert {u.corpus for u in loco[0].train} == {"nemo"} and {u.corpus for u in loco[0].test} == {"emodb"}
+    assert {u.corpus for u in loco[0].train} == {"nemo"} and {u.corpus for u in loco[0].test} == {
+        "emodb"
+    }
     # leave one EmoDB speaker out, nEMO always trains
     loso = make_folds(corpus.utterances, "speaker", val_count=0, test_sources=["emodb"])
     assert [f.name for f in loso] == ["emodb/03", "emodb/10", "emodb/16"]
@@ -223,4 +286,6 @@ def test_two_corpora_combined_then_left_out_in_turn(tmp_path: Path) -> None:
         cells[(u.corpus, u.label)] = cells.get((u.corpus, u.label), 0) + 1
     assert len(cells) == 8 and max(cells.values()) / min(cells.values()) < 1.25
     with pytest.raises(ConfigError, match="unique"):
-        load_sources([SourceSpec("a", "emodb", str(FIXTURE)), SourceSpec("a", "emodb", str(FIXTURE))])
+        load_sources(
+            [SourceSpec("a", "emodb", str(FIXTURE)), SourceSpec("a", "emodb", str(FIXTURE))]
+        )

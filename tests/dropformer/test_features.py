@@ -18,7 +18,9 @@ from dropformer.frontends import FrontendConfig, build_frontend
 FIXTURE = Path(__file__).resolve().parents[1] / "data" / "emodb"
 
 
-def test_cache_is_resumable_and_keyed_by_frontend(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_cache_is_resumable_and_keyed_by_frontend(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     utts = read_emodb(FIXTURE).utterances[:4]
     cfg = FrontendConfig(kind="logmel")
     feats = extract_features(utts, cfg, tmp_path, progress=False)
@@ -27,7 +29,11 @@ def test_cache_is_resumable_and_keyed_by_frontend(tmp_path: Path, caplog: pytest
         assert feats[u.uid].shape[1] == 80 and feats[u.uid].dtype == np.float16
         assert abs(feats[u.uid].shape[0] - 50 * (u.duration_s or 0)) <= 2
     folder = tmp_path / cache_key(cfg, utts)
-    assert sorted(p.name for p in folder.iterdir()) == ["info.json", "packed.json", "packed.npy"]  # one mapping
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "info.json",
+        "packed.json",
+        "packed.npy",
+    ]  # one mapping
     index = json.loads((folder / "packed.json").read_text())
     assert len(index) == 4
     index.pop(sorted(index)[0])  # as if the run had been interrupted before the last utterance
@@ -54,7 +60,9 @@ def test_cropped_cache_matches_the_live_front_end_and_ignores_level(tmp_path: Pa
     front = build_frontend(cfg).eval()
     live: list[torch.Tensor] = []
     for gain in (1.0, 0.5, 0.05):
-        piece = torch.from_numpy(gain * wav[start * 320 : (start + frames) * 320 + 352])[None]  # frames span n_fft=512
+        piece = torch.from_numpy(gain * wav[start * 320 : (start + frames) * 320 + 352])[
+            None
+        ]  # frames span n_fft=512
         with torch.no_grad():
             f, n = front(piece, torch.tensor([piece.shape[1]]))
         assert int(n[0]) == frames

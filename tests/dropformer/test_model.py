@@ -56,7 +56,9 @@ def test_importance_on_original_axis_marks_dropped_tokens() -> None:
         assert torch.isfinite(imp).sum(-1).tolist() == out.kept_tokens[:, layer].tolist()
         assert torch.isnan(imp[1, 40:]).all()
         seen = out.kept_index[layer][1]
-        assert set(seen[seen >= 0].tolist()) == set(torch.isfinite(imp[1]).nonzero().flatten().tolist())
+        assert set(seen[seen >= 0].tolist()) == set(
+            torch.isfinite(imp[1]).nonzero().flatten().tolist()
+        )
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
@@ -92,7 +94,9 @@ def test_output_does_not_depend_on_batch_padding(name: str) -> None:
 def test_degenerate_block_equals_softmax_attention_transformer() -> None:
     """KR = 1, all-ones static mask and DR = 0: every block is an ordinary Transformer block."""
     torch.manual_seed(0)
-    cfg = DropFormerConfig(**SMALL, keep_rate=1.0, drop_rate=0.0, static_offsets=(None,) * 4, dropout=0.0)
+    cfg = DropFormerConfig(
+        **SMALL, keep_rate=1.0, drop_rate=0.0, static_offsets=(None,) * 4, dropout=0.0
+    )
     drop = DropFormer(cfg).eval()
     plain = DropFormer(preset("vanilla", **SMALL, dropout=0.0)).eval()
     plain.load_state_dict(drop.state_dict())
@@ -104,7 +108,9 @@ def test_degenerate_block_equals_softmax_attention_transformer() -> None:
     block = plain.blocks[0].attn
     h = torch.randn(2, 33, 32)
     valid = torch.arange(33)[None, :] < lengths[:, None]
-    assert torch.allclose(block(h, valid)[0][valid], plain_attention_reference(h, valid, block)[valid], atol=1e-5)
+    assert torch.allclose(
+        block(h, valid)[0][valid], plain_attention_reference(h, valid, block)[valid], atol=1e-5
+    )
 
 
 def test_config_errors_name_the_field() -> None:

@@ -44,27 +44,43 @@ def test_a_voice_that_stays_angry_for_minutes_is_not_normalised_into_neutral() -
     bound = CFG.time_constant_s / (CFG.prior_s + CFG.time_constant_s)
     assert norm.stream_share == pytest.approx(bound, rel=0.02)
     residual = norm.normalize(angry[-50:]).mean()
-    assert residual > 0.25  # a seventh of the shift never adapts away (in units of the blended spread)
-    unbounded = StreamNormalizer(np.zeros(D), np.ones(D), StreamNormConfig(kind="stream", prior_s=0.01,
-                                                                           time_constant_s=1000.0))
+    assert (
+        residual > 0.25
+    )  # a seventh of the shift never adapts away (in units of the blended spread)
+    unbounded = StreamNormalizer(
+        np.zeros(D),
+        np.ones(D),
+        StreamNormConfig(kind="stream", prior_s=0.01, time_constant_s=1000.0),
+    )
     for block in np.array_split(angry, 600):
         unbounded.update(block)
-    assert abs(unbounded.normalize(angry[-50:]).mean()) < 0.1  # without the bound it would be erased
+    assert (
+        abs(unbounded.normalize(angry[-50:]).mean()) < 0.1
+    )  # without the bound it would be erased
 
 
 def test_old_audio_is_forgotten_and_reset_returns_to_the_prior() -> None:
-    norm = StreamNormalizer(np.zeros(D), np.ones(D), StreamNormConfig(kind="stream", prior_s=1.0, time_constant_s=5.0))
+    norm = StreamNormalizer(
+        np.zeros(D), np.ones(D), StreamNormConfig(kind="stream", prior_s=1.0, time_constant_s=5.0)
+    )
     norm.update(stream_of(-5.0, 1.0, 60.0))
-    norm.update(stream_of(5.0, 1.0, 30.0, seed=1))  # a new channel: after 6 time constants only it counts
+    norm.update(
+        stream_of(5.0, 1.0, 30.0, seed=1)
+    )  # a new channel: after 6 time constants only it counts
     mean, _ = norm.stats()
-    assert np.all(np.abs(mean - 5.0 * 5.0 / 6.0) < 0.3)  # the prior (0) still holds its 1 s against ~5 s
+    assert np.all(
+        np.abs(mean - 5.0 * 5.0 / 6.0) < 0.3
+    )  # the prior (0) still holds its 1 s against ~5 s
     norm.reset()
     np.testing.assert_allclose(norm.stats()[0], 0.0)
 
 
 def test_moments_and_frames_fold_in_identically() -> None:
     x = stream_of(1.0, 2.0, 3.0)
-    a, b = StreamNormalizer(np.zeros(D), np.ones(D), CFG), StreamNormalizer(np.zeros(D), np.ones(D), CFG)
+    a, b = (
+        StreamNormalizer(np.zeros(D), np.ones(D), CFG),
+        StreamNormalizer(np.zeros(D), np.ones(D), CFG),
+    )
     a.update(x)
     b.update(Moments.of(x))
     np.testing.assert_array_equal(a.stats()[0], b.stats()[0])
@@ -72,14 +88,18 @@ def test_moments_and_frames_fold_in_identically() -> None:
 
 
 def test_mean_only_keeps_the_prior_spread() -> None:
-    norm = StreamNormalizer(np.zeros(D), np.full(D, 4.0), StreamNormConfig(kind="stream", variance=False))
+    norm = StreamNormalizer(
+        np.zeros(D), np.full(D, 4.0), StreamNormConfig(kind="stream", variance=False)
+    )
     norm.update(stream_of(2.0, 10.0, 100.0))
     _, std = norm.stats()
     np.testing.assert_allclose(std, 2.0, rtol=1e-4)
 
 
 def test_replay_is_causal_and_keeps_speakers_apart() -> None:
-    feats = {f"{s}{i}": np.full((50, D), 10.0 if s == "a" else -10.0) + i for s in "ab" for i in range(4)}
+    feats = {
+        f"{s}{i}": np.full((50, D), 10.0 if s == "a" else -10.0) + i for s in "ab" for i in range(4)
+    }
     prior = prior_from(list(feats.values()))
     streams = {"a": [f"a{i}" for i in range(4)], "b": [f"b{i}" for i in range(4)]}
     stats = replay_streams(streams, feats, prior, CFG, random.Random(0), warmup=False)

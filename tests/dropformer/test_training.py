@@ -20,7 +20,14 @@ from dropformer.model import DropFormer
 from streamer.cli import main as cli
 
 FIXTURE = Path(__file__).resolve().parents[1] / "data" / "emodb"
-TINY_MODEL = {"d_model": 32, "num_heads": 2, "ffn_dim": 64, "head_hidden": [32], "dropout": 0.0, "head_dropout": 0.0}
+TINY_MODEL = {
+    "d_model": 32,
+    "num_heads": 2,
+    "ffn_dim": 64,
+    "head_hidden": [32],
+    "dropout": 0.0,
+    "head_dropout": 0.0,
+}
 
 
 def _config(tmp: Path, **train: Any) -> dict[str, Any]:
@@ -32,9 +39,22 @@ def _config(tmp: Path, **train: Any) -> dict[str, Any]:
         "data": {"corpus": "manifest", "manifest": str(tmp / "tiny.csv")},
         "frontend": {"kind": "logmel"},
         "model": {"preset": "dropformer", "overrides": TINY_MODEL},
-        "train": {"epochs": 8, "batch_size": 4, "lr": 3e-3, "warmup_epochs": 1, "folds": [1], "val_count": 1,
-                  "selection": "val", "num_threads": 1, "progress": False, "gain_db": [-20, 0], "freq_masks": 1, **train},
-        "cache_dir": str(tmp / "cache"), "out_dir": str(tmp / "run"),
+        "train": {
+            "epochs": 8,
+            "batch_size": 4,
+            "lr": 3e-3,
+            "warmup_epochs": 1,
+            "folds": [1],
+            "val_count": 1,
+            "selection": "val",
+            "num_threads": 1,
+            "progress": False,
+            "gain_db": [-20, 0],
+            "freq_masks": 1,
+            **train,
+        },
+        "cache_dir": str(tmp / "cache"),
+        "out_dir": str(tmp / "run"),
     }
 
 
@@ -46,11 +66,18 @@ def test_train_and_evaluate_cli_end_to_end(tmp_path: Path) -> None:
     assert len(history) == 8 and history[-1]["loss"] < history[0]["loss"] - 0.1
     result = json.loads((fold / "result.json").read_text())
     assert result["name"] == "03" and result["n_test"] == 4 and result["n_val"] == 4
-    assert sorted(Path(k).stem for k in result["predictions"]) == ["03a01Fa", "03a01Nc", "03a01Wa", "03a02Ta"]
+    assert sorted(Path(k).stem for k in result["predictions"]) == [
+        "03a01Fa",
+        "03a01Nc",
+        "03a01Wa",
+        "03a02Ta",
+    ]
     assert not (fold / "state.pt").exists()  # finished folds drop their resume state
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert set(summary) == {"utterance", "window", "calibration"}
-    assert summary["calibration"]["held_out_folds"] == 1 and summary["calibration"]["temperature"] > 0
+    assert (
+        summary["calibration"]["held_out_folds"] == 1 and summary["calibration"]["temperature"] > 0
+    )
     # evaluate reloads the selected checkpoint in a fresh model: same predictions as at the end of training.
     assert cli(["evaluate", "--run", str(tmp_path / "run"), "--log-level", "WARNING"]) == 0
     ev = json.loads((tmp_path / "run" / "evaluation.json").read_text())
@@ -70,17 +97,22 @@ def test_checkpoint_round_trips_to_identical_logits(tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = DropFormer(training.model_config(training.parse_config(_config(tmp_path)), 80, 4))
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    batch = training.make_batch([feats[u.uid] for u in utts], [labels.index(u.label) for u in utts], fe,
-                                torch.device("cpu"))
+    batch = training.make_batch(
+        [feats[u.uid] for u in utts], [labels.index(u.label) for u in utts], fe, torch.device("cpu")
+    )
     losses = []
     for _ in range(25):
-        loss = torch.nn.functional.cross_entropy(model(batch.features, batch.lengths).logits, batch.targets)
+        loss = torch.nn.functional.cross_entropy(
+            model(batch.features, batch.lengths).logits, batch.targets
+        )
         opt.zero_grad()
         loss.backward()
         opt.step()
         losses.append(float(loss.detach()))
     assert losses[-1] < 0.5 * losses[0]  # it learns the 12 real utterances
-    save_checkpoint(tmp_path / "ckpt", model, frontend_config=fe, labels=labels, meta={"test": True})
+    save_checkpoint(
+        tmp_path / "ckpt", model, frontend_config=fe, labels=labels, meta={"test": True}
+    )
     ckpt = load_checkpoint(tmp_path / "ckpt")
     model.eval()
     with torch.no_grad():
@@ -121,13 +153,32 @@ def test_shipped_default_model_scores_the_fixture(tmp_path: Path) -> None:
     folder = Path(training.__file__).parent / "pretrained" / "emodb_logmel"
     assert (folder / "model.safetensors").stat().st_size < 5_000_000
     ckpt = load_checkpoint(folder)
-    assert ckpt.labels == ["neutral", "happy", "angry", "sad"] and ckpt.frontend_config.kind == "logmel"
-    assert ckpt.meta["command"].startswith("emotion-monitor train --config configs/train/emodb.yaml")
+    assert (
+        ckpt.labels == ["neutral", "happy", "angry", "sad"]
+        and ckpt.frontend_config.kind == "logmel"
+    )
+    assert ckpt.meta["command"].startswith(
+        "emotion-monitor train --config configs/train/emodb.yaml"
+    )
     cfg = _config(tmp_path)
     cfg["frontend"] = ckpt.frontend_config.to_dict()
     (tmp_path / "eval.yaml").write_text(yaml.safe_dump(cfg))
-    assert cli(["evaluate", "--config", str(tmp_path / "eval.yaml"), "--checkpoint", str(folder),
-                "--out", str(tmp_path / "ev"), "--log-level", "WARNING"]) == 0
+    assert (
+        cli(
+            [
+                "evaluate",
+                "--config",
+                str(tmp_path / "eval.yaml"),
+                "--checkpoint",
+                str(folder),
+                "--out",
+                str(tmp_path / "ev"),
+                "--log-level",
+                "WARNING",
+            ]
+        )
+        == 0
+    )
     ev = json.loads((tmp_path / "ev" / "evaluation.json").read_text())
     assert ev["utterance"]["pooled"]["count"] == 12
     assert ev["utterance"]["mean"]["wa"] >= 10 / 12
@@ -143,17 +194,40 @@ def test_shipped_whisper_default_model_labels_real_speech(tmp_path: Path) -> Non
 
     folder = bundled()
     assert DEFAULT_NAME == "whisper_emodb_nemo" and folder is not None
-    assert (folder / "model.safetensors").stat().st_size < 5_000_000 and (folder / "README.md").is_file()
+    assert (folder / "model.safetensors").stat().st_size < 5_000_000 and (
+        folder / "README.md"
+    ).is_file()
     ckpt = load_checkpoint(folder)
-    assert ckpt.labels == ["neutral", "happy", "angry", "sad"] and ckpt.frontend_config.kind == "whisper"
+    assert (
+        ckpt.labels == ["neutral", "happy", "angry", "sad"]
+        and ckpt.frontend_config.kind == "whisper"
+    )
     assert ckpt.meta["trained_on"] == "emodb+nemo" and ckpt.meta["licence"] == "CC-BY-NC-SA-4.0"
-    assert ckpt.meta["command"].startswith("emotion-monitor train --config configs/train/whisper.yaml")
-    assert ckpt.stream_norm is not None and ckpt.norm_prior is not None and 0.3 < ckpt.temperature < 5
+    assert ckpt.meta["command"].startswith(
+        "emotion-monitor train --config configs/train/whisper.yaml"
+    )
+    assert (
+        ckpt.stream_norm is not None and ckpt.norm_prior is not None and 0.3 < ckpt.temperature < 5
+    )
     cfg = _config(tmp_path)
     cfg["frontend"] = ckpt.frontend_config.to_dict()
     (tmp_path / "eval.yaml").write_text(yaml.safe_dump(cfg))
-    assert cli(["evaluate", "--config", str(tmp_path / "eval.yaml"), "--checkpoint", str(folder),
-                "--out", str(tmp_path / "ev"), "--log-level", "WARNING"]) == 0
+    assert (
+        cli(
+            [
+                "evaluate",
+                "--config",
+                str(tmp_path / "eval.yaml"),
+                "--checkpoint",
+                str(folder),
+                "--out",
+                str(tmp_path / "ev"),
+                "--log-level",
+                "WARNING",
+            ]
+        )
+        == 0
+    )
     ev = json.loads((tmp_path / "ev" / "evaluation.json").read_text())
     assert ev["utterance"]["pooled"]["count"] == 12
     assert ev["utterance"]["mean"]["wa"] >= 10 / 12
@@ -163,16 +237,31 @@ def test_export_carries_the_data_and_licence_of_the_fold_it_ships(tmp_path: Path
     """Leave one corpus out, then ship fold 2 (trained without nEMO): MIT, trained on EmoDB; fold 1 carries nEMO's."""
     from tests.dropformer.test_data_readers import _nemo_tree
 
-    cfg = _config(tmp_path, epochs=2, selection="last", val_count=0, folds_scheme="corpus", folds=None)
-    cfg["data"] = {"sources": [{"name": "emodb", "corpus": "emodb", "root": str(FIXTURE)},
-                               {"name": "nemo", "corpus": "nemo", "root": str(_nemo_tree(tmp_path / "nemo"))}]}
+    cfg = _config(
+        tmp_path, epochs=2, selection="last", val_count=0, folds_scheme="corpus", folds=None
+    )
+    cfg["data"] = {
+        "sources": [
+            {"name": "emodb", "corpus": "emodb", "root": str(FIXTURE)},
+            {"name": "nemo", "corpus": "nemo", "root": str(_nemo_tree(tmp_path / "nemo"))},
+        ]
+    }
     (tmp_path / "loco.yaml").write_text(yaml.safe_dump(cfg))
     base = ["train", "--config", str(tmp_path / "loco.yaml"), "--log-level", "WARNING"]
-    assert cli([*base, "--export", str(tmp_path / "emodb_only"), "--export-fold", "2", "--export-fp16"]) == 0
+    assert (
+        cli(
+            [*base, "--export", str(tmp_path / "emodb_only"), "--export-fold", "2", "--export-fp16"]
+        )
+        == 0
+    )
     shipped = load_checkpoint(tmp_path / "emodb_only")
     assert shipped.meta["test"] == "nemo" and shipped.meta["trained_on"] == "emodb"
-    assert shipped.meta["licence"] == "MIT" and shipped.meta["data_licences"] == {"emodb": "CC0-1.0"}
-    st = __import__("safetensors.torch", fromlist=["load_file"]).load_file(tmp_path / "emodb_only" / "model.safetensors")
+    assert shipped.meta["licence"] == "MIT" and shipped.meta["data_licences"] == {
+        "emodb": "CC0-1.0"
+    }
+    st = __import__("safetensors.torch", fromlist=["load_file"]).load_file(
+        tmp_path / "emodb_only" / "model.safetensors"
+    )
     assert all(v.dtype == torch.float16 for k, v in st.items() if not k.startswith("stream_norm."))
     # the finished run is not trained again; fold 1 (tested on EmoDB) was trained on nEMO and carries its licence
     assert cli([*base, "--export", str(tmp_path / "nemo_only"), "--export-fold", "1"]) == 0
@@ -184,12 +273,42 @@ def test_export_carries_the_data_and_licence_of_the_fold_it_ships(tmp_path: Path
 def test_ablate_and_sweep_cli(tmp_path: Path) -> None:
     cfg = _config(tmp_path, epochs=2, selection="last", val_count=0)
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
-    assert cli(["ablate", "--config", str(tmp_path / "c.yaml"), "--presets", "dropformer,vanilla",
-                "--out", str(tmp_path / "abl"), "--log-level", "WARNING"]) == 0
+    assert (
+        cli(
+            [
+                "ablate",
+                "--config",
+                str(tmp_path / "c.yaml"),
+                "--presets",
+                "dropformer,vanilla",
+                "--out",
+                str(tmp_path / "abl"),
+                "--log-level",
+                "WARNING",
+            ]
+        )
+        == 0
+    )
     table = (tmp_path / "abl" / "ablation.md").read_text().splitlines()
     assert table[2].startswith("| DropFormer |") and table[3].startswith("| Vanilla Transformer |")
-    assert cli(["sweep", "--config", str(tmp_path / "c.yaml"), "--keep-rates", "0.1,0.3", "--drop-rates", "0.2",
-                "--out", str(tmp_path / "sw"), "--log-level", "WARNING"]) == 0
+    assert (
+        cli(
+            [
+                "sweep",
+                "--config",
+                str(tmp_path / "c.yaml"),
+                "--keep-rates",
+                "0.1,0.3",
+                "--drop-rates",
+                "0.2",
+                "--out",
+                str(tmp_path / "sw"),
+                "--log-level",
+                "WARNING",
+            ]
+        )
+        == 0
+    )
     points = json.loads((tmp_path / "sw" / "sweep.json").read_text())
     assert [(p["keep_rate"], p["drop_rate"]) for p in points] == [(0.1, 0.2), (0.3, 0.2)]
     saved = json.loads((tmp_path / "sw" / "kr0.3_dr0.2" / "config.json").read_text())
@@ -198,24 +317,48 @@ def test_ablate_and_sweep_cli(tmp_path: Path) -> None:
     assert cli(["ablate", "--config", str(tmp_path / "c.yaml"), "--presets", "nope"]) == 2
 
 
-def test_stream_normalisation_trains_and_is_served_the_same_in_evaluate_and_the_daemon(tmp_path: Path) -> None:
+def test_stream_normalisation_trains_and_is_served_the_same_in_evaluate_and_the_daemon(
+    tmp_path: Path,
+) -> None:
     """train.feature_norm=stream: the checkpoint records it, `evaluate` replays it, and the streaming
     protocol (the daemon in-process) and `emotion-monitor run` on the same audio publish identical estimates."""
     import subprocess
     import sys
 
-    cfg = _config(tmp_path, epochs=3, val_count=0, selection="last", gain_db=None, feature_norm="stream",
-                  stream_norm={"prior_s": 2.0, "time_constant_s": 20.0})
+    cfg = _config(
+        tmp_path,
+        epochs=3,
+        val_count=0,
+        selection="last",
+        gain_db=None,
+        feature_norm="stream",
+        stream_norm={"prior_s": 2.0, "time_constant_s": 20.0},
+    )
     (tmp_path / "train.yaml").write_text(yaml.safe_dump(cfg))
     assert cli(["train", "--config", str(tmp_path / "train.yaml"), "--log-level", "WARNING"]) == 0
     best = tmp_path / "run" / "fold01" / "best"
     ckpt = load_checkpoint(best)
     assert ckpt.stream_norm.kind == "stream" and ckpt.stream_norm.prior_s == 2.0
     assert ckpt.norm_prior is not None and ckpt.norm_prior[0].shape == (80,)
-    assert ckpt.frontend_config.normalize == "none"  # the stream's statistics replace per-window normalisation
+    assert (
+        ckpt.frontend_config.normalize == "none"
+    )  # the stream's statistics replace per-window normalisation
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert cli(["evaluate", "--run", str(tmp_path / "run"), "--streaming", "--episode-s", "4",
-                "--log-level", "WARNING"]) == 0
+    assert (
+        cli(
+            [
+                "evaluate",
+                "--run",
+                str(tmp_path / "run"),
+                "--streaming",
+                "--episode-s",
+                "4",
+                "--log-level",
+                "WARNING",
+            ]
+        )
+        == 0
+    )
     ev = json.loads((tmp_path / "run" / "evaluation.json").read_text())
     assert ev["utterance"]["pooled"]["confusion"] == summary["utterance"]["pooled"]["confusion"]
     streams = json.loads((tmp_path / "run" / "streaming.json").read_text())
@@ -226,21 +369,43 @@ def test_stream_normalisation_trains_and_is_served_the_same_in_evaluate_and_the_
     assert est and all(e["model"]["stream_norm"] == "stream" for e in est)
     # the same checkpoint and audio through the command a user runs
     out = tmp_path / "daemon.jsonl"
-    subprocess.run([sys.executable, "-m", "streamer.cli", "run", "--log-level", "WARNING",
-                    "--set", f"model.checkpoint={best}", "--set", "publish.websocket.enabled=false",
-                    "--set", "publish.jsonl.enabled=true", "--set", f"publish.jsonl.path={out}",
-                    "--set", f"streams=[{{id: eval, source: {{path: {folder / 'fold01.wav'}, realtime: false}}}}]"],
-                   check=True, timeout=240)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "streamer.cli",
+            "run",
+            "--log-level",
+            "WARNING",
+            "--set",
+            f"model.checkpoint={best}",
+            "--set",
+            "publish.websocket.enabled=false",
+            "--set",
+            "publish.jsonl.enabled=true",
+            "--set",
+            f"publish.jsonl.path={out}",
+            "--set",
+            f"streams=[{{id: eval, source: {{path: {folder / 'fold01.wav'}, realtime: false}}}}]",
+        ],
+        check=True,
+        timeout=240,
+    )
     live = [json.loads(x) for x in out.read_text().splitlines()]
     live_est = [e for e in live if e["type"] == "emotion.estimate"]
-    assert [(e["seq"], e["label"], e["speech"]) for e in live_est] == [(e["seq"], e["label"], e["speech"]) for e in est]
+    assert [(e["seq"], e["label"], e["speech"]) for e in live_est] == [
+        (e["seq"], e["label"], e["speech"]) for e in est
+    ]
     for a, b in zip(live_est, est, strict=True):
         assert a["raw"].keys() == b["raw"].keys()
         assert all(abs(a["raw"][k] - b["raw"][k]) < 1e-6 for k in a["raw"])
 
 
-@pytest.mark.parametrize("recipe", sorted((Path(__file__).resolve().parents[2] / "configs" / "train").glob("*.yaml")),
-                         ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "recipe",
+    sorted((Path(__file__).resolve().parents[2] / "configs" / "train").glob("*.yaml")),
+    ids=lambda p: p.name,
+)
 def test_shipped_training_recipes_validate(recipe: Path) -> None:
     from dropformer.configio import load_config
 
@@ -264,4 +429,6 @@ def test_warm_start_normalises_each_utterance_by_the_speakers_other_utterances()
     np.testing.assert_allclose(warm["a"][0], expected.stats()[0], rtol=1e-6)
     np.testing.assert_allclose(warm["d"][0], 0.0)  # alone on its stream: only the prior
     cold = training.eval_norms(utts, feats, norm, "cold")
-    assert cold is not None and sum(np.allclose(m, 0.0) for m, _ in cold.values()) == 2  # one first per speaker
+    assert (
+        cold is not None and sum(np.allclose(m, 0.0) for m, _ in cold.values()) == 2
+    )  # one first per speaker

@@ -45,18 +45,29 @@ async def refused_with(url: str, **kw: Any) -> int:
 
 def test_policy_names() -> None:
     p = AccessPolicy(bind_host="0.0.0.0", allowed_hosts=("monitor.example.com", "*.lan"))
-    for ok in ("127.0.0.1:8765", "[::1]:8765", "192.168.1.20:8765", "localhost:8765", "LOCALHOST",
-               "monitor.example.com", "kitchen.lan:8765"):
+    for ok in (
+        "127.0.0.1:8765",
+        "[::1]:8765",
+        "192.168.1.20:8765",
+        "localhost:8765",
+        "LOCALHOST",
+        "monitor.example.com",
+        "kitchen.lan:8765",
+    ):
         assert p.host_allowed(ok), ok
     for bad in ("evil.example:8765", "127.0.0.1.evil.example", "lan", "", None):
         assert not p.host_allowed(bad), bad
-    assert host_name("[::1]:8765") == "::1" and host_name("Monitor.Example.COM.:443") == "monitor.example.com"
+    assert (
+        host_name("[::1]:8765") == "::1"
+        and host_name("Monitor.Example.COM.:443") == "monitor.example.com"
+    )
     assert p.origin_allowed(None, "127.0.0.1:8765")  # not a browser
     assert p.origin_allowed("http://127.0.0.1:8765", "127.0.0.1:8765")  # the page it served
     assert not p.origin_allowed("http://127.0.0.1:9999", "127.0.0.1:8765")
     assert not p.origin_allowed("null", "127.0.0.1:8765")
     assert AccessPolicy(allowed_origins=frozenset({"https://ops.example.com"})).origin_allowed(
-        "https://OPS.example.com", "127.0.0.1:8765")
+        "https://OPS.example.com", "127.0.0.1:8765"
+    )
     h = Headers([("Sec-WebSocket-Protocol", "emotion-monitor, bearer.abc")])
     assert request_token("/ws", h) == "abc"
     assert request_token("/ws?token=q%2Bz", Headers()) == "q+z"
@@ -90,10 +101,15 @@ async def test_a_token_guards_the_events_and_the_client_addresses() -> None:
         port = server.port
         assert await refused_with(server.url) == 401
         assert await refused_with(server.url + "?token=wrong-token-0123456789") == 401
-        assert await refused_with(server.url, additional_headers={"Authorization": "Bearer nope"}) == 401
+        assert (
+            await refused_with(server.url, additional_headers={"Authorization": "Bearer nope"})
+            == 401
+        )
         received = []
-        for kw in ({"additional_headers": {"Authorization": f"Bearer {TOKEN}"}},
-                   {"subprotocols": ["emotion-monitor", f"bearer.{TOKEN}"]}):  # what a browser can send
+        for kw in (
+            {"additional_headers": {"Authorization": f"Bearer {TOKEN}"}},
+            {"subprotocols": ["emotion-monitor", f"bearer.{TOKEN}"]},
+        ):  # what a browser can send
             async with connect(server.url, **kw) as ws:
                 assert json.loads(await ws.recv())["type"] == "hello"
                 assert ws.subprotocol in (None, "emotion-monitor")  # the token is never echoed
@@ -103,9 +119,15 @@ async def test_a_token_guards_the_events_and_the_client_addresses() -> None:
             await ws.recv()
             # /healthz counts clients for anyone, but shows their addresses only with the token
             status, body = await raw_get(port, "/healthz", {"Host": f"127.0.0.1:{port}"})
-            assert status == 200 and json.loads(body)["clients"][0].keys() == {"streams", "queued", "sent",
-                                                                               "dropped"}
-            status, body = await raw_get(port, f"/healthz?token={TOKEN}", {"Host": f"127.0.0.1:{port}"})
+            assert status == 200 and json.loads(body)["clients"][0].keys() == {
+                "streams",
+                "queued",
+                "sent",
+                "dropped",
+            }
+            status, body = await raw_get(
+                port, f"/healthz?token={TOKEN}", {"Host": f"127.0.0.1:{port}"}
+            )
             assert json.loads(body)["clients"][0]["remote"].startswith("127.0.0.1:")
         assert received == ["alert", "alert"]
 
@@ -127,17 +149,31 @@ def test_a_lan_address_without_a_token_is_refused_or_loud(monkeypatch: pytest.Mo
     monkeypatch.delenv("EMOTION_MONITOR_INGEST_TOKEN", raising=False)
     with pytest.raises(ConfigError, match="access.allow_insecure"):
         validate(DaemonConfig, load_config(None, ["publish.websocket.host=0.0.0.0"]))
-    cfg = validate(DaemonConfig, load_config(None, ["publish.websocket.host=0.0.0.0", "access.allow_insecure=true"]))
+    cfg = validate(
+        DaemonConfig,
+        load_config(None, ["publish.websocket.host=0.0.0.0", "access.allow_insecure=true"]),
+    )
     assert cfg.insecure
 
 
-async def test_deep_or_large_control_messages_are_refused_before_parsing(caplog: pytest.LogCaptureFixture) -> None:
+async def test_deep_or_large_control_messages_are_refused_before_parsing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     async with websocket_publisher() as server:
         with caplog.at_level(logging.INFO):
             for payload, code in (
-                ("[" * 60_000, 1009),  # the message: refused by size, before json.loads recursed
-                ("[" * 60_000 + "]" * 60_000, 1009),  # (beyond any route's frame limit: the library's 1009)
-                ('{"type": "subscribe", "streams": ["' + "a" * 5000 + '"]}', 1009),  # over max_control_bytes
+                (
+                    "[" * 60_000,
+                    1009,
+                ),  # the message: refused by size, before json.loads recursed
+                (
+                    "[" * 60_000 + "]" * 60_000,
+                    1009,
+                ),  # (beyond any route's frame limit: the library's 1009)
+                (
+                    '{"type": "subscribe", "streams": ["' + "a" * 5000 + '"]}',
+                    1009,
+                ),  # over max_control_bytes
                 ("[" * 2000 + "]" * 2000, 1008),  # small but deep
                 ('{"type": "subscribe", "streams": [[[["a"]]]]}', 1008),
             ):

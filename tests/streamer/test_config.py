@@ -13,7 +13,9 @@ from streamer.config import DaemonConfig
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
-CLIENT_CONFIGS = {"robot.yaml"}  # the robot client's (tests/clients/test_robot_speech.py validates it)
+CLIENT_CONFIGS = {
+    "robot.yaml"
+}  # the robot client's (tests/clients/test_robot_speech.py validates it)
 
 
 @pytest.mark.parametrize("path", sorted(p for p in CONFIGS.glob("*.yaml") if p.name not in CLIENT_CONFIGS),
@@ -32,11 +34,17 @@ def test_default_yaml_documents_the_built_in_defaults() -> None:
     ("override", "expected"),
     [
         ("windowing.window_s=abc", "windowing.window_s"),
-        ("windowing.windw_s=3", "windowing.windw_s: unknown key; did you mean 'windowing.window_s'?"),
+        (
+            "windowing.windw_s=3",
+            "windowing.windw_s: unknown key; did you mean 'windowing.window_s'?",
+        ),
         ("windowing.min_window_s=5", "min_window_s (5.0) must not exceed window_s"),
         ("worker.max_batch=0", "worker.max_batch"),
         ("streams=[{id: 'a b'}]", "streams.0.id"),
-        ("streams=[{id: m, source: {kind: microphone, sample_rate_hz: 0}}]", "streams.0.source.sample_rate_hz"),
+        (
+            "streams=[{id: m, source: {kind: microphone, sample_rate_hz: 0}}]",
+            "streams.0.source.sample_rate_hz",
+        ),
         ("streams=[{id: a}, {id: a}]", "repeated: ['a']"),
         ("gate.kind=loud", "gate.kind"),
     ],
@@ -49,7 +57,9 @@ def test_bad_values_name_the_key(override: str, expected: str) -> None:
 
 
 def test_set_override_parsing() -> None:
-    raw = load_config(CONFIGS / "default.yaml", ["streams.0.source.realtime=false", "publish.mqtt.qos=2"])
+    raw = load_config(
+        CONFIGS / "default.yaml", ["streams.0.source.realtime=false", "publish.mqtt.qos=2"]
+    )
     cfg = validate(DaemonConfig, raw)
     assert cfg.streams[0].source.realtime is False  # type: ignore[union-attr]
     assert cfg.publish.mqtt.qos == 2
@@ -63,31 +73,50 @@ def test_cli_reports_bad_config_and_exits_2(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("windowing:\n  window_s: [1, 2]\n  bogus: 1\n")
     proc = subprocess.run(
-        [sys.executable, "-m", "streamer.cli", "run", "--config", str(bad)], capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "streamer.cli", "run", "--config", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 2
     assert "windowing.window_s" in proc.stderr and "windowing.bogus: unknown key" in proc.stderr
     missing = subprocess.run(
         [sys.executable, "-m", "streamer.cli", "run", "--config", str(tmp_path / "nope.yaml")],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert missing.returncode == 2 and "does not exist" in missing.stderr
 
 
-@pytest.mark.parametrize(("content", "expected"), [
-    (b"windowing:\n  hop_s: 0.5\n  hop_s: 2\n", "key 'hop_s' appears twice"),  # not silently last-wins
-    (bytes(range(256)), "is not UTF-8 text"),  # a binary file: an error, not a traceback
-])
-def test_duplicate_keys_and_binary_files_are_clear_errors(tmp_path: Path, content: bytes, expected: str) -> None:
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (
+            b"windowing:\n  hop_s: 0.5\n  hop_s: 2\n",
+            "key 'hop_s' appears twice",
+        ),  # not silently last-wins
+        (bytes(range(256)), "is not UTF-8 text"),  # a binary file: an error, not a traceback
+    ],
+)
+def test_duplicate_keys_and_binary_files_are_clear_errors(
+    tmp_path: Path, content: bytes, expected: str
+) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_bytes(content)
-    proc = subprocess.run([sys.executable, "-m", "streamer.cli", "run", "--config", str(bad)],
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "streamer.cli", "run", "--config", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2 and expected in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_help_lists_subcommands() -> None:
-    proc = subprocess.run([sys.executable, "-m", "streamer.cli", "--help"], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "streamer.cli", "--help"], capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 0
     for name in ("run", "devices", "bench", "train", "evaluate", "explain"):
         assert name in proc.stdout
@@ -115,17 +144,25 @@ def test_set_reaches_into_default_streams_without_a_file() -> None:
         (["access.token_file=/nonexistent/token"], "cannot be read"),
         (["ingest.path=/ws"], "must differ"),
         (["ingest.twilio.enabled=true", "ingest.twilio.path=/healthz"], "must differ"),
-        (["publish.websocket.enabled=false", "ingest.twilio.enabled=true"], "publish.websocket.enabled=true"),
+        (
+            ["publish.websocket.enabled=false", "ingest.twilio.enabled=true"],
+            "publish.websocket.enabled=true",
+        ),
         (["publish.websocket.enabled=false", "streams=[]"], "at least one stream is needed"),
         (["ingest.twilio.inbound_name=agent"], "must differ"),
         (["ingest.max_speed=0.5"], "ingest.max_speed"),
         (["alerts.rules=[{name: r1}]"], "has no condition"),
         (["alerts.rules=[{name: r1, label: angry}, {name: r1, label: sad}]"], "repeated: ['r1']"),
-        (["alerts.rules=[{name: r1, arousal_min: 0.5, arousal_max: 0.1}]"], "arousal_min (0.5) exceeds"),
+        (
+            ["alerts.rules=[{name: r1, arousal_min: 0.5, arousal_max: 0.1}]"],
+            "arousal_min (0.5) exceeds",
+        ),
         (["alerts.webhook.url=ftp://x"], "alerts.webhook.url"),
     ],
 )
-def test_network_and_alert_settings_are_checked(overrides: list[str], expected: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_network_and_alert_settings_are_checked(
+    overrides: list[str], expected: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("EMOTION_MONITOR_TOKEN", raising=False)
     monkeypatch.delenv("EMOTION_MONITOR_INGEST_TOKEN", raising=False)
     with pytest.raises(ConfigError) as err:
@@ -144,18 +181,31 @@ def test_network_only_daemon_and_token_from_the_environment(
     cfg = validate(DaemonConfig, load_config(None, ["publish.websocket.enabled=false"]))
     assert not cfg.network_enabled
     monkeypatch.setenv("EMOTION_MONITOR_TOKEN", "from-the-environment-123")
-    cfg = validate(DaemonConfig, load_config(None, ["streams=[]", "publish.websocket.host=0.0.0.0"]))
+    cfg = validate(
+        DaemonConfig, load_config(None, ["streams=[]", "publish.websocket.host=0.0.0.0"])
+    )
     assert cfg.access.bearer_token() == "from-the-environment-123" and not cfg.insecure
     monkeypatch.delenv("EMOTION_MONITOR_TOKEN")
-    monkeypatch.setenv("EMOTION_MONITOR_INGEST_TOKEN", "the-old-variable-name-12")  # still read, with a warning
-    assert validate(DaemonConfig, load_config(None, [])).access.bearer_token() == "the-old-variable-name-12"
+    monkeypatch.setenv(
+        "EMOTION_MONITOR_INGEST_TOKEN", "the-old-variable-name-12"
+    )  # still read, with a warning
+    assert (
+        validate(DaemonConfig, load_config(None, [])).access.bearer_token()
+        == "the-old-variable-name-12"
+    )
     monkeypatch.delenv("EMOTION_MONITOR_INGEST_TOKEN")
     secret = tmp_path / "token"
     secret.write_text("from-a-file-0123456789\n")
-    cfg = validate(DaemonConfig, load_config(None, [f"access.token_file={secret}", "publish.websocket.host=0.0.0.0"]))
+    cfg = validate(
+        DaemonConfig,
+        load_config(None, [f"access.token_file={secret}", "publish.websocket.host=0.0.0.0"]),
+    )
     assert cfg.access.bearer_token() == "from-a-file-0123456789"
     # without a token, a non-loopback host starts only with allow_insecure (and a loud warning)
-    cfg = validate(DaemonConfig, load_config(None, ["publish.websocket.host=0.0.0.0", "access.allow_insecure=true"]))
+    cfg = validate(
+        DaemonConfig,
+        load_config(None, ["publish.websocket.host=0.0.0.0", "access.allow_insecure=true"]),
+    )
     assert cfg.insecure
     from streamer.config import config_summary
 

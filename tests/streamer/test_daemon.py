@@ -25,7 +25,11 @@ from streamer.core.windower import expected_window_count
 from streamer.daemon import Daemon
 
 DATA = Path(__file__).resolve().parents[1] / "data"
-SPEECH = [DATA / "emodb" / "03a01Wa.wav", DATA / "emodb" / "03a01Fa.wav", DATA / "emodb" / "03a02Ta.wav"]
+SPEECH = [
+    DATA / "emodb" / "03a01Wa.wav",
+    DATA / "emodb" / "03a01Fa.wav",
+    DATA / "emodb" / "03a02Ta.wav",
+]
 
 
 def long_speech(tmp_path: Path) -> Path:
@@ -36,12 +40,17 @@ def long_speech(tmp_path: Path) -> Path:
     return out
 
 
-def config(tmp_path: Path, checkpoint: Path, streams: list[dict[str, Any]], **extra: Any) -> DaemonConfig:
+def config(
+    tmp_path: Path, checkpoint: Path, streams: list[dict[str, Any]], **extra: Any
+) -> DaemonConfig:
     raw: dict[str, Any] = {
         "model": {"checkpoint": str(checkpoint)},
         "streams": streams,
         "gate": {"kind": "none"},
-        "publish": {"websocket": {"port": 0}, "jsonl": {"enabled": True, "path": str(tmp_path / "events.jsonl")}},
+        "publish": {
+            "websocket": {"port": 0},
+            "jsonl": {"enabled": True, "path": str(tmp_path / "events.jsonl")},
+        },
     }
     for k, v in extra.items():
         raw[k] = {**raw.get(k, {}), **v} if isinstance(v, dict) else v
@@ -55,7 +64,11 @@ def events_of(tmp_path: Path) -> list[dict[str, Any]]:
 async def test_file_replay_counts_and_schema(tmp_path: Path, tiny_checkpoint: Path) -> None:
     wav = long_speech(tmp_path)
     n_samples = sf.info(wav).frames
-    cfg = config(tmp_path, tiny_checkpoint, [{"id": "file0", "source": {"path": str(wav), "realtime": False}}])
+    cfg = config(
+        tmp_path,
+        tiny_checkpoint,
+        [{"id": "file0", "source": {"path": str(wav), "realtime": False}}],
+    )
     async with Daemon(cfg) as daemon:
         await asyncio.wait_for(daemon.run(), 120)
     events = events_of(tmp_path)
@@ -63,7 +76,9 @@ async def test_file_replay_counts_and_schema(tmp_path: Path, tiny_checkpoint: Pa
         validate_event(ev)
     estimates = [e for e in events if e["type"] == "emotion.estimate"]
     w = cfg.windowing
-    assert len(estimates) == expected_window_count(n_samples, 16000, w.window_s, w.hop_s, w.first_window, w.min_window_s)
+    assert len(estimates) == expected_window_count(
+        n_samples, 16000, w.window_s, w.hop_s, w.first_window, w.min_window_s
+    )
     assert [e["seq"] for e in estimates] == list(range(len(estimates)))
     assert estimates[0]["audio_start_ms"] == 0 and estimates[0]["audio_end_ms"] == 3000
     assert estimates[1]["audio_start_ms"] == 1000
@@ -79,7 +94,9 @@ async def test_file_replay_counts_and_schema(tmp_path: Path, tiny_checkpoint: Pa
 
 async def test_websocket_clients_get_the_same_events(tmp_path: Path, tiny_checkpoint: Path) -> None:
     wav = long_speech(tmp_path)
-    cfg = config(tmp_path, tiny_checkpoint, [{"id": "a", "source": {"path": str(wav), "realtime": True}}])
+    cfg = config(
+        tmp_path, tiny_checkpoint, [{"id": "a", "source": {"path": str(wav), "realtime": True}}]
+    )
     got: dict[str, list[dict[str, Any]]] = {"c1": [], "c2": []}
     async with Daemon(cfg) as daemon:
         url = f"ws://127.0.0.1:{daemon.websocket.port}/ws"
@@ -127,15 +144,23 @@ async def test_bad_streams_do_not_stop_good_ones(tmp_path: Path, tiny_checkpoint
     assert final["text"]["state"] == "error" and "cannot be decoded" in final["text"]["detail"]
     assert final["missing"]["state"] == "error" and "nope.wav" in final["missing"]["detail"]
     assert final["nan"]["state"] == "offline" and final["nan"]["counters"]["bad_samples"] == 100
-    nan_estimates = [e for e in events if e["type"] == "emotion.estimate" and e["stream_id"] == "nan"]
-    assert nan_estimates and all(np.isfinite(list(e["scores"].values())).all() for e in nan_estimates)
+    nan_estimates = [
+        e for e in events if e["type"] == "emotion.estimate" and e["stream_id"] == "nan"
+    ]
+    assert nan_estimates and all(
+        np.isfinite(list(e["scores"].values())).all() for e in nan_estimates
+    )
 
 
 async def test_stale_windows_are_skipped_and_counted(tmp_path: Path, tiny_checkpoint: Path) -> None:
     wav = long_speech(tmp_path)
     # Windows become stale after 1 microsecond: the worker must skip every one and say so.
-    cfg = config(tmp_path, tiny_checkpoint, [{"id": "late", "source": {"path": str(wav), "realtime": True, "block_ms": 500}}],
-                 worker={"stale_after_s": 1e-6, "max_wait_ms": 5})
+    cfg = config(
+        tmp_path,
+        tiny_checkpoint,
+        [{"id": "late", "source": {"path": str(wav), "realtime": True, "block_ms": 500}}],
+        worker={"stale_after_s": 1e-6, "max_wait_ms": 5},
+    )
     async with Daemon(cfg) as daemon:
         await asyncio.wait_for(daemon.run(), 60)
         assert daemon.health()["worker"]["skipped_stale"] >= 4
@@ -148,12 +173,28 @@ def test_sigterm_shuts_down_gracefully(tmp_path: Path, tiny_checkpoint: Path) ->
     wav = long_speech(tmp_path)
     jsonl = tmp_path / "events.jsonl"
     cmd = [
-        sys.executable, "-m", "streamer.cli", "run",
-        "--set", f"model.checkpoint={tiny_checkpoint}", "--set", "publish.websocket.port=0",
-        "--set", "publish.jsonl.enabled=true", "--set", f"publish.jsonl.path={jsonl}",
-        "--set", f"streams=[{{id: a, source: {{path: {wav}, loop: true}}}}, {{id: b, source: {{path: {wav}, loop: true}}}}]",
+        sys.executable,
+        "-m",
+        "streamer.cli",
+        "run",
+        "--set",
+        f"model.checkpoint={tiny_checkpoint}",
+        "--set",
+        "publish.websocket.port=0",
+        "--set",
+        "publish.jsonl.enabled=true",
+        "--set",
+        f"publish.jsonl.path={jsonl}",
+        "--set",
+        f"streams=[{{id: a, source: {{path: {wav}, loop: true}}}}, {{id: b, source: {{path: {wav}, loop: true}}}}]",
     ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if jsonl.exists() and '"emotion.estimate"' in jsonl.read_text():
@@ -169,11 +210,19 @@ def test_sigterm_shuts_down_gracefully(tmp_path: Path, tiny_checkpoint: Path) ->
 
 
 @pytest.mark.timeout(120)
-async def test_random_init_fallback_is_loud(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+async def test_random_init_fallback_is_loud(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     monkeypatch.setattr("streamer.engine.bundled_checkpoint", lambda: None)
     wav = long_speech(tmp_path)
-    raw = {"streams": [{"id": "r", "source": {"path": str(wav), "realtime": False}}], "gate": {"kind": "none"},
-           "publish": {"websocket": {"enabled": False}, "jsonl": {"enabled": True, "path": str(tmp_path / "events.jsonl")}}}
+    raw = {
+        "streams": [{"id": "r", "source": {"path": str(wav), "realtime": False}}],
+        "gate": {"kind": "none"},
+        "publish": {
+            "websocket": {"enabled": False},
+            "jsonl": {"enabled": True, "path": str(tmp_path / "events.jsonl")},
+        },
+    }
     async with Daemon(validate(DaemonConfig, raw)) as daemon:
         await daemon.run()
     assert "RANDOMLY INITIALISED" in caplog.text
@@ -181,10 +230,16 @@ async def test_random_init_fallback_is_loud(tmp_path: Path, monkeypatch: pytest.
     assert est and all(e["model"]["random_init"] is True for e in est)
 
 
-async def test_status_heartbeat_carries_fresh_counters(tmp_path: Path, tiny_checkpoint: Path) -> None:
+async def test_status_heartbeat_carries_fresh_counters(
+    tmp_path: Path, tiny_checkpoint: Path
+) -> None:
     wav = long_speech(tmp_path)
-    cfg = config(tmp_path, tiny_checkpoint, [{"id": "hb", "source": {"path": str(wav), "realtime": True}}],
-                 status_interval_s=0.5)
+    cfg = config(
+        tmp_path,
+        tiny_checkpoint,
+        [{"id": "hb", "source": {"path": str(wav), "realtime": True}}],
+        status_interval_s=0.5,
+    )
     async with Daemon(cfg) as daemon:
         await asyncio.wait_for(daemon.run(), 60)
     statuses = [e for e in events_of(tmp_path) if e["type"] == "stream.status"]
@@ -198,8 +253,12 @@ async def test_every_websocket_message_validates(tmp_path: Path, tiny_checkpoint
     """The hello, the answers to a subscribe and to a bad message, and every event, against
     the published schema (issue 11: every payload that leaves the daemon validates)."""
     wav = long_speech(tmp_path)
-    cfg = config(tmp_path, tiny_checkpoint, [{"id": "a", "source": {"path": str(wav), "realtime": True}}],
-                 status_interval_s=0.5)
+    cfg = config(
+        tmp_path,
+        tiny_checkpoint,
+        [{"id": "a", "source": {"path": str(wav), "realtime": True}}],
+        status_interval_s=0.5,
+    )
     got: list[dict[str, Any]] = []
     async with Daemon(cfg) as daemon:
         async with connect(f"ws://127.0.0.1:{daemon.websocket.port}/ws") as ws:

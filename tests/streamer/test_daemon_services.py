@@ -25,14 +25,27 @@ DATA = Path(__file__).resolve().parents[1] / "data"
 
 
 def mqtt_settings(broker: MosquittoBroker, **extra: Any) -> dict[str, Any]:
-    return {"enabled": True, "host": broker.host, "port": broker.port, "username": "daemon",
-            "password": broker.users["daemon"], **extra}
+    return {
+        "enabled": True,
+        "host": broker.host,
+        "port": broker.port,
+        "username": "daemon",
+        "password": broker.users["daemon"],
+        **extra,
+    }
 
 
-async def collect(broker: MosquittoBroker, topic: str, until: Any, timeout_s: float, user: str = "robot") -> list[aiomqtt.Message]:
+async def collect(
+    broker: MosquittoBroker, topic: str, until: Any, timeout_s: float, user: str = "robot"
+) -> list[aiomqtt.Message]:
     got: list[aiomqtt.Message] = []
-    async with aiomqtt.Client(broker.host, broker.port, username=user, password=broker.users[user],
-                              protocol=aiomqtt.ProtocolVersion.V5) as c:
+    async with aiomqtt.Client(
+        broker.host,
+        broker.port,
+        username=user,
+        password=broker.users[user],
+        protocol=aiomqtt.ProtocolVersion.V5,
+    ) as c:
         await c.subscribe(topic, qos=1)
         async with asyncio.timeout(timeout_s):
             async for m in c.messages:
@@ -42,19 +55,32 @@ async def collect(broker: MosquittoBroker, topic: str, until: Any, timeout_s: fl
     return got
 
 
-async def test_robot_subscriber_sees_estimates_state_and_status(mosquitto_broker: MosquittoBroker, tiny_checkpoint: Path) -> None:
+async def test_robot_subscriber_sees_estimates_state_and_status(
+    mosquitto_broker: MosquittoBroker, tiny_checkpoint: Path
+) -> None:
     wav = DATA / "emodb" / "03a01Wa.wav"
-    cfg = validate(DaemonConfig, {
-        "model": {"checkpoint": str(tiny_checkpoint)}, "gate": {"kind": "none"},
-        "windowing": {"first_window": "early"},
-        "streams": [{"id": "agent", "source": {"path": str(wav), "realtime": False}}],
-        "publish": {"websocket": {"enabled": False}, "mqtt": mqtt_settings(mosquitto_broker)},
-    })
-    robot = asyncio.create_task(collect(
-        mosquitto_broker, "emotion/agent/#",
-        lambda ms: any(m.topic.matches("emotion/agent/status") and json.loads(m.payload)["state"] == "offline" for m in ms),
-        60,
-    ))
+    cfg = validate(
+        DaemonConfig,
+        {
+            "model": {"checkpoint": str(tiny_checkpoint)},
+            "gate": {"kind": "none"},
+            "windowing": {"first_window": "early"},
+            "streams": [{"id": "agent", "source": {"path": str(wav), "realtime": False}}],
+            "publish": {"websocket": {"enabled": False}, "mqtt": mqtt_settings(mosquitto_broker)},
+        },
+    )
+    robot = asyncio.create_task(
+        collect(
+            mosquitto_broker,
+            "emotion/agent/#",
+            lambda ms: any(
+                m.topic.matches("emotion/agent/status")
+                and json.loads(m.payload)["state"] == "offline"
+                for m in ms
+            ),
+            60,
+        )
+    )
     await asyncio.sleep(0.5)
     async with Daemon(cfg) as daemon:
         await asyncio.wait_for(daemon.run(), 60)
@@ -63,28 +89,57 @@ async def test_robot_subscriber_sees_estimates_state_and_status(mosquitto_broker
     assert len(estimates) >= 1 and estimates[0]["stream_id"] == "agent"
     assert any(m.topic.matches("emotion/agent/state") for m in live)
     # A robot that connects now gets the retained state (current label) and status at once.
-    late = await collect(mosquitto_broker, "emotion/#", lambda ms: len({str(m.topic) for m in ms}) >= 3, 10)
+    late = await collect(
+        mosquitto_broker, "emotion/#", lambda ms: len({str(m.topic) for m in ms}) >= 3, 10
+    )
     retained = {str(m.topic): json.loads(m.payload) for m in late if m.retain}
     assert retained["emotion/agent/state"]["to"] == estimates[-1]["label"]
     assert retained["emotion/agent/status"]["state"] == "offline"
     assert retained["emotion/_daemon/status"]["state"] == "offline"
 
 
-def test_last_will_after_kill_9(mosquitto_broker: MosquittoBroker, tiny_checkpoint: Path, tmp_path: Path) -> None:
+def test_last_will_after_kill_9(
+    mosquitto_broker: MosquittoBroker, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
     wav = DATA / "emodb" / "03a01Wa.wav"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "EMOTION_MONITOR_MQTT_PASSWORD": mosquitto_broker.users["daemon"]}
+    env = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "EMOTION_MONITOR_MQTT_PASSWORD": mosquitto_broker.users["daemon"],
+    }
     cmd = [
-        sys.executable, "-m", "streamer.cli", "run", "--set", f"model.checkpoint={tiny_checkpoint}",
-        "--set", "publish.websocket.enabled=false", "--set", "gate.kind=none",
-        "--set", f"streams=[{{id: mic0, source: {{path: {wav}, loop: true}}}}]",
-        "--set", "publish.mqtt.enabled=true", "--set", f"publish.mqtt.port={mosquitto_broker.port}",
-        "--set", "publish.mqtt.username=daemon", "--set", "publish.mqtt.keepalive_s=1",
+        sys.executable,
+        "-m",
+        "streamer.cli",
+        "run",
+        "--set",
+        f"model.checkpoint={tiny_checkpoint}",
+        "--set",
+        "publish.websocket.enabled=false",
+        "--set",
+        "gate.kind=none",
+        "--set",
+        f"streams=[{{id: mic0, source: {{path: {wav}, loop: true}}}}]",
+        "--set",
+        "publish.mqtt.enabled=true",
+        "--set",
+        f"publish.mqtt.port={mosquitto_broker.port}",
+        "--set",
+        "publish.mqtt.username=daemon",
+        "--set",
+        "publish.mqtt.keepalive_s=1",
     ]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
+
         async def scenario() -> list[dict[str, Any]]:
-            async with aiomqtt.Client(mosquitto_broker.host, mosquitto_broker.port, username="robot",
-                                      password=mosquitto_broker.users["robot"], protocol=aiomqtt.ProtocolVersion.V5) as c:
+            async with aiomqtt.Client(
+                mosquitto_broker.host,
+                mosquitto_broker.port,
+                username="robot",
+                password=mosquitto_broker.users["robot"],
+                protocol=aiomqtt.ProtocolVersion.V5,
+            ) as c:
                 await c.subscribe("emotion/#", qos=1)
                 seen: list[dict[str, Any]] = []
                 killed = False
@@ -95,7 +150,11 @@ def test_last_will_after_kill_9(mosquitto_broker: MosquittoBroker, tiny_checkpoi
                         if not killed and m.topic.matches("emotion/mic0/estimate"):
                             os.kill(proc.pid, signal.SIGKILL)  # no chance to say goodbye
                             killed = True
-                        elif killed and m.topic.matches("emotion/_daemon/status") and doc["state"] == "offline":
+                        elif (
+                            killed
+                            and m.topic.matches("emotion/_daemon/status")
+                            and doc["state"] == "offline"
+                        ):
                             return seen
                 return seen
 
@@ -108,30 +167,52 @@ def test_last_will_after_kill_9(mosquitto_broker: MosquittoBroker, tiny_checkpoi
     assert any(s["topic"] == "emotion/mic0/estimate" for s in seen)
 
 
-async def test_wrong_password_does_not_stop_the_daemon(mosquitto_broker: MosquittoBroker, tiny_checkpoint: Path, tmp_path: Path) -> None:
+async def test_wrong_password_does_not_stop_the_daemon(
+    mosquitto_broker: MosquittoBroker, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
     wav = DATA / "emodb" / "03a01Wa.wav"
-    cfg = validate(DaemonConfig, {
-        "model": {"checkpoint": str(tiny_checkpoint)}, "gate": {"kind": "none"}, "windowing": {"first_window": "early"},
-        "streams": [{"id": "a", "source": {"path": str(wav), "realtime": False}}],
-        "publish": {"websocket": {"enabled": False}, "jsonl": {"enabled": True, "path": str(tmp_path / "e.jsonl")},
-                    "mqtt": mqtt_settings(mosquitto_broker, password="wrong")},
-    })
+    cfg = validate(
+        DaemonConfig,
+        {
+            "model": {"checkpoint": str(tiny_checkpoint)},
+            "gate": {"kind": "none"},
+            "windowing": {"first_window": "early"},
+            "streams": [{"id": "a", "source": {"path": str(wav), "realtime": False}}],
+            "publish": {
+                "websocket": {"enabled": False},
+                "jsonl": {"enabled": True, "path": str(tmp_path / "e.jsonl")},
+                "mqtt": mqtt_settings(mosquitto_broker, password="wrong"),
+            },
+        },
+    )
     async with Daemon(cfg) as daemon:
         await asyncio.wait_for(daemon.run(), 60)
         mqtt = dict(daemon.hub.publishers)["mqtt"]
         assert mqtt.last_error is not None and not mqtt.connected
     lines = (tmp_path / "e.jsonl").read_text().splitlines()
-    assert any('"emotion.estimate"' in line for line in lines)  # the JSONL sink still got everything
+    assert any(
+        '"emotion.estimate"' in line for line in lines
+    )  # the JSONL sink still got everything
 
 
 @pytest.mark.timeout(120)
-async def test_microphone_stream_from_virtual_mic(pulse_virtual_mic: VirtualMic, tiny_checkpoint: Path, tmp_path: Path) -> None:
-    cfg = validate(DaemonConfig, {
-        "model": {"checkpoint": str(tiny_checkpoint)},
-        "windowing": {"window_s": 1.5, "hop_s": 0.5},
-        "streams": [{"id": "mic0", "source": {"kind": "microphone", "device": pulse_virtual_mic.device}}],
-        "publish": {"websocket": {"enabled": False}, "jsonl": {"enabled": True, "path": str(tmp_path / "e.jsonl")}},
-    })
+async def test_microphone_stream_from_virtual_mic(
+    pulse_virtual_mic: VirtualMic, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    cfg = validate(
+        DaemonConfig,
+        {
+            "model": {"checkpoint": str(tiny_checkpoint)},
+            "windowing": {"window_s": 1.5, "hop_s": 0.5},
+            "streams": [
+                {"id": "mic0", "source": {"kind": "microphone", "device": pulse_virtual_mic.device}}
+            ],
+            "publish": {
+                "websocket": {"enabled": False},
+                "jsonl": {"enabled": True, "path": str(tmp_path / "e.jsonl")},
+            },
+        },
+    )
     speech = [DATA / "emodb" / n for n in ("03a01Wa.wav", "03a01Fa.wav", "03a02Ta.wav")]
 
     def events() -> list[dict[str, Any]]:

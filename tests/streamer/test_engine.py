@@ -21,20 +21,33 @@ LABELS = ["neutral", "happy", "angry", "sad"]
 
 def _checkpoint(folder: Path, **kwargs: object) -> Path:
     torch.manual_seed(0)
-    model = DropFormer(preset("dropformer", input_dim=80, d_model=32, num_heads=2, ffn_dim=64, head_hidden=(32,)))
-    return save_checkpoint(folder, model, frontend_config=FrontendConfig(kind="logmel", normalize="none"),
-                           labels=LABELS, **kwargs)  # type: ignore[arg-type]
+    model = DropFormer(
+        preset("dropformer", input_dim=80, d_model=32, num_heads=2, ffn_dim=64, head_hidden=(32,))
+    )
+    return save_checkpoint(
+        folder,
+        model,
+        frontend_config=FrontendConfig(kind="logmel", normalize="none"),
+        labels=LABELS,
+        **kwargs,
+    )  # type: ignore[arg-type]
 
 
 def test_stream_normalisation_and_temperature_are_applied(tmp_path: Path) -> None:
     prior = (np.full(80, -8.0), np.full(80, 9.0))
-    folder = _checkpoint(tmp_path / "c", stream_norm=StreamNormConfig(kind="stream"), norm_prior=prior,
-                         temperature=2.0)
+    folder = _checkpoint(
+        tmp_path / "c",
+        stream_norm=StreamNormConfig(kind="stream"),
+        norm_prior=prior,
+        temperature=2.0,
+    )
     engine = Engine.load(str(folder), device="cpu")
     assert engine.info["stream_norm"] == "stream" and engine.info["temperature"] == 2.0
     wave, _ = sf.read(SPEECH, dtype="float32")
     cold = engine.run([wave])
-    assert cold.moments is not None and cold.moments[0].count == 92  # frames of this window, for the stream
+    assert (
+        cold.moments is not None and cold.moments[0].count == 92
+    )  # frames of this window, for the stream
     # by hand: log-mel, standardised by the prior, the model, softmax of logits / 2
     with torch.no_grad():
         feats, lengths = engine.frontend(torch.from_numpy(wave)[None], torch.tensor([len(wave)]))
@@ -50,7 +63,9 @@ def test_stream_normalisation_and_temperature_are_applied(tmp_path: Path) -> Non
 
 
 def test_old_online_checkpoints_are_refused_not_served_silently(tmp_path: Path) -> None:
-    folder = _checkpoint(tmp_path / "old", meta={"stream_norm": {"kind": "online", "time_constant_s": 30}})
+    folder = _checkpoint(
+        tmp_path / "old", meta={"stream_norm": {"kind": "online", "time_constant_s": 30}}
+    )
     doc = json.loads((folder / "config.json").read_text())
     del doc["stream_norm"]
     doc["version"] = 1

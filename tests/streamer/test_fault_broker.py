@@ -97,14 +97,23 @@ class Observer:
         b = self.broker
         while True:
             try:
-                async with aiomqtt.Client(b.host, b.port, username="robot", password=b.users["robot"],
-                                          protocol=aiomqtt.ProtocolVersion.V5) as client:
-                    await client.subscribe("emotion/#", qos=0)  # no acks of ours in the broker's buffers
+                async with aiomqtt.Client(
+                    b.host,
+                    b.port,
+                    username="robot",
+                    password=b.users["robot"],
+                    protocol=aiomqtt.ProtocolVersion.V5,
+                ) as client:
+                    await client.subscribe(
+                        "emotion/#", qos=0
+                    )  # no acks of ours in the broker's buffers
                     self.subscribed.set()
                     async for m in client.messages:
                         assert isinstance(m.payload, bytes)
                         if m.payload:
-                            self.messages.append((str(m.topic), json.loads(m.payload), bool(m.retain)))
+                            self.messages.append(
+                                (str(m.topic), json.loads(m.payload), bool(m.retain))
+                            )
             except aiomqtt.MqttError:
                 self.subscribed.clear()
                 await asyncio.sleep(0.05)
@@ -125,8 +134,13 @@ class Observer:
 async def retained_now(broker: MosquittoBroker) -> dict[str, dict[str, Any]]:
     """What a client that connects now is told: the retained payload of each topic."""
     got: dict[str, dict[str, Any]] = {}
-    async with aiomqtt.Client(broker.host, broker.port, username="robot", password=broker.users["robot"],
-                              protocol=aiomqtt.ProtocolVersion.V5) as client:
+    async with aiomqtt.Client(
+        broker.host,
+        broker.port,
+        username="robot",
+        password=broker.users["robot"],
+        protocol=aiomqtt.ProtocolVersion.V5,
+    ) as client:
         await client.subscribe("emotion/#", qos=0)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(0.5):
@@ -141,7 +155,9 @@ async def test_broker_killed_ten_times(
     mosquitto_broker: MosquittoBroker, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     b = mosquitto_broker
-    audio = np.concatenate([sf.read(DATA / n, dtype="float32")[0] for n in ("03a01Wa.wav", "16a02Tc.wav")])
+    audio = np.concatenate(
+        [sf.read(DATA / n, dtype="float32")[0] for n in ("03a01Wa.wav", "16a02Tc.wav")]
+    )
     sf.write(tmp_path / "talk.wav", audio, 16000)
     ws_got: list[dict[str, Any]] = []
     async with Relay(b.port) as relay, Observer(b) as observer:
@@ -168,27 +184,43 @@ async def test_broker_killed_ten_times(
 
                 watcher = asyncio.create_task(watch())
                 try:
-                    await eventually(lambda: mqtt.connected and all(observer.estimates(s) for s in STREAMS),
-                                     "estimates on the broker", 60)
+                    await eventually(
+                        lambda: mqtt.connected and all(observer.estimates(s) for s in STREAMS),
+                        "estimates on the broker",
+                        60,
+                    )
                     for cycle in range(RESTARTS):
                         await asyncio.sleep(1.0)
                         n_tap, n_ws = len(tap.of("emotion.estimate")), len(ws_got)
-                        await relay.shut()  # (the daemon comes back only once the observer is there again)
+                        await (
+                            relay.shut()
+                        )  # (the daemon comes back only once the observer is there again)
                         await asyncio.to_thread(b.stop, signal.SIGKILL)  # the broker dies
                         await asyncio.sleep(1.0)  # an outage: analysis and the WebSocket go on
                         await asyncio.to_thread(b.start)
                         await asyncio.wait_for(observer.subscribed.wait(), 20)
                         await relay.reopen()
-                        await eventually(lambda c=cycle: mqtt.connects == c + 2 and mqtt.connected
-                                         and mqtt.health()["retained_pending"] == 0, f"reconnect {cycle}", 30)
+                        await eventually(
+                            lambda c=cycle: (
+                                mqtt.connects == c + 2
+                                and mqtt.connected
+                                and mqtt.health()["retained_pending"] == 0
+                            ),
+                            f"reconnect {cycle}",
+                            30,
+                        )
                         assert len(tap.of("emotion.estimate")) > n_tap + 3, "analysis stopped"
-                        assert len([e for e in ws_got[n_ws:] if e["type"] == "emotion.estimate"]) > 3
+                        assert (
+                            len([e for e in ws_got[n_ws:] if e["type"] == "emotion.estimate"]) > 3
+                        )
                         # a client that connects now is told the current label and status of each stream
                         before = {s: tap.of("emotion.transition", s)[-1] for s in STREAMS}
                         retained = await retained_now(b)
                         for s in STREAMS:
                             state = retained[f"emotion/{s}/state"]
-                            assert state == before[s] or state in tap.of("emotion.transition", s)[-3:]
+                            assert (
+                                state == before[s] or state in tap.of("emotion.transition", s)[-3:]
+                            )
                             assert retained[f"emotion/{s}/status"]["state"] in ("speech", "online")
                         assert retained["emotion/_daemon/status"]["state"] == "online"
                 finally:
@@ -208,7 +240,9 @@ async def test_broker_killed_ten_times(
         assert len(received) + lost == len(published), (s, len(received), lost, len(published))
         assert tap.final_status(s)["counters"]["lost_mqtt"] <= lost  # the status said so too
         lost_total += lost
-    assert lost_total > 0 and summary["lost"]["lost_mqtt"] == lost_total  # max_queue 5: outages lost some
+    assert (
+        lost_total > 0 and summary["lost"]["lost_mqtt"] == lost_total
+    )  # max_queue 5: outages lost some
     assert "lost so far: " in caplog.text and "lost while disconnected" in caplog.text
     for _, payload, _ in observer.messages:
         validate_event(payload)  # retained ones too

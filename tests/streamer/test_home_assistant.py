@@ -344,7 +344,9 @@ async def test_offline_on_close_is_schema_valid_and_entities_stay(
         async with MqttPublisher(MqttConfig(host=b.host, port=b.port, username="daemon", password=b.users["daemon"],
                                             home_assistant=True, discovery_prefix="homeassistant")) as pub:  # fmt: skip
             pub.publish(encode(status))
-            pub.publish(encode({**status, "stream_id": "porch", "state": "offline"}))  # said goodbye itself
+            pub.publish(
+                encode({**status, "stream_id": "porch", "state": "offline"})
+            )  # said goodbye itself
             await eventually(lambda: len(w.configs()) == 8, "two streams announced")
         await eventually(
             lambda: json.loads(w.latest["emotion/_daemon/status"])["state"] == "offline", "goodbye"

@@ -25,8 +25,12 @@ class BrokenPublisher:
     async def __aenter__(self) -> BrokenPublisher:
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         return None
 
     def publish(self, message: Message) -> None:
@@ -45,7 +49,8 @@ def estimate(sid: str, seq: int) -> dict[str, object]:
 
 
 async def test_failing_publisher_does_not_stop_the_others(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     hub = Hub()
     broken = hub.add(BrokenPublisher(), "broken")
@@ -67,8 +72,14 @@ async def test_failing_publisher_does_not_stop_the_others(
 
 def test_snapshot_keeps_the_last_status_and_estimate_per_stream() -> None:
     hub = Hub()
-    for e in (status("a", "online"), estimate("a", 1), status("b", "online"),
-              status("a", "speech"), estimate("a", 2), {"type": "alert", "v": 1}):
+    for e in (
+        status("a", "online"),
+        estimate("a", 1),
+        status("b", "online"),
+        status("a", "speech"),
+        estimate("a", 2),
+        {"type": "alert", "v": 1},
+    ):
         hub.publish(e)
     snap = hub.snapshot()
     assert snap["streams"] == ["a", "b"]

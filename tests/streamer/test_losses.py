@@ -32,8 +32,19 @@ DATA = Path(__file__).resolve().parents[1] / "data" / "emodb"
 
 
 def status(sid: str, state: str, audio_ms: int) -> dict[str, Any]:
-    return StreamStatus(sid, state, audio_ms, {"windows": 1, "inferred": 1, "skipped_stale": 0,  # type: ignore[arg-type]
-                                               "skipped_silence": 0, "dropped_frames": 0, "bad_samples": 0}).to_dict()
+    return StreamStatus(
+        sid,
+        state,
+        audio_ms,
+        {
+            "windows": 1,
+            "inferred": 1,
+            "skipped_stale": 0,  # type: ignore[arg-type]
+            "skipped_silence": 0,
+            "dropped_frames": 0,
+            "bad_samples": 0,
+        },
+    ).to_dict()
 
 
 async def test_broker_outage_keeps_state_drops_estimates_first_and_counts_exactly(
@@ -42,15 +53,24 @@ async def test_broker_outage_keeps_state_drops_estimates_first_and_counts_exactl
     """The issue's outage: 168 estimates while the broker is away, max_queue 20."""
     b = mosquitto_broker
     sent: list[dict[str, Any]] = []
-    pub = mqtt_publisher(b.host, b.port, username="daemon", password=b.users["daemon"], max_queue=20,
-                         reconnect_min_s=1.0, reconnect_max_s=1.0)
+    pub = mqtt_publisher(
+        b.host,
+        b.port,
+        username="daemon",
+        password=b.users["daemon"],
+        max_queue=20,
+        reconnect_min_s=1.0,
+        reconnect_max_s=1.0,
+    )
     async with pub:
         await eventually(lambda: pub.connected, "the publisher to connect")
         b.stop()
         streams = [Events("mic0"), Events("mic1")]
         for i in range(84):  # 168 estimates with their transitions, statuses and 4 alerts
             for s in streams:
-                for event in s.step(("neutral", "angry", "sad")[i // 30]) + [status(s.sid, "speech", s.t_ms)]:
+                for event in s.step(("neutral", "angry", "sad")[i // 30]) + [
+                    status(s.sid, "speech", s.t_ms)
+                ]:
                     sent.append(event)
                     pub.publish(encode(event))
             if i % 40 == 0:
@@ -65,8 +85,13 @@ async def test_broker_outage_keeps_state_drops_estimates_first_and_counts_exactl
         assert pub.stats.lost_by_stream == {"mic0": 77, "mic1": 77}
         await asyncio.to_thread(b.start)
         got: list[tuple[str, dict[str, Any], bool]] = []
-        async with aiomqtt.Client(b.host, b.port, username="robot", password=b.users["robot"],
-                                  protocol=aiomqtt.ProtocolVersion.V5) as sub:
+        async with aiomqtt.Client(
+            b.host,
+            b.port,
+            username="robot",
+            password=b.users["robot"],
+            protocol=aiomqtt.ProtocolVersion.V5,
+        ) as sub:
             await sub.subscribe("emotion/#", qos=1)
 
             async def collect() -> None:
@@ -75,7 +100,10 @@ async def test_broker_outage_keeps_state_drops_estimates_first_and_counts_exactl
                     got.append((str(m.topic), json.loads(m.payload), bool(m.retain)))
 
             reader = asyncio.create_task(collect())
-            await eventually(lambda: sum(t.endswith("/estimate") for t, _, _ in got) == 14, "the queued estimates")
+            await eventually(
+                lambda: sum(t.endswith("/estimate") for t, _, _ in got) == 14,
+                "the queued estimates",
+            )
             await eventually(lambda: pub.stats.published >= 14 + 6 + 4, "everything queued")
             reader.cancel()
     for _, payload, _ in got:
@@ -114,25 +142,33 @@ async def test_jsonl_rotation_keeps_what_it_is_told_and_logs_each_deletion(
     assert n >= 4
     deleted = [r.getMessage() for r in caplog.records if "deleted" in r.getMessage()]
     if keep is None:  # every rotated file is still there: no event is gone
-        assert rotated(path) == sorted(["events.jsonl"] + [f"events.jsonl.{i}" for i in range(1, n + 1)])
+        assert rotated(path) == sorted(
+            ["events.jsonl"] + [f"events.jsonl.{i}" for i in range(1, n + 1)]
+        )
         assert deleted == [] and sink.deleted == 0
     else:
         assert rotated(path) == ["events.jsonl", "events.jsonl.1", "events.jsonl.2"]
         assert len(deleted) == n - 2 == sink.deleted and "rotate_keep=2" in deleted[0]
     lines = [line for p in path.parent.glob("events.jsonl*") for line in p.read_text().splitlines()]
-    assert sink.stats.published == 151 and sink.stats.dropped == 0  # 150 estimates and the first transition
+    assert (
+        sink.stats.published == 151 and sink.stats.dropped == 0
+    )  # 150 estimates and the first transition
     seqs = [json.loads(line)["seq"] for line in lines]  # every kept line is whole JSON
     assert (len(lines) == 151) if keep is None else (len(lines) < 151 and max(seqs) == 149)
 
 
 def speech_file(tmp_path: Path) -> Path:
-    audio = np.concatenate([sf.read(DATA / n, dtype="float32")[0] for n in ("03a01Wa.wav", "03a01Fa.wav")])
+    audio = np.concatenate(
+        [sf.read(DATA / n, dtype="float32")[0] for n in ("03a01Wa.wav", "03a01Fa.wav")]
+    )
     out = tmp_path / "speech.wav"
     sf.write(out, audio, 16000)
     return out
 
 
-def run_daemon(tmp_path: Path, checkpoint: Path, *sets: str, preexec: Any = None) -> subprocess.CompletedProcess[str]:
+def run_daemon(
+    tmp_path: Path, checkpoint: Path, *sets: str, preexec: Any = None
+) -> subprocess.CompletedProcess[str]:
     cmd = [sys.executable, "-m", "streamer.cli", "run", "--set", f"model.checkpoint={checkpoint}",
            "--set", f"streams=[{{id: s, source: {{path: {speech_file(tmp_path)}, realtime: false}}}}]",
            "--set", "gate.kind=none", "--set", "publish.websocket.port=0", "--set", "publish.jsonl.enabled=true",
@@ -147,12 +183,16 @@ def summary(stderr: str) -> dict[str, Any]:
 
 
 def test_a_full_disk_is_counted_not_a_traceback(tmp_path: Path, tiny_checkpoint: Path) -> None:
-    proc = run_daemon(tmp_path, tiny_checkpoint, "publish.jsonl.path=/dev/full")  # every write: ENOSPC
+    proc = run_daemon(
+        tmp_path, tiny_checkpoint, "publish.jsonl.path=/dev/full"
+    )  # every write: ENOSPC
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr and "write failed" in proc.stderr
     s = summary(proc.stderr)
     jsonl, ws = s["publishers"]["jsonl"], s["publishers"]["websocket"]
-    assert jsonl["published"] == 0 and jsonl["dropped"] == ws["published"] > 5  # every event, counted
+    assert (
+        jsonl["published"] == 0 and jsonl["dropped"] == ws["published"] > 5
+    )  # every event, counted
     assert s["lost"]["lost_jsonl"] == jsonl["dropped"]
     assert s["streams"]["s"]["lost_jsonl"] == jsonl["dropped"]  # all of them the stream's own
     assert "lost so far: lost_jsonl" in proc.stderr  # the running total in the log
@@ -161,7 +201,9 @@ def test_a_full_disk_is_counted_not_a_traceback(tmp_path: Path, tiny_checkpoint:
 def test_a_disk_that_fills_up_mid_run_keeps_whole_lines_and_counts_the_rest(
     tmp_path: Path, tiny_checkpoint: Path
 ) -> None:
-    limit = 1200  # bytes: the file stops growing after a few events (RLIMIT_FSIZE, like a full disk)
+    limit = (
+        1200  # bytes: the file stops growing after a few events (RLIMIT_FSIZE, like a full disk)
+    )
 
     def small_disk() -> None:
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes beyond the limit fail with EFBIG
@@ -180,12 +222,20 @@ def test_a_disk_that_fills_up_mid_run_keeps_whole_lines_and_counts_the_rest(
     assert s["streams"]["s"]["lost_jsonl"] == s["lost"]["lost_jsonl"] == jsonl["dropped"]
 
 
-def test_the_shutdown_summary_counts_what_closing_could_not_deliver(tmp_path: Path, tiny_checkpoint: Path) -> None:
+def test_the_shutdown_summary_counts_what_closing_could_not_deliver(
+    tmp_path: Path, tiny_checkpoint: Path
+) -> None:
     # an MQTT broker that is not there: everything the stream published is lost, and counted
     from tests.fixtures.services import free_port
 
-    proc = run_daemon(tmp_path, tiny_checkpoint, "publish.jsonl.enabled=false", "publish.mqtt.enabled=true",
-                      f"publish.mqtt.port={free_port()}", "publish.mqtt.max_queue=3")
+    proc = run_daemon(
+        tmp_path,
+        tiny_checkpoint,
+        "publish.jsonl.enabled=false",
+        "publish.mqtt.enabled=true",
+        f"publish.mqtt.port={free_port()}",
+        "publish.mqtt.max_queue=3",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     s = summary(proc.stderr)
     mqtt, ws = s["publishers"]["mqtt"], s["publishers"]["websocket"]

@@ -38,7 +38,9 @@ def estimate(seq: int, importance: dict[str, Any] | None = IMPORTANCE) -> dict[s
 @pytest.mark.parametrize("keep", [True, False])
 async def test_websocket_events_and_hello(keep: bool) -> None:
     hub = Hub()
-    pub = hub.add(WebSocketPublisher(WebSocketConfig(port=0, importance=keep), snapshot=hub.snapshot))
+    pub = hub.add(
+        WebSocketPublisher(WebSocketConfig(port=0, importance=keep), snapshot=hub.snapshot)
+    )
     async with hub:
         hub.publish(estimate(0))
         hub.publish(estimate(1, None))  # e.g. a silent window: no importance

@@ -13,8 +13,15 @@ from streamer.publishers.jsonl import JsonlSink
 
 
 def event(i: int) -> dict[str, object]:
-    return {"type": "emotion.estimate", "v": 1, "stream_id": "mic0", "seq": i,
-            "label": "neutral", "scores": {"neutral": 0.5, "sad": 0.5}, "text": "äö\n\"x\""}
+    return {
+        "type": "emotion.estimate",
+        "v": 1,
+        "stream_id": "mic0",
+        "seq": i,
+        "label": "neutral",
+        "scores": {"neutral": 0.5, "sad": 0.5},
+        "text": 'äö\n"x"',
+    }
 
 
 async def test_lines_round_trip(tmp_path: Path) -> None:
@@ -35,7 +42,9 @@ async def test_appends_and_rotates(tmp_path: Path) -> None:
     path = tmp_path / "events.jsonl"
     async with JsonlSink(JsonlConfig(path=str(path))) as sink:
         sink.publish(encode(event(-1)))
-    async with JsonlSink(JsonlConfig(path=str(path), rotate_mb=0.01)) as sink:  # rotate every ~10 kB
+    async with JsonlSink(
+        JsonlConfig(path=str(path), rotate_mb=0.01)
+    ) as sink:  # rotate every ~10 kB
         for i in range(300):
             sink.publish(encode(event(i)))
     assert sink.rotations >= 2

@@ -40,8 +40,13 @@ class Received:
 async def subscriber(broker: MosquittoBroker, user: str = "robot") -> AsyncIterator[Received]:
     """A real MQTT 5 client subscribed to ``emotion/#`` while the block runs."""
     got = Received()
-    async with aiomqtt.Client(broker.host, broker.port, username=user, password=broker.users[user],
-                              protocol=aiomqtt.ProtocolVersion.V5) as client:
+    async with aiomqtt.Client(
+        broker.host,
+        broker.port,
+        username=user,
+        password=broker.users[user],
+        protocol=aiomqtt.ProtocolVersion.V5,
+    ) as client:
         await client.subscribe("emotion/#", qos=1)
 
         async def collect() -> None:
@@ -66,8 +71,17 @@ async def eventually(pred: Callable[[], bool], what: str, timeout_s: float = 15.
 
 
 def daemon(broker: MosquittoBroker, **kw: Any) -> MqttPublisher:
-    return MqttPublisher(MqttConfig(host=broker.host, port=broker.port, username="daemon",
-                                    password=broker.users["daemon"], reconnect_min_s=0.1, reconnect_max_s=0.5, **kw))
+    return MqttPublisher(
+        MqttConfig(
+            host=broker.host,
+            port=broker.port,
+            username="daemon",
+            password=broker.users["daemon"],
+            reconnect_min_s=0.1,
+            reconnect_max_s=0.5,
+            **kw,
+        )
+    )
 
 
 def status(sid: str, state: str) -> dict[str, Any]:
@@ -79,7 +93,13 @@ def estimate(sid: str, seq: int) -> dict[str, Any]:
 
 
 def transition(sid: str, label: str) -> dict[str, Any]:
-    return {"type": "emotion.transition", "v": 1, "stream_id": sid, "from": "neutral", "label": label}
+    return {
+        "type": "emotion.transition",
+        "v": 1,
+        "stream_id": sid,
+        "from": "neutral",
+        "label": label,
+    }
 
 
 async def test_robot_sees_estimates_and_late_joiners_get_retained_state(
@@ -91,7 +111,9 @@ async def test_robot_sees_estimates_and_late_joiners_get_retained_state(
         for i in range(3):
             pub.publish(encode(estimate("mic0", i)))
         pub.publish(encode(transition("mic0", "angry")))
-        pub.publish(encode({"type": "alert", "v": 1, "stream_id": "mic0", "message": "anger for 10 s"}))
+        pub.publish(
+            encode({"type": "alert", "v": 1, "stream_id": "mic0", "message": "anger for 10 s"})
+        )
         pub.publish(encode(estimate("call/1+#", 0)))  # topic-unsafe stream id
         await eventually(lambda: len(live.on("emotion/call_1__/estimate")) == 1, "all messages")
         assert [e["seq"] for e in live.on("emotion/mic0/estimate")] == [0, 1, 2]
@@ -119,7 +141,9 @@ async def test_robot_sees_estimates_and_late_joiners_get_retained_state(
     assert retained["emotion/_daemon/status"]["state"] == "offline"
 
 
-async def test_last_will_marks_the_daemon_offline_when_it_dies(mosquitto_broker: MosquittoBroker) -> None:
+async def test_last_will_marks_the_daemon_offline_when_it_dies(
+    mosquitto_broker: MosquittoBroker,
+) -> None:
     script = textwrap.dedent(f"""
         import asyncio, sys
         from streamer.config import MqttConfig
@@ -138,8 +162,9 @@ async def test_last_will_marks_the_daemon_offline_when_it_dies(mosquitto_broker:
                 await asyncio.sleep(3600)
         asyncio.run(main())
     """)
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-c", script,
-                                                stdout=subprocess.PIPE, cwd=os.getcwd())
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", script, stdout=subprocess.PIPE, cwd=os.getcwd()
+    )
     try:
         async with subscriber(mosquitto_broker) as live:
             assert proc.stdout is not None
@@ -149,7 +174,8 @@ async def test_last_will_marks_the_daemon_offline_when_it_dies(mosquitto_broker:
             assert live.on("emotion/_daemon/status")[-1]["state"] == "online"
             proc.send_signal(signal.SIGKILL)
             await eventually(
-                lambda: live.on("emotion/_daemon/status")[-1]["state"] == "offline", "the last will",
+                lambda: live.on("emotion/_daemon/status")[-1]["state"] == "offline",
+                "the last will",
             )
         assert live.on("emotion/_daemon/status")[-1]["reason"] == "connection lost"
         # The stream's own status keeps its last value: clients combine both.
@@ -161,8 +187,16 @@ async def test_last_will_marks_the_daemon_offline_when_it_dies(mosquitto_broker:
 
 
 async def test_wrong_password_is_reported_not_raised(mosquitto_broker: MosquittoBroker) -> None:
-    async with MqttPublisher(MqttConfig(host=mosquitto_broker.host, port=mosquitto_broker.port, username="daemon",
-                                        password="wrong", reconnect_min_s=0.1, reconnect_max_s=0.2)) as pub:
+    async with MqttPublisher(
+        MqttConfig(
+            host=mosquitto_broker.host,
+            port=mosquitto_broker.port,
+            username="daemon",
+            password="wrong",
+            reconnect_min_s=0.1,
+            reconnect_max_s=0.2,
+        )
+    ) as pub:
         for i in range(5):
             pub.publish(encode(estimate("mic0", i)))
         await eventually(lambda: pub.last_error is not None, "a connection error")
@@ -200,7 +234,9 @@ async def test_reconnects_after_a_broker_restart(mosquitto_broker: MosquittoBrok
         assert live.on("emotion/mic0/status")[0]["state"] == "speech"
 
 
-async def test_a_read_only_account_cannot_publish_commands_or_spoof_estimates(tmp_path: Any) -> None:
+async def test_a_read_only_account_cannot_publish_commands_or_spoof_estimates(
+    tmp_path: Any,
+) -> None:
     """The ACL SECURITY.md recommends for a robot or dashboard account (read emotion/#, nothing
     else): what it publishes never reaches anyone, on the estimate topics or a command topic."""
     from tests.fixtures.services import _running_broker
@@ -209,8 +245,13 @@ async def test_a_read_only_account_cannot_publish_commands_or_spoof_estimates(tm
     b = next(brokers)
     try:
         got: list[tuple[str, bytes]] = []
-        async with aiomqtt.Client(b.host, b.port, username="daemon", password=b.users["daemon"],
-                                  protocol=aiomqtt.ProtocolVersion.V5) as watcher:
+        async with aiomqtt.Client(
+            b.host,
+            b.port,
+            username="daemon",
+            password=b.users["daemon"],
+            protocol=aiomqtt.ProtocolVersion.V5,
+        ) as watcher:
             await watcher.subscribe("emotion/#", qos=1)
             await watcher.subscribe("robot/#", qos=1)
 
@@ -220,8 +261,13 @@ async def test_a_read_only_account_cannot_publish_commands_or_spoof_estimates(tm
                     got.append((str(m.topic), m.payload))
 
             reader = asyncio.create_task(collect())
-            async with aiomqtt.Client(b.host, b.port, username="robot", password=b.users["robot"],
-                                      protocol=aiomqtt.ProtocolVersion.V5) as robot:
+            async with aiomqtt.Client(
+                b.host,
+                b.port,
+                username="robot",
+                password=b.users["robot"],
+                protocol=aiomqtt.ProtocolVersion.V5,
+            ) as robot:
                 spoof = json.dumps(transition("mic0", "happy")).encode()
                 await robot.publish("emotion/mic0/state", spoof, qos=1, retain=True)
                 await robot.publish("emotion/mic0/estimate", spoof, qos=1)

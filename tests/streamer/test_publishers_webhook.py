@@ -24,7 +24,9 @@ async def test_delivers_retries_and_gives_up() -> None:
         async with WebhookPublisher(
             server.url, retry_backoff_s=0.05, max_retries=3, token="hook-token"
         ) as hook:
-            hook.publish(encode({"type": "emotion.estimate", "stream_id": "x"}))  # not an alert: ignored
+            hook.publish(
+                encode({"type": "emotion.estimate", "stream_id": "x"})
+            )  # not an alert: ignored
             hook.publish(encode(alert(1)))  # 503, 500, then 200
             await eventually(lambda: hook.stats.published == 1, "the webhook")
             hook.publish(encode(alert(2)))  # 404: final, no retry
@@ -33,7 +35,10 @@ async def test_delivers_retries_and_gives_up() -> None:
         assert server.headers[0]["Authorization"] == "Bearer hook-token"
         assert server.headers[0]["Content-Type"] == "application/json"
         assert server.attempts == 4 and hook.counters.retries == 2
-        assert hook.stats.dropped == 1 and hook.stats.lost_by_stream == {"call1.caller": 0, "call2.caller": 1}  # the 404
+        assert hook.stats.dropped == 1 and hook.stats.lost_by_stream == {
+            "call1.caller": 0,
+            "call2.caller": 1,
+        }  # the 404
         assert "404" in str(hook.last_error)
 
 
@@ -49,7 +54,10 @@ async def test_a_slow_or_dead_endpoint_never_blocks_and_losses_are_counted() -> 
             await eventually(lambda: hook.counters.failed >= 1, "the webhook")
         # 100 alerts: at most one in flight, 5 queued; the rest dropped oldest-first, all counted
         # (dropped: every alert lost; failed: those of them given up on after the retries)
-        assert hook.stats.dropped + hook.stats.published == 100 and hook.counters.failed <= hook.stats.dropped
+        assert (
+            hook.stats.dropped + hook.stats.published == 100
+            and hook.counters.failed <= hook.stats.dropped
+        )
         assert hook.stats.dropped >= 94 and hook.stats.published == 0
     async with WebhookPublisher("http://127.0.0.1:9/none", timeout_s=0.2, max_retries=0) as dead:
         dead.publish(encode(alert(1)))

@@ -20,13 +20,21 @@ from streamer.publishers.websocket import WebSocketPublisher
 def server_on_any_port(**kw: Any) -> WebSocketPublisher:
     """A publisher on a free loopback port; config keys and constructor arguments in ``kw``."""
     keys = set(WebSocketConfig.model_fields)
-    return WebSocketPublisher(WebSocketConfig(port=0, **{k: v for k, v in kw.items() if k in keys}),
-                              **{k: v for k, v in kw.items() if k not in keys})
+    return WebSocketPublisher(
+        WebSocketConfig(port=0, **{k: v for k, v in kw.items() if k in keys}),
+        **{k: v for k, v in kw.items() if k not in keys},
+    )
 
 
 def estimate(sid: str, seq: int, pad: int = 0) -> dict[str, Any]:
-    e: dict[str, Any] = {"type": "emotion.estimate", "v": 1, "stream_id": sid, "seq": seq,
-                         "label": "happy", "confidence": 0.7}
+    e: dict[str, Any] = {
+        "type": "emotion.estimate",
+        "v": 1,
+        "stream_id": sid,
+        "seq": seq,
+        "label": "happy",
+        "confidence": 0.7,
+    }
     if pad:
         e["pad"] = "x" * pad
     return e
@@ -77,8 +85,13 @@ async def test_subscriptions_filter_streams() -> None:
             await only_b.send("{not json")
             assert (await recv_json(only_b))["type"] == "error"
             daemon_alert = {"type": "alert", "v": 1, "message": "model reloaded"}
-            for e in (estimate("a", 1), estimate("b", 2), estimate("c", 3), daemon_alert,
-                      estimate("a", 4)):
+            for e in (
+                estimate("a", 1),
+                estimate("b", 2),
+                estimate("c", 3),
+                daemon_alert,
+                estimate("a", 4),
+            ):
                 server.publish(encode(e))
             got_a = await recv_until(only_a, 3)
             got_b = await recv_until(only_b, 2)
@@ -118,8 +131,13 @@ async def test_static_files_health_and_traversal(tmp_path: Path) -> None:
         status, headers, body = await http_get(server.port, "/js/app.js")
         assert status == 200 and headers["content-type"].startswith("text/javascript")
         assert body == b"console.log('hi')"
-        for evil in ("/../secret.txt", "/js/../../secret.txt", "/%2e%2e/secret.txt",
-                     "/..%2fsecret.txt", "/nope.html"):
+        for evil in (
+            "/../secret.txt",
+            "/js/../../secret.txt",
+            "/%2e%2e/secret.txt",
+            "/..%2fsecret.txt",
+            "/nope.html",
+        ):
             status, _, body = await http_get(server.port, evil)
             assert status == 404, evil
             assert b"top secret" not in body
@@ -207,8 +225,9 @@ def read_until_closed(sock: socket.socket) -> bytes:
 
 
 async def test_a_client_that_stays_full_is_closed() -> None:
-    async with server_on_any_port(max_queue=50, slow_client_timeout_s=0.2,
-                                  close_timeout_s=0.5) as server:
+    async with server_on_any_port(
+        max_queue=50, slow_client_timeout_s=0.2, close_timeout_s=0.5
+    ) as server:
         slow = await asyncio.to_thread(open_stalled_client, server.port)
         seq = 0
         for _ in range(3000):  # at most ~30 s of publishing

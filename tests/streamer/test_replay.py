@@ -18,7 +18,9 @@ def test_compose_groups_one_emotion_into_episodes() -> None:
     utts = [u for u in read_emodb(FIXTURE).utterances if u.speaker == "03"]
     wave, segments = compose_stream(utts, episode_s=1.0, gap_s=0.5, seed="s")
     assert sorted(s.uid for s in segments) == sorted(u.uid for u in utts)
-    assert all(b.start_sample - a.end_sample == 8000 for a, b in zip(segments, segments[1:], strict=False))
+    assert all(
+        b.start_sample - a.end_sample == 8000 for a, b in zip(segments, segments[1:], strict=False)
+    )
     assert len(wave) == segments[-1].end_sample + 8000
     again, same = compose_stream(utts, episode_s=1.0, gap_s=0.5, seed="s")
     assert np.array_equal(wave, again) and same == segments  # seeded
@@ -27,8 +29,11 @@ def test_compose_groups_one_emotion_into_episodes() -> None:
 def test_timeline_scores_the_label_shown_at_each_moment() -> None:
     sr = 16000
     segs = [Segment(0, 2 * sr, "angry", "a"), Segment(3 * sr, 5 * sr, "sad", "b")]
-    estimates = [{"audio_end_ms": 1000, "label": "angry"}, {"audio_end_ms": 3500, "label": "angry"},
-                 {"audio_end_ms": 4000, "label": "sad"}]
+    estimates = [
+        {"audio_end_ms": 1000, "label": "angry"},
+        {"audio_end_ms": 3500, "label": "angry"},
+        {"audio_end_ms": 4000, "label": "sad"},
+    ]
     r = timeline_accuracy(estimates, segs, LABELS)
     # angry: nothing shown for the first second, then right for 1 s; sad: wrong for 1 s, right for 1 s
     assert r["speech_s"] == pytest.approx(4.0)

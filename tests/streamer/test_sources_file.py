@@ -14,8 +14,8 @@ from dropformer.errors import AudioError
 from streamer.sources import FileSource, Source, StreamResampler
 
 AUDIO = Path(__file__).resolve().parents[1] / "data" / "audio"
-ANGRY = AUDIO / "03a01Wa.wav"   # 1.88 s, 16 kHz mono
-FEAR = AUDIO / "08a02Fe.wav"    # 1.62 s, 16 kHz mono
+ANGRY = AUDIO / "03a01Wa.wav"  # 1.88 s, 16 kHz mono
+FEAR = AUDIO / "08a02Fe.wav"  # 1.62 s, 16 kHz mono
 
 
 async def collect(src: FileSource, max_samples: int | None = None) -> np.ndarray:
@@ -105,7 +105,7 @@ async def test_not_realtime_is_fast_and_loop_repeats() -> None:
     assert elapsed_s < 4 * sf.info(FEAR).duration  # 5x the audio in well under its duration
     assert src.stats.loops >= 4
     np.testing.assert_array_equal(out[: original.size], original)
-    np.testing.assert_array_equal(out[original.size: 2 * original.size], original)
+    np.testing.assert_array_equal(out[original.size : 2 * original.size], original)
 
 
 async def test_nan_samples_pass_through(tmp_path: Path) -> None:
@@ -127,7 +127,7 @@ def test_streaming_resampler_matches_one_shot() -> None:
     original, _ = sf.read(ANGRY, dtype="float32")
     x48 = soxr.resample(original, 16000, 48000).astype(np.float32)
     r = StreamResampler(48000, 16000, channels=1)
-    blocks = [r.push(x48[i: i + 960]) for i in range(0, x48.size, 960)] + [r.flush()]
+    blocks = [r.push(x48[i : i + 960]) for i in range(0, x48.size, 960)] + [r.flush()]
     streamed = np.concatenate(blocks)
     one_shot = soxr.resample(x48, 48000, 16000)
     assert abs(streamed.size - one_shot.size) <= 2

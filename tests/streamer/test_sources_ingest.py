@@ -243,7 +243,9 @@ async def test_token_and_origin() -> None:
                                origin="http://evil.example"):  # fmt: skip
                 pass
         assert refused.value.response.status_code == 403
-        async with connect(f"{url}/ingest", subprotocols=["emotion-monitor", f"bearer.{token}"]) as ws:
+        async with connect(
+            f"{url}/ingest", subprotocols=["emotion-monitor", f"bearer.{token}"]
+        ) as ws:
             await ws.send(
                 json.dumps(
                     {
@@ -324,7 +326,9 @@ async def test_200_sessions_leave_nothing_behind(tmp_path: Path) -> None:
         grown = after - before
         health = daemon.health()
         assert daemon.cores == {} and daemon._locks == {} and daemon._network_tasks == {}
-        assert daemon.sources == {} and all(not p.stats.lost_by_stream for _, p in daemon.hub.publishers)
+        assert daemon.sources == {} and all(
+            not p.stats.lost_by_stream for _, p in daemon.hub.publishers
+        )
         assert daemon.hub.snapshot() == {"streams": [], "last_status": {}, "last_estimate": {},
                                          "last_importance": {}, "transitions": {}}  # fmt: skip
         assert health["network"]["active"] == 0 and health["ended_streams"]["streams"] == 220

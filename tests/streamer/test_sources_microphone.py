@@ -27,8 +27,10 @@ def best_alignment(captured: np.ndarray, reference: np.ndarray) -> tuple[int, fl
     size = 1 << (n - 1).bit_length()
     xc = np.fft.irfft(np.fft.rfft(captured, size) * np.conj(np.fft.rfft(reference, size)), size)
     lag = int(np.argmax(xc[: captured.size - reference.size + 1]))
-    seg = captured[lag: lag + reference.size]
-    score = float(np.dot(seg, reference) / (np.linalg.norm(seg) * np.linalg.norm(reference) + 1e-12))
+    seg = captured[lag : lag + reference.size]
+    score = float(
+        np.dot(seg, reference) / (np.linalg.norm(seg) * np.linalg.norm(reference) + 1e-12)
+    )
     return lag, score
 
 
@@ -69,7 +71,7 @@ async def test_captures_speech_played_into_the_virtual_mic(pulse_virtual_mic: Vi
     # (20 ms here): look for the utterance from 0.1 s on (EmoDB's lead-in).
     lag, score = best_alignment(audio, reference[1600:])
     assert score > 0.95, f"captured audio does not contain the played speech (score {score:.3f})"
-    speech = audio[lag: lag + reference.size - 1600]
+    speech = audio[lag : lag + reference.size - 1600]
     rms_ratio = float(np.sqrt(np.mean(speech**2)) / np.sqrt(np.mean(reference[1600:] ** 2)))
     assert 0.8 < rms_ratio < 1.2  # energy arrives intact, not attenuated or clipped
 
@@ -84,7 +86,9 @@ async def test_missing_device_lists_the_available_ones(pulse_virtual_mic: Virtua
 
 
 def test_devices_command_lists_the_virtual_mic(pulse_virtual_mic: VirtualMic) -> None:
-    run = partial(subprocess.run, capture_output=True, text=True, timeout=60, env=pulse_virtual_mic.env)
+    run = partial(
+        subprocess.run, capture_output=True, text=True, timeout=60, env=pulse_virtual_mic.env
+    )
     out = run([sys.executable, "-m", "streamer.cli", "devices", "--json"])
     assert out.returncode == 0, out.stderr
     pulse = next(d for d in json.loads(out.stdout) if d["name"] == "pulse")
@@ -97,7 +101,9 @@ def test_devices_command_lists_the_virtual_mic(pulse_virtual_mic: VirtualMic) ->
     assert any(row.split()[1] == "pulse" for row in rows)
 
 
-async def test_a_consumer_that_stalls_loses_the_oldest_blocks(pulse_virtual_mic: VirtualMic) -> None:
+async def test_a_consumer_that_stalls_loses_the_oldest_blocks(
+    pulse_virtual_mic: VirtualMic,
+) -> None:
     async with MicrophoneSource("pulse", "mic0", block_ms=20, queue_blocks=3) as mic:
         for _ in range(500):  # 50 blocks per second arrive while nobody reads
             if mic.stats.dropped_frames >= 10:

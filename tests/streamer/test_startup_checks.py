@@ -35,15 +35,22 @@ DATA = Path(__file__).resolve().parents[1] / "data" / "emodb"
 
 
 def speech(tmp_path: Path, *names: str, silence_s: float = 0.0) -> Path:
-    audio = np.concatenate([sf.read(DATA / n, dtype="float32")[0] for n in names]
-                           + [np.zeros(int(silence_s * 16000), np.float32)])
+    audio = np.concatenate(
+        [sf.read(DATA / n, dtype="float32")[0] for n in names]
+        + [np.zeros(int(silence_s * 16000), np.float32)]
+    )
     out = tmp_path / "speech.wav"
     sf.write(out, audio, 16000)
     return out
 
 
 def daemon_cfg(checkpoint: Path | str, streams: list[dict[str, Any]], *sets: str) -> DaemonConfig:
-    base = [f"model.checkpoint={checkpoint}", "gate.kind=none", "publish.websocket.port=0", "status_interval_s=null"]
+    base = [
+        f"model.checkpoint={checkpoint}",
+        "gate.kind=none",
+        "publish.websocket.port=0",
+        "status_interval_s=null",
+    ]
     raw = load_config(None, base + list(sets))
     raw["streams"] = streams
     return validate(DaemonConfig, raw)
@@ -51,8 +58,13 @@ def daemon_cfg(checkpoint: Path | str, streams: list[dict[str, Any]], *sets: str
 
 async def test_windows_the_model_cannot_take_are_refused_at_start_up(tmp_path: Path) -> None:
     wav = speech(tmp_path, "03a01Wa.wav")
-    cfg = daemon_cfg("emodb_logmel", [{"id": "a", "source": {"path": str(wav), "realtime": False}}],
-                     "windowing.window_s=0.02", "windowing.min_window_s=0.02", "windowing.hop_s=0.02")
+    cfg = daemon_cfg(
+        "emodb_logmel",
+        [{"id": "a", "source": {"path": str(wav), "realtime": False}}],
+        "windowing.window_s=0.02",
+        "windowing.min_window_s=0.02",
+        "windowing.hop_s=0.02",
+    )
     with pytest.raises(ConfigError) as err:
         async with Daemon(cfg):
             pass
@@ -61,23 +73,37 @@ async def test_windows_the_model_cannot_take_are_refused_at_start_up(tmp_path: P
     need = float(re.search(r"at least ([0-9.]+) s", text).group(1))  # type: ignore[union-attr]
     assert 0.02 < need < 0.1
     # the shortest window it names works: every window is analysed
-    cfg = daemon_cfg("emodb_logmel", [{"id": "a", "source": {"path": str(wav), "realtime": False}}],
-                     f"windowing.window_s={need}", f"windowing.min_window_s={need}", f"windowing.hop_s={need}")
+    cfg = daemon_cfg(
+        "emodb_logmel",
+        [{"id": "a", "source": {"path": str(wav), "realtime": False}}],
+        f"windowing.window_s={need}",
+        f"windowing.min_window_s={need}",
+        f"windowing.hop_s={need}",
+    )
     async with Daemon(cfg) as daemon:
         await asyncio.wait_for(daemon.run(), 120)
         counters = daemon.cores["a"].counters
     assert counters["inferred"] == counters["windows"] > 20 and counters["inference_errors"] == 0
 
 
-async def test_a_neutral_label_the_model_lacks_is_refused(tiny_checkpoint: Path, tmp_path: Path) -> None:
-    cfg = daemon_cfg(tiny_checkpoint, [{"id": "a", "source": {"path": str(speech(tmp_path, "03a01Wa.wav"))}}],
-                     "smoothing.neutral_label=calm")
-    with pytest.raises(ConfigError, match=r"smoothing.neutral_label='calm' is not a label of the model"):
+async def test_a_neutral_label_the_model_lacks_is_refused(
+    tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    cfg = daemon_cfg(
+        tiny_checkpoint,
+        [{"id": "a", "source": {"path": str(speech(tmp_path, "03a01Wa.wav"))}}],
+        "smoothing.neutral_label=calm",
+    )
+    with pytest.raises(
+        ConfigError, match=r"smoothing.neutral_label='calm' is not a label of the model"
+    ):
         async with Daemon(cfg):
             pass
 
 
-def test_every_stream_failing_exits_non_zero_saying_why(tmp_path: Path, tiny_checkpoint: Path) -> None:
+def test_every_stream_failing_exits_non_zero_saying_why(
+    tmp_path: Path, tiny_checkpoint: Path
+) -> None:
     text = tmp_path / "notes.wav"
     text.write_text("not audio\n" * 50)
     proc = subprocess.run(
@@ -97,14 +123,26 @@ def test_every_stream_failing_exits_non_zero_saying_why(tmp_path: Path, tiny_che
          "--set", "windowing.min_window_s=0.02", "--set", "windowing.hop_s=0.02"],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
-    assert proc.returncode == 2 and "windowing.min_window_s" in proc.stderr and "Traceback" not in proc.stderr
+    assert (
+        proc.returncode == 2
+        and "windowing.min_window_s" in proc.stderr
+        and "Traceback" not in proc.stderr
+    )
 
 
 def wav_header(channels: int, rate_hz: int, data: bytes = b"\x00" * 4096) -> bytes:
     """A PCM WAV file whose header says ``channels`` x ``rate_hz`` (16-bit)."""
     block = channels * 2
     fmt = struct.pack("<HHIIHH", 1, channels, rate_hz, rate_hz * block, block, 16)
-    body = b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt + b"data" + struct.pack("<I", len(data)) + data
+    body = (
+        b"WAVE"
+        + b"fmt "
+        + struct.pack("<I", len(fmt))
+        + fmt
+        + b"data"
+        + struct.pack("<I", len(data))
+        + data
+    )
     return b"RIFF" + struct.pack("<I", len(body)) + body
 
 
@@ -130,33 +168,53 @@ async def test_crafted_wav_headers_are_refused_and_reads_are_bounded(tmp_path: P
     assert sum(sizes) == pytest.approx(4000, abs=64) and max(sizes) <= 2 * 16384 * 16000 // 384_000
 
 
-async def test_hop_longer_than_window_is_what_the_config_allows(tmp_path: Path, tiny_checkpoint: Path) -> None:
+async def test_hop_longer_than_window_is_what_the_config_allows(
+    tmp_path: Path, tiny_checkpoint: Path
+) -> None:
     wav = speech(tmp_path, "03a01Wa.wav", "03a01Fa.wav", "03a02Ta.wav")
     n = sf.info(wav).frames
-    cfg = daemon_cfg(tiny_checkpoint, [{"id": "a", "source": {"path": str(wav), "realtime": False}}],
-                     "windowing.window_s=1.0", "windowing.hop_s=2.0", "windowing.min_window_s=0.5")
+    cfg = daemon_cfg(
+        tiny_checkpoint,
+        [{"id": "a", "source": {"path": str(wav), "realtime": False}}],
+        "windowing.window_s=1.0",
+        "windowing.hop_s=2.0",
+        "windowing.min_window_s=0.5",
+    )
     async with Daemon(cfg) as daemon:
         tap = Tap(daemon)
         await asyncio.wait_for(daemon.run(), 60)
     est = tap.of("emotion.estimate", "a")
     assert len(est) == expected_window_count(n, 16000, 1.0, 2.0, "full", 0.5)
     starts = [e["audio_start_ms"] for e in est[:3]]
-    assert starts == [0, 2000, 4000] and all(e["audio_end_ms"] - e["audio_start_ms"] <= 1000 for e in est)
+    assert starts == [0, 2000, 4000] and all(
+        e["audio_end_ms"] - e["audio_start_ms"] <= 1000 for e in est
+    )
 
 
-async def test_silent_estimates_are_what_the_docs_say(tmp_path: Path, tiny_checkpoint: Path) -> None:
+async def test_silent_estimates_are_what_the_docs_say(
+    tmp_path: Path, tiny_checkpoint: Path
+) -> None:
     silence = tmp_path / "silence.wav"
     sf.write(silence, np.zeros(16000 * 8, np.float32), 16000)
     wav = speech(tmp_path, "03a01Wa.wav", silence_s=6.0)
-    cfg = daemon_cfg(tiny_checkpoint, [{"id": "quiet", "source": {"path": str(silence), "realtime": False}},
-                                       {"id": "talk", "source": {"path": str(wav), "realtime": False}}],
-                     "gate.kind=energy")
+    cfg = daemon_cfg(
+        tiny_checkpoint,
+        [
+            {"id": "quiet", "source": {"path": str(silence), "realtime": False}},
+            {"id": "talk", "source": {"path": str(wav), "realtime": False}},
+        ],
+        "gate.kind=energy",
+    )
     async with Daemon(cfg) as daemon:
         tap = Tap(daemon)
         await asyncio.wait_for(daemon.run(), 60)
     # a stream that never had speech publishes no estimates, only its status ...
     assert tap.of("emotion.estimate", "quiet") == []
-    assert [s["state"] for s in tap.of("stream.status", "quiet")] == ["online", "silence", "offline"]
+    assert [s["state"] for s in tap.of("stream.status", "quiet")] == [
+        "online",
+        "silence",
+        "offline",
+    ]
     # ... and after speech, every silent window has its estimate (speech=false)
     talk = tap.of("emotion.estimate", "talk")
     assert any(e["speech"] for e in talk) and [e for e in talk if not e["speech"]]
@@ -168,7 +226,11 @@ def test_silent_estimates_docs() -> None:
     root = Path(__file__).resolve().parents[2]
     doc = " ".join((root / "streamer" / "config.py").read_text().split())
     assert "A stream that has had no speech yet publishes no estimates, only its status" in doc
-    yaml = (root / "configs" / "default.yaml").read_text().replace("\n                          # ", " ")
+    yaml = (
+        (root / "configs" / "default.yaml")
+        .read_text()
+        .replace("\n                          # ", " ")
+    )
     assert "before any speech a stream publishes only its status" in yaml
 
 
@@ -181,12 +243,22 @@ def key_exists(model: type[BaseModel], dotted: str) -> bool:
     return path == list(loc) and any(loc[-1] in m.model_fields for m in holders)
 
 
-@pytest.mark.parametrize("override", [
-    "streams.0.source.block_ms=0", "streams.0.source.block_ms=abc", "windowing.window_s=-1",
-    "publish.mqtt.qos=5", "publish.jsonl.rotate_keep=0", "streams=[{id: m, source: {kind: microphone, device: [1]}}]",
-    "streams=[{id: m, source: {kind: microphone, sample_rate_hz: 5}}]", "alerts.rules=[{name: r, label: 3}]",
-    "gate.frame_ms=0.001", "access.max_connections=0", "publish.websocket.path=ws",
-])
+@pytest.mark.parametrize(
+    "override",
+    [
+        "streams.0.source.block_ms=0",
+        "streams.0.source.block_ms=abc",
+        "windowing.window_s=-1",
+        "publish.mqtt.qos=5",
+        "publish.jsonl.rotate_keep=0",
+        "streams=[{id: m, source: {kind: microphone, device: [1]}}]",
+        "streams=[{id: m, source: {kind: microphone, sample_rate_hz: 5}}]",
+        "alerts.rules=[{name: r, label: 3}]",
+        "gate.frame_ms=0.001",
+        "access.max_connections=0",
+        "publish.websocket.path=ws",
+    ],
+)
 def test_every_suggested_key_exists(override: str) -> None:
     with pytest.raises(ConfigError) as err:
         validate(DaemonConfig, load_config(None, [override], DEFAULTS))
@@ -195,14 +267,26 @@ def test_every_suggested_key_exists(override: str) -> None:
     for key in suggested:
         assert key_exists(DaemonConfig, key), (key, str(err.value))
     # and the suggestion works: setting that key to a good value validates
-    good = {"block_ms": "50", "window_s": "2", "qos": "1", "rotate_keep": "3", "device": "1",
-            "sample_rate_hz": "16000", "label": "angry", "frame_ms": "30", "max_connections": "10", "path": "/ws"}
+    good = {
+        "block_ms": "50",
+        "window_s": "2",
+        "qos": "1",
+        "rotate_keep": "3",
+        "device": "1",
+        "sample_rate_hz": "16000",
+        "label": "angry",
+        "frame_ms": "30",
+        "max_connections": "10",
+        "path": "/ws",
+    }
     fixed = [override, *(f"{k}={good[k.rsplit('.', 1)[1]]}" for k in suggested)]
     validate(DaemonConfig, load_config(None, fixed, DEFAULTS))
 
 
 def test_a_key_of_another_source_kind_says_so() -> None:
-    with pytest.raises(ConfigError, match=r"streams.0.source.device: unknown key; it belongs to kind=microphone"):
+    with pytest.raises(
+        ConfigError, match=r"streams.0.source.device: unknown key; it belongs to kind=microphone"
+    ):
         validate(DaemonConfig, load_config(None, ["streams.0.source.device=3"], DEFAULTS))
 
 
@@ -235,15 +319,24 @@ def test_a_restarted_core_goes_on_with_seq_time_and_counters() -> None:
     info = {"name": "d", "frontend": "f", "rev": "r"}
 
     def core(before: StreamCore | None = None) -> StreamCore:
-        return StreamCore("mic", labels, windower=Windower(window_s=1.0, hop_s=0.5), gate=None,
-                          smoother=Smoother(labels), model_info=info, continues=before)
+        return StreamCore(
+            "mic",
+            labels,
+            windower=Windower(window_s=1.0, hop_s=0.5),
+            gate=None,
+            smoother=Smoother(labels),
+            model_info=info,
+            continues=before,
+        )
 
     first = core()
     reqs = [r for r in first.push(np.full(40000, 0.1, np.float32)) if isinstance(r, WindowRequest)]
     events = [e for r in reqs for e in first.on_result(r.seq, np.full(4, 0.25), 10, 9, 1.0)]
     first.stop(error="device gone")
     second = core(first)
-    reqs2 = [r for r in second.push(np.full(24000, 0.1, np.float32)) if isinstance(r, WindowRequest)]
+    reqs2 = [
+        r for r in second.push(np.full(24000, 0.1, np.float32)) if isinstance(r, WindowRequest)
+    ]
     events += [e for r in reqs2 for e in second.on_result(r.seq, np.full(4, 0.25), 10, 9, 1.0)]
     estimates = [e for e in events if e.TYPE == "emotion.estimate"]
     seqs = [e.seq for e in estimates]  # type: ignore[union-attr]
@@ -255,9 +348,12 @@ def test_a_restarted_core_goes_on_with_seq_time_and_counters() -> None:
 async def test_a_microphone_restart_keeps_seq_and_audio_time_monotonic(
     pulse_virtual_mic: VirtualMic, tiny_checkpoint: Path
 ) -> None:
-    cfg = daemon_cfg(tiny_checkpoint, [{"id": "mic", "restart_s": 0.2,
-                                        "source": {"kind": "microphone", "device": "pulse"}}],
-                     "windowing.window_s=1.0", "windowing.hop_s=0.5")
+    cfg = daemon_cfg(
+        tiny_checkpoint,
+        [{"id": "mic", "restart_s": 0.2, "source": {"kind": "microphone", "device": "pulse"}}],
+        "windowing.window_s=1.0",
+        "windowing.hop_s=0.5",
+    )
     async with Daemon(cfg) as daemon:
         tap = Tap(daemon)
         stop = asyncio.Event()
@@ -266,10 +362,15 @@ async def test_a_microphone_restart_keeps_seq_and_audio_time_monotonic(
             await eventually(lambda: len(tap.of("emotion.estimate", "mic")) >= 3, "estimates", 30)
             source: Any = daemon.sources["mic"]
             source._stream.abort()  # PortAudio ends the stream, as when the device vanishes
-            await eventually(lambda: [s for s in tap.of("stream.status", "mic") if s["state"] == "error"],
-                             "the failure", 15)
+            await eventually(
+                lambda: [s for s in tap.of("stream.status", "mic") if s["state"] == "error"],
+                "the failure",
+                15,
+            )
             n = len(tap.of("emotion.estimate", "mic"))
-            await eventually(lambda: len(tap.of("emotion.estimate", "mic")) >= n + 3, "estimates again", 30)
+            await eventually(
+                lambda: len(tap.of("emotion.estimate", "mic")) >= n + 3, "estimates again", 30
+            )
         finally:
             stop.set()
             await asyncio.wait_for(runner, 30)

@@ -8,8 +8,22 @@ from __future__ import annotations
 import subprocess
 import sys
 
-FORBIDDEN = ["torch", "asyncio", "socket", "sounddevice", "websockets", "aiomqtt", "yaml", "pydantic",
-             "transformers", "soundfile", "soxr", "jsonschema", "streamer.config", "dropformer.configio"]
+FORBIDDEN = [
+    "torch",
+    "asyncio",
+    "socket",
+    "sounddevice",
+    "websockets",
+    "aiomqtt",
+    "yaml",
+    "pydantic",
+    "transformers",
+    "soundfile",
+    "soxr",
+    "jsonschema",
+    "streamer.config",
+    "dropformer.configio",
+]
 SHARED = ["dropformer", "dropformer.errors", "dropformer.normalization"]
 
 
@@ -19,7 +33,9 @@ def test_core_imports_only_numpy_and_stdlib() -> None:
         "for m in pkgutil.iter_modules(streamer.core.__path__):\n"
         "    importlib.import_module('streamer.core.' + m.name)\n"
         f"bad = [m for m in {FORBIDDEN!r} if m in sys.modules]\n"
-        "bad += [m for m in sys.modules if m.startswith('dropformer') and m not in " + repr(SHARED) + "]\n"
+        "bad += [m for m in sys.modules if m.startswith('dropformer') and m not in "
+        + repr(SHARED)
+        + "]\n"
         "print(','.join(bad))\n"
     )
     result = subprocess.run(

@@ -302,10 +302,15 @@ def test_normaliser_statistics_travel_with_requests_and_fold_in_seq_order() -> N
     """Each window is requested with the stream's statistics; results fold in only the audio they add."""
     from dropformer.normalization import Moments, StreamNormalizer, StreamNormConfig
 
-    norm = StreamNormalizer(np.zeros(3), np.ones(3), StreamNormConfig(kind="stream", prior_s=1.0,
-                                                                      time_constant_s=1000.0))
+    norm = StreamNormalizer(
+        np.zeros(3),
+        np.ones(3),
+        StreamNormConfig(kind="stream", prior_s=1.0, time_constant_s=1000.0),
+    )
     core = make_core(gate=False, normalizer=norm)
-    reqs = requests(push_frames(core, speech("03a01Wa.wav")[: int(1.5 * SR)]))  # windows of 1 s, hop 0.5 s
+    reqs = requests(
+        push_frames(core, speech("03a01Wa.wav")[: int(1.5 * SR)])
+    )  # windows of 1 s, hop 0.5 s
     assert len(reqs) == 2 and all(r.norm is not None for r in reqs)
     np.testing.assert_allclose(reqs[0].norm[0], 0.0)  # the prior: nothing folded in yet
     block = Moments(50.0, np.full(3, 2.0), np.full(3, 5.0))  # 1 s of features at 50 Hz

@@ -72,7 +72,12 @@ def test_schema_file_is_valid_draft_2020_12() -> None:
     schema = json.loads(schema_path().read_text())
     jsonschema.Draft202012Validator.check_schema(schema)
     assert schema["$schema"].endswith("2020-12/schema") and schema["$id"]
-    assert len(schema["oneOf"]) == 5  # the four event types and daemon.status
+    # the four event types, daemon.status and the WebSocket server's own replies: every
+    # payload that leaves the daemon has its definition
+    assert [one["$ref"].rsplit("/", 1)[1] for one in schema["oneOf"]] == [
+        "emotion.estimate", "emotion.transition", "stream.status", "alert",
+        "daemon.status", "hello", "subscribed", "ws.error",
+    ]  # fmt: skip
 
 
 def test_design_example_validates() -> None:

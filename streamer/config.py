@@ -104,8 +104,9 @@ class GateConfig(StrictModel):
 
 
 class SmoothingConfig(StrictModel):
-    time_constant_s: float = Field(2.0, gt=0)
-    """EMA time constant of the smoothed scores, in seconds of audio."""
+    time_constant_s: float = Field(1.0, gt=0)
+    """EMA time constant of the smoothed scores, in seconds of audio (1 s: the label follows a change of
+    emotion within about 4 s of its start; the streaming protocol in BENCHMARKS.md measured 2 s 3 points worse)."""
     switch_margin: float = Field(0.1, ge=0, le=1)
     """The new top class must beat the current label by this much to switch."""
     min_dwell_s: float = Field(1.0, ge=0)

@@ -42,7 +42,7 @@ class Smoother:
     Args:
         labels: class names, in the order of the probability vectors.
         sample_rate_hz: sample rate of the ``end_sample`` indices (default 16000).
-        time_constant_s: EMA time constant tau in seconds (default 2.0; 0
+        time_constant_s: EMA time constant tau in seconds (default 1.0; 0
             disables smoothing).
         switch_margin: the new top class must beat the current label's
             smoothed score by at least this much to take over (default 0.1).
@@ -62,7 +62,7 @@ class Smoother:
         labels: Sequence[str],
         *,
         sample_rate_hz: int = 16000,
-        time_constant_s: float = 2.0,
+        time_constant_s: float = 1.0,
         switch_margin: float = 0.1,
         min_dwell_s: float = 1.0,
         silence: SilencePolicy = "hold",

@@ -42,6 +42,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from dropformer.errors import EmotionMonitorError
 from streamer.core.codecs import encode
 
 log = logging.getLogger(__name__)
@@ -196,7 +197,10 @@ class Ramp:
     async def subscribe(self) -> None:
         from websockets.asyncio.client import connect
 
-        async with connect(self.base_url + "/ws", max_queue=None, max_size=None) as ws:
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        async with connect(
+            self.base_url + "/ws", max_queue=None, max_size=None, additional_headers=headers
+        ) as ws:
             async for raw in ws:
                 now = time.monotonic()
                 ev = json.loads(raw)
@@ -320,6 +324,10 @@ async def ramp(
         load = Ramp(base_url, protocol, load_speech(audio), token)
         subscriber = asyncio.create_task(load.subscribe())
         await asyncio.sleep(0.5)
+        if subscriber.done():  # e.g. the /ws subscriber refused: no latency could be measured
+            raise EmotionMonitorError(
+                f"ingest bench: the /ws subscriber failed: {subscriber.exception()!r}"
+            )
         legs = legs_start
         while legs <= legs_max:
             load.add_legs(legs - len(load.legs))

@@ -145,89 +145,47 @@ def test_interrupted_fold_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert np.isfinite(result["utterance"]["ua"])
 
 
-def test_shipped_default_model_scores_the_fixture(tmp_path: Path) -> None:
-    """The committed model loads and, through `evaluate --checkpoint`, labels the 12 real fixture files.
-
-    The fixture files are part of its training data: this guards the artifact, not held-out accuracy.
-    """
-    folder = Path(training.__file__).parent / "pretrained" / "emodb_logmel"
-    assert (folder / "model.safetensors").stat().st_size < 5_000_000
-    ckpt = load_checkpoint(folder)
-    assert (
-        ckpt.labels == ["neutral", "happy", "angry", "sad"]
-        and ckpt.frontend_config.kind == "logmel"
-    )
-    assert ckpt.meta["command"].startswith(
-        "emotion-monitor train --config configs/train/emodb.yaml"
-    )
-    cfg = _config(tmp_path)
-    cfg["frontend"] = ckpt.frontend_config.to_dict()
-    (tmp_path / "eval.yaml").write_text(yaml.safe_dump(cfg))
-    assert (
-        cli(
-            [
-                "evaluate",
-                "--config",
-                str(tmp_path / "eval.yaml"),
-                "--checkpoint",
-                str(folder),
-                "--out",
-                str(tmp_path / "ev"),
-                "--log-level",
-                "WARNING",
-            ]
-        )
-        == 0
-    )
-    ev = json.loads((tmp_path / "ev" / "evaluation.json").read_text())
-    assert ev["utterance"]["pooled"]["count"] == 12
-    assert ev["utterance"]["mean"]["wa"] >= 10 / 12
+#: Shipped models: front end, recipe, data, licence of the weights (None: exported before licences were recorded).
+SHIPPED = {
+    "emodb_logmel": ("logmel", "configs/train/emodb.yaml", None, None),
+    "whisper_emodb_nemo": (
+        "whisper",
+        "configs/train/whisper.yaml",
+        "emodb+nemo",
+        "CC-BY-NC-SA-4.0",
+    ),
+    "whisper_emodb": ("whisper", "configs/train/whisper.yaml", "emodb", "MIT"),
+}
 
 
-def test_shipped_whisper_default_model_labels_real_speech(tmp_path: Path) -> None:
-    """The daemon's default (`whisper_emodb_nemo`): its card's facts hold and it labels the 12 fixture files.
-
-    The fixture files are in its training data (EmoDB): this guards the artifact; held-out figures are in
-    BENCHMARKS.md. The Whisper encoder comes from the offline conversion (`emotion-monitor convert-whisper`).
+@pytest.mark.parametrize("name", sorted(SHIPPED))
+def test_shipped_models_keep_their_cards_promises_and_label_real_speech(
+    name: str, tmp_path: Path
+) -> None:
+    """Each committed model loads with its card's facts and, through `evaluate --checkpoint`, labels the
+    12 real fixture files. They are in every shipped model's training data (EmoDB): this guards the
+    artifacts; held-out figures are in BENCHMARKS.md. Whisper comes from `emotion-monitor convert-whisper`.
     """
     from dropformer.pretrained import DEFAULT_NAME, bundled
 
-    folder = bundled()
+    kind, recipe, trained_on, licence = SHIPPED[name]
+    folder = bundled(name)
     assert DEFAULT_NAME == "whisper_emodb_nemo" and folder is not None
-    assert (folder / "model.safetensors").stat().st_size < 5_000_000 and (
-        folder / "README.md"
-    ).is_file()
+    assert (folder / "model.safetensors").stat().st_size < 5_000_000
+    assert (folder / "README.md").is_file()
     ckpt = load_checkpoint(folder)
-    assert (
-        ckpt.labels == ["neutral", "happy", "angry", "sad"]
-        and ckpt.frontend_config.kind == "whisper"
-    )
-    assert ckpt.meta["trained_on"] == "emodb+nemo" and ckpt.meta["licence"] == "CC-BY-NC-SA-4.0"
-    assert ckpt.meta["command"].startswith(
-        "emotion-monitor train --config configs/train/whisper.yaml"
-    )
-    assert (
-        ckpt.stream_norm is not None and ckpt.norm_prior is not None and 0.3 < ckpt.temperature < 5
-    )
+    assert ckpt.labels == ["neutral", "happy", "angry", "sad"] and ckpt.frontend_config.kind == kind
+    assert ckpt.meta["command"].startswith(f"emotion-monitor train --config {recipe}")
+    assert ckpt.meta.get("trained_on") == trained_on and ckpt.meta.get("licence") == licence
+    if kind == "whisper":  # per-stream normalisation and a temperature fitted on held-out data
+        assert ckpt.stream_norm is not None and ckpt.norm_prior is not None
+        assert 0.3 < ckpt.temperature < 5
     cfg = _config(tmp_path)
     cfg["frontend"] = ckpt.frontend_config.to_dict()
     (tmp_path / "eval.yaml").write_text(yaml.safe_dump(cfg))
-    assert (
-        cli(
-            [
-                "evaluate",
-                "--config",
-                str(tmp_path / "eval.yaml"),
-                "--checkpoint",
-                str(folder),
-                "--out",
-                str(tmp_path / "ev"),
-                "--log-level",
-                "WARNING",
-            ]
-        )
-        == 0
-    )
+    argv = ["evaluate", "--config", str(tmp_path / "eval.yaml"), "--checkpoint", str(folder),
+            "--out", str(tmp_path / "ev"), "--log-level", "WARNING"]  # fmt: skip
+    assert cli(argv) == 0
     ev = json.loads((tmp_path / "ev" / "evaluation.json").read_text())
     assert ev["utterance"]["pooled"]["count"] == 12
     assert ev["utterance"]["mean"]["wa"] >= 10 / 12

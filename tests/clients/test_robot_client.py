@@ -19,7 +19,6 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import aiomqtt
 import pytest
 from websockets.asyncio.server import ServerConnection, serve
 
@@ -163,8 +162,7 @@ async def test_websocket_daemon_restart_mqtt_command_and_a_real_process(
         ])],
     }  # fmt: skip
     commands: list[tuple[str, str, bool]] = []
-    async with aiomqtt.Client(b.host, b.port, username="robot", password=b.users["robot"],
-                              protocol=aiomqtt.ProtocolVersion.V5) as listener:  # fmt: skip
+    async with b.client() as listener:
         await listener.subscribe("robot/#", qos=1)
 
         async def listen() -> None:
@@ -202,8 +200,7 @@ async def test_websocket_daemon_restart_mqtt_command_and_a_real_process(
     )  # the real process ran, once per episode
     assert stats["restarts"] == 1 and stats["websocket"]["connects"] == 2
     assert stats["outputs"]["calm_down:command"] == {"sent": 2, "dropped": 0, "failed": 0}
-    async with aiomqtt.Client(b.host, b.port, username="robot", password=b.users["robot"],
-                              protocol=aiomqtt.ProtocolVersion.V5) as late:  # fmt: skip
+    async with b.client() as late:
         await late.subscribe("robot/#", qos=1)
         async with asyncio.timeout(10):
             async for m in late.messages:

@@ -8,7 +8,6 @@ import asyncio
 import json
 from typing import Any
 
-import aiomqtt
 import numpy as np
 import pytest
 from websockets.asyncio.client import connect
@@ -57,8 +56,7 @@ async def test_one_alert_per_episode_everywhere(mosquitto_broker: MosquittoBroke
         )
         mqtt_alerts: list[dict[str, Any]] = []
         ws_alerts: list[dict[str, Any]] = []
-        async with aiomqtt.Client(b.host, b.port, username="robot", password=b.users["robot"],
-                                  protocol=aiomqtt.ProtocolVersion.V5) as robot:  # fmt: skip
+        async with b.client() as robot:
             await robot.subscribe("emotion/+/alert", qos=1)
 
             async def read_mqtt() -> None:

@@ -39,13 +39,7 @@ async def collect(
     broker: MosquittoBroker, topic: str, until: Any, timeout_s: float, user: str = "robot"
 ) -> list[aiomqtt.Message]:
     got: list[aiomqtt.Message] = []
-    async with aiomqtt.Client(
-        broker.host,
-        broker.port,
-        username=user,
-        password=broker.users[user],
-        protocol=aiomqtt.ProtocolVersion.V5,
-    ) as c:
+    async with broker.client(user) as c:
         await c.subscribe(topic, qos=1)
         async with asyncio.timeout(timeout_s):
             async for m in c.messages:
@@ -133,13 +127,7 @@ def test_last_will_after_kill_9(
     try:
 
         async def scenario() -> list[dict[str, Any]]:
-            async with aiomqtt.Client(
-                mosquitto_broker.host,
-                mosquitto_broker.port,
-                username="robot",
-                password=mosquitto_broker.users["robot"],
-                protocol=aiomqtt.ProtocolVersion.V5,
-            ) as c:
+            async with mosquitto_broker.client() as c:
                 await c.subscribe("emotion/#", qos=1)
                 seen: list[dict[str, Any]] = []
                 killed = False

@@ -97,13 +97,7 @@ class Observer:
         b = self.broker
         while True:
             try:
-                async with aiomqtt.Client(
-                    b.host,
-                    b.port,
-                    username="robot",
-                    password=b.users["robot"],
-                    protocol=aiomqtt.ProtocolVersion.V5,
-                ) as client:
+                async with b.client() as client:
                     await client.subscribe(
                         "emotion/#", qos=0
                     )  # no acks of ours in the broker's buffers
@@ -134,13 +128,7 @@ class Observer:
 async def retained_now(broker: MosquittoBroker) -> dict[str, dict[str, Any]]:
     """What a client that connects now is told: the retained payload of each topic."""
     got: dict[str, dict[str, Any]] = {}
-    async with aiomqtt.Client(
-        broker.host,
-        broker.port,
-        username="robot",
-        password=broker.users["robot"],
-        protocol=aiomqtt.ProtocolVersion.V5,
-    ) as client:
+    async with broker.client() as client:
         await client.subscribe("emotion/#", qos=0)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(0.5):

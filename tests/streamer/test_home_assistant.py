@@ -24,7 +24,6 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import aiomqtt
 import jinja2
 import numpy as np
 from websockets.asyncio.client import connect
@@ -137,8 +136,7 @@ class Watcher:
 @asynccontextmanager
 async def watching(broker: MosquittoBroker) -> AsyncIterator[Watcher]:
     w = Watcher()
-    async with aiomqtt.Client(broker.host, broker.port, username="robot", password=broker.users["robot"],
-                              protocol=aiomqtt.ProtocolVersion.V5) as c:  # fmt: skip
+    async with broker.client() as c:
         await c.subscribe("emotion/#", qos=1)
         await c.subscribe("homeassistant/#", qos=1)
 

@@ -14,7 +14,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import aiomqtt
 import numpy as np
 import pytest
 import soundfile as sf
@@ -85,13 +84,7 @@ async def test_broker_outage_keeps_state_drops_estimates_first_and_counts_exactl
         assert pub.stats.lost_by_stream == {"mic0": 77, "mic1": 77}
         await asyncio.to_thread(b.start)
         got: list[tuple[str, dict[str, Any], bool]] = []
-        async with aiomqtt.Client(
-            b.host,
-            b.port,
-            username="robot",
-            password=b.users["robot"],
-            protocol=aiomqtt.ProtocolVersion.V5,
-        ) as sub:
+        async with b.client() as sub:
             await sub.subscribe("emotion/#", qos=1)
 
             async def collect() -> None:

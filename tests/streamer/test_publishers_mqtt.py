@@ -15,8 +15,6 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiomqtt
-
 from streamer.config import MqttConfig
 from streamer.publishers.base import encode
 from streamer.publishers.mqtt import MqttPublisher
@@ -40,13 +38,7 @@ class Received:
 async def subscriber(broker: MosquittoBroker, user: str = "robot") -> AsyncIterator[Received]:
     """A real MQTT 5 client subscribed to ``emotion/#`` while the block runs."""
     got = Received()
-    async with aiomqtt.Client(
-        broker.host,
-        broker.port,
-        username=user,
-        password=broker.users[user],
-        protocol=aiomqtt.ProtocolVersion.V5,
-    ) as client:
+    async with broker.client(user) as client:
         await client.subscribe("emotion/#", qos=1)
 
         async def collect() -> None:
@@ -245,13 +237,7 @@ async def test_a_read_only_account_cannot_publish_commands_or_spoof_estimates(
     b = next(brokers)
     try:
         got: list[tuple[str, bytes]] = []
-        async with aiomqtt.Client(
-            b.host,
-            b.port,
-            username="daemon",
-            password=b.users["daemon"],
-            protocol=aiomqtt.ProtocolVersion.V5,
-        ) as watcher:
+        async with b.client("daemon") as watcher:
             await watcher.subscribe("emotion/#", qos=1)
             await watcher.subscribe("robot/#", qos=1)
 
@@ -261,13 +247,7 @@ async def test_a_read_only_account_cannot_publish_commands_or_spoof_estimates(
                     got.append((str(m.topic), m.payload))
 
             reader = asyncio.create_task(collect())
-            async with aiomqtt.Client(
-                b.host,
-                b.port,
-                username="robot",
-                password=b.users["robot"],
-                protocol=aiomqtt.ProtocolVersion.V5,
-            ) as robot:
+            async with b.client() as robot:
                 spoof = json.dumps(transition("mic0", "happy")).encode()
                 await robot.publish("emotion/mic0/state", spoof, qos=1, retain=True)
                 await robot.publish("emotion/mic0/estimate", spoof, qos=1)

@@ -46,8 +46,7 @@ CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 async def robot(broker: MosquittoBroker) -> AsyncIterator[list[aiomqtt.Message]]:
     """A subscriber on emotion/# (read-only user) collecting every message."""
     got: list[aiomqtt.Message] = []
-    async with aiomqtt.Client(broker.host, broker.port, username="robot", password=broker.users["robot"],
-                              protocol=aiomqtt.ProtocolVersion.V5) as c:  # fmt: skip
+    async with broker.client() as c:
         await c.subscribe("emotion/#", qos=1)
 
         async def read() -> None:

@@ -40,6 +40,37 @@ def _scores(d: Mapping[str, float]) -> dict[str, float]:
 
 
 @dataclass(frozen=True)
+class Quality:
+    """Cheap measures of the audio an estimate or utterance was made on (``$defs/quality``)."""
+
+    level_dbfs: float
+    """RMS level in dB relative to full scale."""
+    clipping: float
+    """Share of samples at or above 0.999 of full scale."""
+    snr_db: float
+    """Estimated signal-to-noise ratio in dB."""
+    bandwidth_hz: float
+    """Frequency below which 99% of the spectral energy lies."""
+    telephone_band: bool
+    """The audio looks band-limited to telephone bandwidth."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "level_dbfs": _r(self.level_dbfs, 2),
+            "clipping": _r(self.clipping),
+            "snr_db": _r(self.snr_db, 2),
+            "bandwidth_hz": _r(self.bandwidth_hz, 1),
+            "telephone_band": bool(self.telephone_band),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Quality:
+        return cls(
+            d["level_dbfs"], d["clipping"], d["snr_db"], d["bandwidth_hz"], d["telephone_band"]
+        )
+
+
+@dataclass(frozen=True)
 class EmotionEstimate:
     """``emotion.estimate``: the smoothed estimate after one window."""
 
@@ -61,6 +92,8 @@ class EmotionEstimate:
     model: dict[str, Any]
     importance: dict[str, Any] | None = None
     """Optional: where in the window the model listened (``streamer.core.importance``)."""
+    quality: Quality | None = None
+    """Optional: quality measures of this window's audio."""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (probabilities to 4 decimals, latency to 0.01 ms);
@@ -85,6 +118,8 @@ class EmotionEstimate:
         }
         if self.importance is not None:
             d["importance"] = dict(self.importance)
+        if self.quality is not None:
+            d["quality"] = self.quality.to_dict()
         return d
 
     @classmethod
@@ -107,6 +142,76 @@ class EmotionEstimate:
             latency_ms=d["latency_ms"],
             model=dict(d["model"]),
             importance=dict(d["importance"]) if d.get("importance") is not None else None,
+            quality=Quality.from_dict(d["quality"]) if d.get("quality") is not None else None,
+        )
+
+
+@dataclass(frozen=True)
+class EmotionUtterance:
+    """``emotion.utterance``: the emotion of one utterance, emitted when the gate closes a speech
+    segment; the model ran once on the whole utterance (its last ``max`` seconds when ``truncated``)."""
+
+    TYPE: ClassVar[str] = "emotion.utterance"
+    stream_id: str
+    seq: int
+    """Utterance number in this stream."""
+    audio_start_ms: int
+    audio_end_ms: int
+    label: str
+    confidence: float
+    scores: dict[str, float]
+    """The model's probabilities for the utterance (calibrated, not smoothed)."""
+    arousal: float
+    valence: float
+    tokens_in: int
+    tokens_kept: int
+    latency_ms: float
+    model: dict[str, Any]
+    truncated: bool = False
+    quality: Quality | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict; ``quality`` only when set."""
+        d: dict[str, Any] = {
+            "type": self.TYPE,
+            "v": SCHEMA_VERSION,
+            "stream_id": self.stream_id,
+            "seq": int(self.seq),
+            "audio_start_ms": int(self.audio_start_ms),
+            "audio_end_ms": int(self.audio_end_ms),
+            "label": self.label,
+            "confidence": _r(self.confidence),
+            "scores": _scores(self.scores),
+            "arousal": _r(self.arousal),
+            "valence": _r(self.valence),
+            "tokens": {"in": int(self.tokens_in), "kept": int(self.tokens_kept)},
+            "latency_ms": _r(self.latency_ms, 2),
+            "model": dict(self.model),
+            "truncated": bool(self.truncated),
+        }
+        if self.quality is not None:
+            d["quality"] = self.quality.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> EmotionUtterance:
+        """Inverse of :meth:`to_dict`."""
+        return cls(
+            stream_id=d["stream_id"],
+            seq=d["seq"],
+            audio_start_ms=d["audio_start_ms"],
+            audio_end_ms=d["audio_end_ms"],
+            label=d["label"],
+            confidence=d["confidence"],
+            scores=dict(d["scores"]),
+            arousal=d["arousal"],
+            valence=d["valence"],
+            tokens_in=d["tokens"]["in"],
+            tokens_kept=d["tokens"]["kept"],
+            latency_ms=d["latency_ms"],
+            model=dict(d["model"]),
+            truncated=bool(d["truncated"]),
+            quality=Quality.from_dict(d["quality"]) if d.get("quality") is not None else None,
         )
 
 
@@ -229,9 +334,10 @@ class Alert:
         )  # fmt: skip
 
 
-Event = EmotionEstimate | EmotionTransition | StreamStatus | Alert
-EVENT_TYPES: dict[str, type[EmotionEstimate | EmotionTransition | StreamStatus | Alert]] = {
-    cls.TYPE: cls for cls in (EmotionEstimate, EmotionTransition, StreamStatus, Alert)
+Event = EmotionEstimate | EmotionUtterance | EmotionTransition | StreamStatus | Alert
+EVENT_TYPES: dict[str, type[Event]] = {
+    cls.TYPE: cls
+    for cls in (EmotionEstimate, EmotionUtterance, EmotionTransition, StreamStatus, Alert)
 }
 
 

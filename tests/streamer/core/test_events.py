@@ -13,6 +13,8 @@ from streamer.core.events import (
     Alert,
     EmotionEstimate,
     EmotionTransition,
+    EmotionUtterance,
+    Quality,
     StreamStatus,
     load_schema,
     parse_event,
@@ -65,6 +67,41 @@ def examples() -> list[Any]:
         StreamStatus("mic0", "speech", 5000, dict(COUNTERS)),
         StreamStatus("mic0", "error", 9000, {**COUNTERS, "late_results": 2}, "device vanished"),
         Alert("call-7:agent", "sustained_anger", "warning", "anger for 30 s", 31000),
+        EmotionEstimate(
+            stream_id="call-7.caller",
+            seq=4,
+            audio_start_ms=2000,
+            audio_end_ms=5000,
+            speech=True,
+            label="sad",
+            confidence=0.5,
+            scores={"sad": 0.5, "fear": 0.3, "surprise": 0.2},
+            raw={"sad": 0.5, "fear": 0.3, "surprise": 0.2},
+            arousal=-0.2,
+            valence=-0.5,
+            tokens_in=150,
+            tokens_kept=98,
+            latency_ms=20.0,
+            model={"name": "dropformer", "frontend": "whisper-base@2-3", "rev": "abc"},
+            quality=Quality(-31.25, 0.001, 18.5, 3400.0, True),
+        ),
+        EmotionUtterance(
+            stream_id="mic0",
+            seq=0,
+            audio_start_ms=1200,
+            audio_end_ms=3900,
+            label="angry",
+            confidence=0.81,
+            scores={"neutral": 0.09, "angry": 0.81, "sad": 0.1},
+            arousal=0.6,
+            valence=-0.45,
+            tokens_in=135,
+            tokens_kept=89,
+            latency_ms=41.5,
+            model={"name": "dropformer", "frontend": "logmel80", "rev": "abc"},
+            truncated=False,
+            quality=Quality(-22.0, 0.0, 30.0, 7800.0, False),
+        ),
     ]
 
 
@@ -72,10 +109,10 @@ def test_schema_file_is_valid_draft_2020_12() -> None:
     schema = json.loads(schema_path().read_text())
     jsonschema.Draft202012Validator.check_schema(schema)
     assert schema["$schema"].endswith("2020-12/schema") and schema["$id"]
-    # the four event types, daemon.status and the WebSocket server's own replies: every
+    # the five event types, daemon.status and the WebSocket server's own replies: every
     # payload that leaves the daemon has its definition
     assert [one["$ref"].rsplit("/", 1)[1] for one in schema["oneOf"]] == [
-        "emotion.estimate", "emotion.transition", "stream.status", "alert",
+        "emotion.estimate", "emotion.transition", "emotion.utterance", "stream.status", "alert",
         "daemon.status", "hello", "subscribed", "ws.error",
     ]  # fmt: skip
 
@@ -156,6 +193,17 @@ def test_malformed_other_types_fail() -> None:
         validate_event(_broken(transition, ["to"], _DELETE))
     with pytest.raises(jsonschema.ValidationError):
         validate_event({"type": "emotion.mood", "v": 1})
+    with_quality, utterance = examples()[5].to_dict(), examples()[6].to_dict()
+    for event, path, value in [
+        (with_quality, ["quality", "clipping"], 1.5),
+        (with_quality, ["quality", "telephone_band"], _DELETE),
+        (with_quality, ["quality", "level_dbfs"], 3.0),
+        (utterance, ["truncated"], _DELETE),
+        (utterance, ["scores"], {}),
+        (utterance, ["quality", "snr_db"], "high"),
+    ]:
+        with pytest.raises(jsonschema.ValidationError):
+            validate_event(_broken(event, path, value))
 
 
 def test_parse_event_errors_say_why() -> None:

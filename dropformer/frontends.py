@@ -26,6 +26,7 @@ from torch import nn
 
 from dropformer.configio import dataclass_from_dict
 from dropformer.errors import CheckpointError, ConfigError
+from dropformer.precision import products_in
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,11 @@ class FrontendConfig:
     conv_dtype: str | None = None
     """wavlm: precision of the convolutional feature encoder; None = ``dtype``. Its own setting because
     bf16 convolutions are fast on some CPUs (AMX) and ~30x slower on others (BENCHMARKS.md)."""
+    products_dtype: str | None = None
+    """wavlm: 'bfloat16' runs only the matrix products (convolutions, projections, feed-forward layers)
+    with bf16 inputs and weights, and keeps the residual stream, norms, softmax and biases in fp32
+    (``dropformer/precision.py``); needs ``dtype: float32``; ``conv_dtype: float32`` then keeps the
+    convolutional encoder exact. About 2x faster than fp32 on CPUs with AMX. None (default) = off."""
     n_mels: int = 80
     """logmel: mel bands."""
     win_ms: float = 25.0
@@ -99,6 +105,17 @@ class FrontendConfig:
             value = getattr(self, key)
             if value not in DTYPES and not (key == "conv_dtype" and value is None):
                 raise ConfigError(f"frontend.{key} = {value!r}; use one of {', '.join(DTYPES)}")
+        if self.products_dtype not in (None, "bfloat16", "float16"):
+            raise ConfigError(
+                f"frontend.products_dtype = {self.products_dtype!r}; use 'bfloat16', 'float16' or null"
+            )
+        if self.products_dtype is not None and (
+            self.dtype != "float32" or self.conv_dtype not in (None, "float32")
+        ):
+            raise ConfigError(
+                "frontend.products_dtype keeps everything but the products in fp32: set "
+                "frontend.dtype: float32 and leave frontend.conv_dtype unset, or drop products_dtype"
+            )
         if self.level not in ("absolute", "peak"):
             raise ConfigError(f"frontend.level = {self.level!r}; use 'absolute' or 'peak'")
         if self.normalize not in ("utterance", "level", "none"):
@@ -276,14 +293,20 @@ class WavLMFrontend(Frontend):
             )
         wavlm_config.num_hidden_layers = config.layer  # layers above are never built, loaded or run
         dtype, conv_dtype = DTYPES[config.dtype], DTYPES[config.conv_dtype or config.dtype]
-        load_dtype = dtype if dtype == conv_dtype else torch.float32
+        load_name = config.products_dtype or config.dtype
+        exact_convs = config.products_dtype is not None and config.conv_dtype == "float32"
+        load_dtype = DTYPES[load_name] if dtype == conv_dtype and not exact_convs else torch.float32
         source = str(config.model)
-        if load_dtype != torch.float32:
-            source = low_precision_copy(source, config.layer, config.dtype) or source
+        if load_dtype != torch.float32:  # the weights' file pages, never an fp32 copy beside them
+            source = low_precision_copy(source, config.layer, load_name) or source
         model = _quietly(
             lambda: WavLMModel.from_pretrained(source, config=wavlm_config, dtype=load_dtype)
         )
+        if config.products_dtype is not None:
+            model.encoder.pos_conv_embed.conv.float()  # fold the weight norm in fp32
         _fold_weight_norm(model.encoder.pos_conv_embed.conv)
+        if config.products_dtype is not None:
+            products_in(model, DTYPES[config.products_dtype], convolutions=not exact_convs)
         for layer in model.encoder.layers:
             layer.attention.torch_multi_head_self_attention = types.MethodType(
                 _wavlm_attention, layer.attention
@@ -322,9 +345,13 @@ class WavLMFrontend(Frontend):
         x = waveform.float()
         if self.normalize_waveform:
             x = masked_standardize(x, lengths, dim=1, eps=1e-7)
-        attention_mask = (
-            torch.arange(x.shape[1], device=x.device)[None, :] < lengths[:, None]
-        ).long()
+        attention_mask: torch.Tensor | None = (
+            None  # None when nothing is padded: same result, no masking
+        )
+        if int(lengths.min()) < x.shape[1]:
+            attention_mask = (
+                torch.arange(x.shape[1], device=x.device)[None, :] < lengths[:, None]
+            ).long()
         self._captured.clear()
         low = self.dtype != torch.float32
         with (

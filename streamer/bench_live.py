@@ -283,9 +283,15 @@ def candidates(device: torch.device) -> list[tuple[str, dict[str, Any]]]:
             ("fp32 (exact)", {"dtype": "float32"}),
             ("fp16", {"dtype": "float16"}),
             ("bf16", {"dtype": "bfloat16"}),
+            ("bf16 products, fp32 elsewhere", {"products_dtype": "bfloat16"}),
         ]
     return [
         ("fp32 (exact)", {"dtype": "float32"}),
+        ("bf16 products, fp32 elsewhere", {"products_dtype": "bfloat16"}),
+        (
+            "bf16 products in the layers, fp32 elsewhere",
+            {"products_dtype": "bfloat16", "conv_dtype": "float32"},
+        ),
         ("bf16 layers, fp32 convolutions", {"dtype": "bfloat16", "conv_dtype": "float32"}),
         ("bf16 throughout", {"dtype": "bfloat16"}),
     ]

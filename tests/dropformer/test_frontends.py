@@ -162,3 +162,66 @@ def test_wavlm_low_precision_weights_are_converted_once_into_the_cache(
     assert torch.equal(
         first(wave, torch.tensor([16000]))[0], second(wave, torch.tensor([16000]))[0]
     )
+
+
+@pytest.mark.parametrize("stable_layer_norm", [True, False], ids=["layer-norm", "group-norm"])
+def test_time_major_conv_encoder_computes_the_models_own_convolutions(
+    tmp_path: Path, stable_layer_norm: bool
+) -> None:
+    """The unfold-and-multiply encoder in fp32 is the transformers encoder's arithmetic, for both
+    encoder kinds (WavLM-Large's layer norms, WavLM-Base's group norm)."""
+    from transformers import WavLMModel
+
+    from dropformer.precision import TimeMajorConvEncoder
+    from tests.fixtures.models import save_tiny_wavlm
+
+    model = WavLMModel.from_pretrained(
+        save_tiny_wavlm(tmp_path / "m", stable_layer_norm=stable_layer_norm)
+    ).eval()
+    ours = TimeMajorConvEncoder(model.feature_extractor.conv_layers, torch.float32)
+    wave = torch.randn(2, 16000) * 0.1
+    with torch.no_grad():
+        torch.testing.assert_close(ours(wave), model.feature_extractor(wave), rtol=1e-4, atol=1e-5)
+
+
+def test_wavlm_products_in_bfloat16_keep_everything_else_in_float32(
+    tiny_wavlm_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """products_dtype: every product's weight is bf16, no fp32 Linear is left, every other
+    parameter (norms, biases, position embeddings) is fp32, and the features stay close to fp32
+    ones, closer than the whole model in bf16; the front end loads the cached bf16 copy."""
+    from dropformer.precision import ProductConv1d, ProductLinear, TimeMajorConvEncoder
+
+    monkeypatch.setenv("EMOTION_MONITOR_CACHE", str(tmp_path))
+    model = str(tiny_wavlm_dir)
+    exact = build_frontend(FrontendConfig(kind="wavlm", model=model, layer=3))
+    fast = build_frontend(
+        FrontendConfig(kind="wavlm", model=model, layer=3, products_dtype="bfloat16")
+    )
+    whole = build_frontend(FrontendConfig(kind="wavlm", model=model, layer=3, dtype="bfloat16"))
+    modules = list(fast.wavlm.modules())
+    assert not any(type(m) is torch.nn.Linear for m in modules)
+    products = [m for m in modules if isinstance(m, (ProductLinear, ProductConv1d))]
+    assert len(products) == 3 * 7 + 2  # q k v out fc1 fc2 gate per layer; projection, position conv
+    assert isinstance(fast.wavlm.feature_extractor.inner, TimeMajorConvEncoder)
+    assert all(m.weight.dtype == torch.bfloat16 for m in products)
+    assert all(p.dtype == torch.float32 for p in fast.wavlm.parameters())
+    assert list(tmp_path.glob("wavlm-layers1-3-bfloat16-*"))  # loaded from the bf16 copy
+    torch.manual_seed(0)
+    wave, lengths = torch.randn(2, 16000) * 0.1, torch.tensor([16000, 12000])
+    a, la = exact(wave, lengths)
+    b, lb = fast(wave, lengths)
+    c, _ = whole(wave, lengths)
+    assert b.dtype == torch.float32 and torch.equal(la, lb)
+    assert torch.equal(b[1, int(lb[1]) :], torch.zeros_like(b[1, int(lb[1]) :]))  # padding stays 0
+    err, err_whole = (a - b).norm() / a.norm(), (a - c).norm() / a.norm()
+    assert err < 0.02 and err < err_whole
+    one, _ = fast(wave[1:, :12000], lengths[1:])  # the padded item alone: padding changes nothing
+    torch.testing.assert_close(one[0], b[1, : one.shape[1]], rtol=0.02, atol=0.02)
+
+
+def test_products_dtype_needs_float32_elsewhere() -> None:
+    with pytest.raises(ConfigError, match="frontend.products_dtype = 'int8'"):
+        FrontendConfig(kind="wavlm", products_dtype="int8")
+    with pytest.raises(ConfigError, match="set frontend.dtype: float32"):
+        FrontendConfig(kind="wavlm", products_dtype="bfloat16", dtype="bfloat16")

@@ -43,7 +43,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 from torch import nn
 from tqdm import tqdm
 
@@ -55,7 +55,7 @@ from dropformer.data import Corpus, Utterance
 from dropformer.data.folds import Fold, make_folds, select_folds
 from dropformer.data.load import SourceSpec, load_corpus, load_sources
 from dropformer.device import resolve_device as _resolve_device
-from dropformer.errors import ConfigError
+from dropformer.errors import ConfigError, DataError
 from dropformer.features import apply_gain_db, extract_features, normalize_batch
 from dropformer.frontends import FrontendConfig
 from dropformer.metrics import (
@@ -96,10 +96,21 @@ class DataSection(StrictModel):
     root: str | None = None
     manifest: str | None = None
     labels: list[str] | None = None
+    """The classes, in the model's output order (default null: neutral, happy, angry, sad). The
+    EmoDB and nEMO readers also map onto fear, disgust, surprise and boredom (dropformer.data.CLASS_NAMES)."""
     label_map: dict[str, str | None] | None = None
     strict: bool = False
     sources: list[SourceSection] | None = None
     """Several corpora trained together (replaces corpus/root/manifest/label_map)."""
+
+    @field_validator("labels")
+    @classmethod
+    def _distinct_labels(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and (len(v) < 2 or len(set(v)) != len(v)):
+            raise ValueError(
+                f"needs at least 2 distinct class names, got {v}; e.g. [neutral, happy, angry, sad, fear]"
+            )
+        return v
 
     def specs(self) -> list[SourceSpec]:
         assert self.sources is not None
@@ -763,10 +774,22 @@ def extract(
     return out
 
 
+def check_classes(corpus: Corpus) -> None:
+    """Refuse to train a class that no utterance has (its output would never be learnt)."""
+    present = {u.label for u in corpus.utterances}
+    empty = [c for c in corpus.labels if c not in present]
+    if corpus.utterances and empty:
+        raise DataError(
+            f"data.labels {list(corpus.labels)}: no utterance of {corpus.name} is labelled {empty}; "
+            "remove them from data.labels, or add data (or a source's label_map) that has them"
+        )
+
+
 def prepare(cfg: TrainConfig) -> tuple[Corpus, list[Fold], dict[str, np.ndarray]]:
     """Read the corpus, build the folds and make sure every (clean) feature is cached."""
     t = cfg.train
     corpus = load_data(cfg)
+    check_classes(corpus)
     folds = select_folds(
         make_folds(
             corpus.utterances,

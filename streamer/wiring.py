@@ -24,6 +24,7 @@ from streamer.config import (
     dashboard_dir,
     demo_audio_path,
 )
+from streamer.core.affect import unplaced
 from streamer.core.gate import EnergyGate, Gate
 from streamer.core.smoother import Smoother
 from streamer.core.stream import StreamCore
@@ -193,7 +194,8 @@ def add_alerts(cfg: DaemonConfig, labels: list[str], hub: Hub) -> AlertEvaluator
 async def check_pipeline(cfg: DaemonConfig, backend: InferenceBackend) -> None:
     """Refuse, at start-up, values that passed validation but that the loaded model cannot
     serve: a smoothing.neutral_label it does not have, windows shorter than its front end
-    takes. Raises :class:`ConfigError` naming the key and the fix."""
+    takes. Raises :class:`ConfigError` naming the key and the fix. Labels with no
+    arousal/valence position are served (as the neutral centre), with a warning."""
     labels = backend.labels
     s = cfg.smoothing
     if s.neutral_label is not None and s.neutral_label not in labels:
@@ -203,6 +205,12 @@ async def check_pipeline(cfg: DaemonConfig, backend: InferenceBackend) -> None:
                 "use one of them, or null to decay toward uniform scores"
             )
         log.info("the model has no %r label: silence decays toward uniform scores", s.neutral_label)
+    if missing := unplaced(labels):
+        log.warning(
+            "the model's labels %s have no arousal/valence position (streamer/core/affect.py): "
+            "they count as the neutral centre (0, 0) in arousal and valence",
+            missing,
+        )
     w = cfg.windowing
     shortest_s = min(w.min_window_s, w.window_s)
     for key, seconds in (

@@ -14,6 +14,10 @@ from dropformer.data.report import DataReport, Problem
 #: The shared 4-class label set (IEMOCAP protocol); EmoDB maps onto it.
 FOUR_CLASSES: tuple[str, ...] = ("neutral", "happy", "angry", "sad")
 
+#: Every class name the corpus readers map onto by default (EmoDB and nEMO), for ``data.labels``:
+#: the four above, then EmoDB's fear, disgust and boredom and nEMO's fear and surprise.
+CLASS_NAMES: tuple[str, ...] = (*FOUR_CLASSES, "fear", "disgust", "surprise", "boredom")
+
 
 @dataclass(frozen=True)
 class Utterance:
@@ -50,4 +54,4 @@ class Corpus:
         return self.labels.index(label)
 
 
-__all__ = ["FOUR_CLASSES", "Corpus", "DataReport", "Problem", "Utterance"]
+__all__ = ["CLASS_NAMES", "FOUR_CLASSES", "Corpus", "DataReport", "Problem", "Utterance"]

@@ -22,15 +22,17 @@ EMODB_CODES: dict[str, str] = {
     "A": "fear",
 }
 
-#: Default mapping of EmoDB names onto the shared 4-class names; ``None`` excludes.
+#: EmoDB's names onto the project's class names (:data:`dropformer.data.CLASS_NAMES`). A class
+#: that is not one of ``labels`` is excluded (and counted): the default four classes leave out
+#: boredom, disgust and fear; ``data.labels`` with ``fear`` takes EmoDB's fear files in.
 DEFAULT_LABEL_MAP: dict[str, str | None] = {
     "anger": "angry",
     "happiness": "happy",
     "neutral": "neutral",
     "sadness": "sad",
-    "boredom": None,
-    "disgust": None,
-    "fear": None,
+    "boredom": "boredom",
+    "disgust": "disgust",
+    "fear": "fear",
 }
 
 _NAME = re.compile(r"^(?P<spk>\d\d)(?P<text>[a-z]\d\d)(?P<code>[A-Z])(?P<ver>[a-z])$")
@@ -44,13 +46,17 @@ def read_emodb(
     """Read EmoDB from ``root`` (a folder holding the wavs, or holding ``wav/``).
 
     ``label_map`` maps EmoDB names (``anger``, ``boredom``, ...) to class names,
-    or to ``None`` to exclude them (counted in the report); ``labels`` fixes the
-    class order. A wav whose name does not follow the EmoDB pattern is a problem.
+    or to ``None`` to exclude them (counted in the report), over
+    :data:`DEFAULT_LABEL_MAP`; ``labels`` fixes the classes and their order. A
+    default class that is not in ``labels`` is excluded; ``label_map`` sending a
+    name outside ``labels`` is a problem, and so is a wav whose name does not
+    follow the EmoDB pattern.
     """
     base = Path(root)
     wav_dir = base / "wav" if (base / "wav").is_dir() else base
     report = DataReport("emodb")
-    mapping = {**DEFAULT_LABEL_MAP, **(label_map or {})}
+    explicit = dict(label_map or {})
+    mapping = {**DEFAULT_LABEL_MAP, **explicit}
     if not wav_dir.is_dir():
         report.problem(str(base), "folder does not exist; set data.root to the EmoDB folder")
         return Corpus("emodb", [], labels, report)
@@ -62,7 +68,7 @@ def read_emodb(
             continue
         name = EMODB_CODES[m["code"]]
         target = mapping.get(name)
-        if target is None:
+        if target is None or (target not in labels and name not in explicit):
             report.exclude(name)
             continue
         if target not in labels:

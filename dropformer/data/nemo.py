@@ -14,15 +14,17 @@ from pathlib import Path
 from dropformer.data import FOUR_CLASSES, Corpus, Utterance
 from dropformer.data.report import DataReport
 
-#: nEMO's emotion names onto the shared 4-class names; ``None`` excludes.
+#: nEMO's emotion names onto the project's class names (:data:`dropformer.data.CLASS_NAMES`). A
+#: class that is not one of ``labels`` is excluded (and counted): the default four classes leave
+#: out fear and surprise; ``data.labels`` with ``fear`` or ``surprise`` takes those files in.
 DEFAULT_LABEL_MAP: dict[str, str | None] = {
     "anger": "angry",
     "happiness": "happy",
     "neutral": "neutral",
     "sadness": "sad",
-    "fear": None,
-    "surprised": None,
-    "surprise": None,
+    "fear": "fear",
+    "surprised": "surprise",
+    "surprise": "surprise",
 }
 
 
@@ -31,10 +33,16 @@ def read_nemo(
     label_map: Mapping[str, str | None] | None = None,
     labels: tuple[str, ...] = FOUR_CLASSES,
 ) -> Corpus:
-    """Read nEMO from ``root`` (holding ``labels.csv`` or ``data.tsv``, and the audio in ``wav/`` or ``data/``)."""
+    """Read nEMO from ``root`` (holding ``labels.csv`` or ``data.tsv``, and the audio in ``wav/`` or ``data/``).
+
+    ``label_map`` maps nEMO's names over :data:`DEFAULT_LABEL_MAP` (``None``
+    excludes); a default class that is not in ``labels`` is excluded, while
+    ``label_map`` sending a name outside ``labels`` is a problem.
+    """
     base = Path(root)
     report = DataReport("nemo")
-    mapping = {**DEFAULT_LABEL_MAP, **(label_map or {})}
+    explicit = dict(label_map or {})
+    mapping = {**DEFAULT_LABEL_MAP, **explicit}
     index = next((base / n for n in ("labels.csv", "data.tsv") if (base / n).is_file()), None)
     if index is None:
         report.problem(str(base), "has no labels.csv or data.tsv; set data.root to the nEMO folder")
@@ -56,7 +64,7 @@ def read_nemo(
             )
             continue
         target = mapping[emotion]
-        if target is None:
+        if target is None or (target not in labels and emotion not in explicit):
             report.exclude(emotion)
             continue
         if target not in labels:

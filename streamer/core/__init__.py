@@ -6,7 +6,7 @@ audio codecs and protocols (``codecs``, ``ingest``, ``twilio``) and alert
 rules (``alerts``).
 """
 
-from streamer.core.affect import PROTOTYPES, arousal_valence
+from streamer.core.affect import PROTOTYPES, arousal_valence, unplaced
 from streamer.core.alerts import AlertEvaluator, AlertRule
 from streamer.core.events import (
     Alert,
@@ -49,5 +49,6 @@ __all__ = [
     "expected_window_count",
     "parse_event",
     "schema_path",
+    "unplaced",
     "validate_event",
 ]

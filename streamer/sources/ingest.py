@@ -469,11 +469,12 @@ def install_endpoints(
         max_errors=cfg.max_errors,
         analyse_agent=cfg.analyse_agent,
     )
-    if cfg.analyse_agent:
+    if cfg.analyse_agent and cfg.enabled:  # the Twilio route warns for its own agent leg
         log.warning(
-            "ingest.analyse_agent is on: agents' voices are analysed. Emotion recognition of "
-            "workers is prohibited in the EU (AI Act Art. 5(1)(f)) except for medical or safety "
-            "reasons; make sure this use is lawful where you run it"
+            "ingest.analyse_agent is on: agents' voices on %s (role 'agent') are analysed. "
+            "Emotion recognition of workers is prohibited in the EU (AI Act, Article 5(1)(f)) "
+            "except for medical or safety reasons; read docs/intended-use.md",
+            cfg.path,
         )
     common: dict[str, Any] = {
         "token": token,

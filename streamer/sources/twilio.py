@@ -76,6 +76,14 @@ class TwilioServer:
         self.token = token
         self.start_timeout_s = start_timeout_s
         self.queue_s = queue_s
+        if names.analyse_agent:
+            log.warning(
+                "ingest.analyse_agent is on: the agent leg of every Twilio call (<callSid>.%s) is "
+                "analysed. Emotion recognition in the workplace is prohibited in the EU (AI Act, "
+                "Article 5(1)(f)) except for medical or safety reasons; read docs/intended-use.md "
+                "and turn ingest.analyse_agent off unless such a reason applies",
+                names.outbound,
+            )
 
     async def handle(self, conn: ServerConnection) -> None:
         """Serve one call until Twilio stops it, it fails, or the socket closes."""

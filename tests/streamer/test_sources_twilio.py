@@ -135,6 +135,29 @@ async def test_agent_leg_only_when_enabled(caplog: pytest.LogCaptureFixture) -> 
         assert tap.final_status(sid)["state"] == "offline"
 
 
+@pytest.mark.parametrize("agent", [False, True], ids=["caller-only", "agent-leg-on"])
+async def test_agent_leg_warns_at_start_up_naming_the_ai_act(
+    agent: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Enabling the agent leg logs one WARNING at start-up, from the Twilio source, naming
+    Article 5(1)(f) and docs/intended-use.md; the default (caller only) logs none."""
+    caplog.set_level(logging.WARNING)
+    cfg = daemon_config(ingest={"analyse_agent": agent, "twilio": {"enabled": True}})
+    async with running(cfg):
+        warned = [
+            r.getMessage()
+            for r in caplog.records
+            if r.name == "streamer.sources.twilio" and r.levelno == logging.WARNING
+        ]
+    if agent:
+        assert len(warned) == 1, warned
+        assert "Article 5(1)(f)" in warned[0] and "docs/intended-use.md" in warned[0]
+        assert "<callSid>.agent" in warned[0]
+    else:
+        assert warned == []
+        assert "Article 5(1)(f)" not in caplog.text
+
+
 async def test_bad_twilio_input_is_counted_and_the_call_goes_on() -> None:
     cfg = daemon_config(ingest={"twilio": {"enabled": True}, "max_speed": 3.0, "burst_s": 1.0})
     async with running(cfg) as (daemon, tap, url):

@@ -13,7 +13,10 @@ emotions into the dimensional space: an empirical approach", IEEE SMC 2012)
 and by Gebhard's ALMA (AAMAS 2005). Each class name takes the term that names
 it (``angry``/``anger`` the term angry, ``fear`` fearful, ``calm`` relaxed,
 ``boredom`` bored); synonyms share one position. ``neutral`` is the centre
-(0, 0) by definition. Four labels without a term in that table
+(0, 0) by definition. The four shared classes keep the positions they had
+since schema version 1 (read off Russell's 1980 circumplex, in the same
+quadrants and order as the 1977 norms), so that alert and robot rules written
+against them keep their meaning. Four labels without a term in that table
 (``excited``, ``frustration``, ``contempt``, ``anxiety``) keep coarse
 positions read off Russell's circumplex ("A circumplex model of affect",
 J. Personality and Social Psychology 39(6), 1980, Fig. 2); they are marked
@@ -31,11 +34,14 @@ from collections.abc import Iterable, Mapping
 
 # label -> (arousal, valence), both in [-1, 1]; Russell & Mehrabian (1977) unless marked
 PROTOTYPES: dict[str, tuple[float, float]] = {
-    # the four shared classes (IEMOCAP protocol; EmoDB and nEMO map onto them)
+    # the four shared classes (IEMOCAP protocol; EmoDB and nEMO map onto them): positions read off
+    # Russell (1980), Fig. 2, unchanged since schema version 1 so that users' alert and robot rules
+    # keep their meaning (Russell & Mehrabian's 1977 norms: happy (0.51, 0.81), angry (0.59, -0.51),
+    # sad (-0.27, -0.63): the same quadrants and order)
     "neutral": (0.0, 0.0),  # the centre, by definition
-    "happy": (0.51, 0.81),  # happy
-    "angry": (0.59, -0.51),  # angry
-    "sad": (-0.27, -0.63),  # sad
+    "happy": (0.5, 0.8),
+    "angry": (0.8, -0.6),
+    "sad": (-0.5, -0.7),
     # the further classes of EmoDB (fear, disgust, boredom), nEMO (fear, surprise), MELD, RAVDESS
     "fear": (0.60, -0.64),  # fearful
     "disgust": (0.35, -0.60),  # disgusted
@@ -43,10 +49,10 @@ PROTOTYPES: dict[str, tuple[float, float]] = {
     "boredom": (-0.62, -0.65),  # bored
     "calm": (-0.46, 0.68),  # relaxed
     # synonyms: each corpus' own spelling of a class above
-    "happiness": (0.51, 0.81),
-    "joy": (0.51, 0.81),  # MELD's name for the happy class
-    "anger": (0.59, -0.51),
-    "sadness": (-0.27, -0.63),
+    "happiness": (0.5, 0.8),
+    "joy": (0.5, 0.8),  # MELD's name for the happy class
+    "anger": (0.8, -0.6),
+    "sadness": (-0.5, -0.7),
     "fearful": (0.60, -0.64),
     "afraid": (0.60, -0.64),
     "disgusted": (0.35, -0.60),

@@ -197,3 +197,12 @@ def test_utterances_carry_the_current_statistics_but_do_not_fold_in() -> None:
     assert norm.frames == frames  # the utterance's audio was counted by its windows already
     later = utterances(feed(make_core(), a)[:-1])
     assert later[0].norm is None  # a core without a normaliser sends none
+
+
+def test_the_energy_gate_reports_the_frames_it_judged() -> None:
+    x = np.concatenate([silence(1.0), speech("03a01Fa.wav"), silence(0.1)])
+    d = EnergyGate().decide(x)
+    assert d.frame_speech is not None and d.frame_samples == 480
+    assert d.frame_speech.size == -(-x.size // 480)
+    assert d.speech_share == pytest.approx(float(d.frame_speech.mean()))
+    assert not d.frame_speech[: SR // 480].any() and d.frame_speech[SR // 480 + 10]

@@ -5,7 +5,9 @@ wrapper around :func:`watch`. Two output formats:
 
 * human (default): one line per estimate with the local time, stream, label,
   confidence and a small text bar, arousal/valence and the audio span;
-  transitions, status changes and alerts get their own marked lines;
+  utterances (``== utterance``: the label of a whole utterance, its audio span
+  and any quality warning), transitions, status changes and alerts get their
+  own marked lines;
 * ``json``: every event exactly as received, one JSON object per line, for
   piping into ``jq`` or a file (protocol messages such as ``hello`` are not
   printed; they are logged).
@@ -96,6 +98,22 @@ def _signed(x: Any) -> str:
     return f"{float(x):+.2f}" if isinstance(x, (int, float)) else "  ?  "
 
 
+def quality_warnings(quality: Any) -> list[str]:
+    """Why audio with these quality measures may be hard to judge (as the dashboard warns):
+    clipping above 1%, SNR below 10 dB, telephone band."""
+    if not isinstance(quality, Mapping):
+        return []
+    out = []
+    clipping, snr = quality.get("clipping"), quality.get("snr_db")
+    if isinstance(clipping, (int, float)) and clipping > 0.01:
+        out.append(f"clipping {100 * float(clipping):.0f}%")
+    if isinstance(snr, (int, float)) and snr < 10:
+        out.append(f"SNR {float(snr):.0f} dB")
+    if quality.get("telephone_band") is True:
+        out.append("telephone band")
+    return out
+
+
 def format_event(
     event: Mapping[str, Any],
     *,
@@ -131,6 +149,21 @@ def format_event(
             line += "  (no speech)"
         if isinstance(event.get("model"), Mapping) and event["model"].get("random_init"):
             line += "  [UNTRAINED MODEL]"
+        return line
+    if kind == "emotion.utterance":
+        conf = event.get("confidence")
+        conf_f = float(conf) if isinstance(conf, (int, float)) else 0.0
+        line = (
+            f"{head}  == utterance {str(event.get('label', '?')):<10} {conf_f:4.2f} "
+            f"{text_bar(conf_f, bar_width_chars, ascii_only=ascii_only)}  "
+            f"A{_signed(event.get('arousal'))} V{_signed(event.get('valence'))}  "
+            f"[{_seconds(event.get('audio_start_ms'))}-{_seconds(event.get('audio_end_ms'))}]"
+        )
+        if event.get("truncated"):
+            line += "  (last part only)"
+        warnings = quality_warnings(event.get("quality"))
+        if warnings:
+            line += "  ! " + ", ".join(warnings)
         return line
     if kind == "emotion.transition":
         conf = event.get("confidence")

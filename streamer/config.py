@@ -124,6 +124,37 @@ class SmoothingConfig(StrictModel):
     speech yet publishes no estimates, only its status."""
 
 
+class UtteranceConfig(StrictModel):
+    """Per-utterance results: when the gate closes a speech segment, the model runs once on the
+    whole utterance and an ``emotion.utterance`` event follows (besides the window estimates)."""
+
+    enabled: bool = True
+    """Cut utterances and publish one emotion.utterance event each."""
+    max_s: float = Field(10.0, gt=0, le=60)
+    """Longest audio one utterance is classified on, seconds; a longer utterance keeps its last
+    max_s seconds and is marked truncated (bounds the audio kept per stream)."""
+    min_s: float = Field(0.5, gt=0, le=60)
+    """Shorter utterances (coughs, clicks) are not classified, seconds."""
+    end_silence_s: float = Field(0.5, gt=0, le=10)
+    """Non-speech (by the gate's frames) that ends an utterance, seconds; pauses shorter than
+    this stay inside it."""
+
+    @model_validator(mode="after")
+    def _check(self) -> UtteranceConfig:
+        if self.min_s > self.max_s:
+            raise ValueError(
+                f"min_s ({self.min_s}) must not exceed max_s ({self.max_s}); "
+                f"set utterance.min_s <= {self.max_s} or raise utterance.max_s"
+            )
+        return self
+
+
+class QualityConfig(StrictModel):
+    enabled: bool = True
+    """Speech estimates and utterances carry audio-quality measures (level, clipping, SNR,
+    band limit, telephone band; about 1-2 ms per 3 s window)."""
+
+
 class FileSourceConfig(StrictModel):
     kind: Literal["file"] = "file"
     path: str | None = None
@@ -220,7 +251,7 @@ class MqttConfig(StrictModel):
     host: str = "127.0.0.1"
     port: int = Field(1883, ge=1, le=65535)
     prefix: str = Field("emotion", pattern=TOPIC_PREFIX)
-    """Topics are <prefix>/<stream_id>/{estimate,state,status,alert}; no '+', '#' or empty levels."""
+    """Topics are <prefix>/<stream_id>/{estimate,utterance,state,status,alert}; no '+', '#' or empty levels."""
     qos: Literal[0, 1, 2] = 1
     username: str | None = None
     password: str | None = None
@@ -534,6 +565,10 @@ class DaemonConfig(StrictModel):
     windowing: WindowConfig = Field(default_factory=WindowConfig)
     gate: GateConfig = Field(default_factory=GateConfig)
     smoothing: SmoothingConfig = Field(default_factory=SmoothingConfig)
+    utterance: UtteranceConfig = Field(default_factory=UtteranceConfig)
+    """Per-utterance results (emotion.utterance events)."""
+    quality: QualityConfig = Field(default_factory=QualityConfig)
+    """Audio-quality measures on estimates and utterances."""
     streams: list[StreamConfig] = Field(
         default_factory=lambda: [StreamConfig(id="demo", source=FileSourceConfig(loop=True))]
     )

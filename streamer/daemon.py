@@ -46,7 +46,7 @@ from streamer import wiring
 from streamer.config import DaemonConfig, StreamConfig
 from streamer.core.alerts import AlertEvaluator
 from streamer.core.events import EmotionEstimate, Event, StreamStatus
-from streamer.core.stream import StreamCore, WindowRequest
+from streamer.core.stream import InferenceRequest, StreamCore, UtteranceRequest, WindowRequest
 from streamer.hub import Hub
 from streamer.sources.base import OUTPUT_RATE_HZ, Source
 from streamer.worker import InferenceBackend, InferenceOutcome
@@ -63,6 +63,7 @@ STREAM_LOSSES = (
     "lost_results",
     "inference_errors",
     "bad_results",
+    "skipped_utterances",
 )
 
 
@@ -411,12 +412,12 @@ class Daemon:
     async def _handle(
         self,
         core: StreamCore,
-        items: list[WindowRequest | Event],
+        items: list[InferenceRequest | Event],
         stale_s: float | None,
         pending: set[asyncio.Task[None]],
     ) -> None:
         for item in items:
-            if not isinstance(item, WindowRequest):
+            if not isinstance(item, (WindowRequest, UtteranceRequest)):
                 self.publish(item)
             elif stale_s is None:
                 await self._infer(core, item, None)  # batch analysis: wait, skip nothing
@@ -425,7 +426,7 @@ class Daemon:
                 pending.add(task)
                 task.add_done_callback(pending.discard)
 
-    async def _infer(self, core: StreamCore, req: WindowRequest, stale_s: float | None) -> None:
+    async def _infer(self, core: StreamCore, req: InferenceRequest, stale_s: float | None) -> None:
         t0 = time.monotonic()
         outcome = await self.backend.infer(req, deadline_s=stale_s)
         async with self._locks[core.stream_id]:
@@ -435,12 +436,18 @@ class Daemon:
 
     @staticmethod
     def _apply(
-        core: StreamCore, req: WindowRequest, outcome: InferenceOutcome, t0: float
+        core: StreamCore, req: InferenceRequest, outcome: InferenceOutcome, t0: float
     ) -> list[Event]:
+        latency_ms = (time.monotonic() - t0) * 1000.0
+        if isinstance(req, UtteranceRequest):
+            if outcome.skipped is not None or outcome.probs is None:
+                return core.on_utterance_skipped(req.seq, outcome.skipped or "error")
+            return core.on_utterance_result(
+                req.seq, outcome.probs, outcome.tokens_in, outcome.tokens_kept, latency_ms
+            )
         if outcome.skipped is not None or outcome.probs is None:
             events = core.on_skipped(req.seq, outcome.skipped or "error")
         else:
-            latency_ms = (time.monotonic() - t0) * 1000.0
             events = core.on_result(
                 req.seq,
                 outcome.probs,

@@ -2,7 +2,8 @@
 publishers, isolating their failures.
 
 It also remembers the last ``stream.status`` and the last ``emotion.estimate``
-of each stream, its last few ``emotion.transition`` events and its last
+of each stream, its last few ``emotion.transition`` and ``emotion.utterance``
+events and its last
 estimate that carried token importance, so a client that connects late can be
 told where things stand (the WebSocket server's hello message reads
 :meth:`Hub.snapshot`).
@@ -26,17 +27,20 @@ P = TypeVar("P", bound=Publisher)
 
 TRANSITIONS_KEPT = 10
 """Transitions per stream remembered for late clients (the dashboard shows as many)."""
+UTTERANCES_KEPT = 10
+"""Utterances per stream remembered for late clients (the dashboard shows as many)."""
 
 
 class StreamSnapshot:
-    """The latest status and estimate per stream, its last transitions and its last
-    estimate with token importance, updated from events."""
+    """The latest status and estimate per stream, its last transitions and utterances and
+    its last estimate with token importance, updated from events."""
 
     def __init__(self) -> None:
         self.last_status: dict[str, dict[str, Any]] = {}
         self.last_estimate: dict[str, dict[str, Any]] = {}
         self.last_importance: dict[str, dict[str, Any]] = {}
         self.transitions: dict[str, deque[dict[str, Any]]] = {}
+        self.utterances: dict[str, deque[dict[str, Any]]] = {}
         self.streams: dict[str, None] = {}  # ordered set of stream ids seen
 
     def update(self, event: Mapping[str, Any]) -> None:
@@ -55,6 +59,9 @@ class StreamSnapshot:
         elif kind == "emotion.transition":
             kept = self.transitions.setdefault(sid, deque(maxlen=TRANSITIONS_KEPT))
             kept.append(dict(event))
+        elif kind == "emotion.utterance":
+            heard = self.utterances.setdefault(sid, deque(maxlen=UTTERANCES_KEPT))
+            heard.append(dict(event))
 
     def forget(self, stream_id: str) -> None:
         """Drop an ended stream (a network session) so the snapshot does not grow."""
@@ -63,16 +70,19 @@ class StreamSnapshot:
         self.last_estimate.pop(stream_id, None)
         self.last_importance.pop(stream_id, None)
         self.transitions.pop(stream_id, None)
+        self.utterances.pop(stream_id, None)
 
     def as_dict(self) -> dict[str, Any]:
         """``{"streams": [...], "last_status": {...}, "last_estimate": {...},
-        "last_importance": {...}, "transitions": {sid: [oldest, ..., newest]}}``."""
+        "last_importance": {...}, "transitions": {sid: [oldest, ..., newest]},
+        "utterances": {sid: [oldest, ..., newest]}}``."""
         return {
             "streams": list(self.streams),
             "last_status": dict(self.last_status),
             "last_estimate": dict(self.last_estimate),
             "last_importance": dict(self.last_importance),
             "transitions": {sid: list(t) for sid, t in self.transitions.items()},
+            "utterances": {sid: list(u) for sid, u in self.utterances.items()},
         }
 
 

@@ -112,5 +112,12 @@ class SileroGate:
         probs = self.chunk_probabilities(samples)
         if probs.size == 0:
             return GateDecision(False, 0.0, level_dbfs(np.asarray(samples)))
-        share = float(np.mean(probs >= self.threshold))
-        return GateDecision(share >= self.min_speech_share, share, level_dbfs(np.asarray(samples)))
+        flags = probs >= self.threshold
+        share = float(np.mean(flags))
+        return GateDecision(
+            share >= self.min_speech_share,
+            share,
+            level_dbfs(np.asarray(samples)),
+            flags,
+            self.chunk_samples,
+        )

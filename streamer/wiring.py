@@ -28,6 +28,7 @@ from streamer.core.affect import unplaced
 from streamer.core.gate import EnergyGate, Gate
 from streamer.core.smoother import Smoother
 from streamer.core.stream import StreamCore
+from streamer.core.utterances import UtterancePolicy
 from streamer.core.windower import Windower
 from streamer.hub import Hub
 from streamer.sources.base import OUTPUT_RATE_HZ, Source
@@ -99,8 +100,8 @@ def make_core(
     *,
     continues: StreamCore | None = None,
 ) -> StreamCore:
-    """A stream's sans-I/O core: windower, gate and smoother from their sections."""
-    w, s = cfg.windowing, cfg.smoothing
+    """A stream's sans-I/O core: windower, gate, smoother and utterance policy from their sections."""
+    w, s, u = cfg.windowing, cfg.smoothing, cfg.utterance
     labels = backend.labels
     return StreamCore(
         stream_id,
@@ -125,6 +126,12 @@ def make_core(
         silent_estimates=s.silent_estimates,
         normalizer=backend.new_normalizer(),
         importance=cfg.publish.importance,
+        utterances=(
+            UtterancePolicy(max_s=u.max_s, min_s=u.min_s, end_silence_s=u.end_silence_s)
+            if u.enabled
+            else None
+        ),
+        quality=cfg.quality.enabled,
         continues=continues,
     )
 
@@ -193,8 +200,9 @@ def add_alerts(cfg: DaemonConfig, labels: list[str], hub: Hub) -> AlertEvaluator
 
 async def check_pipeline(cfg: DaemonConfig, backend: InferenceBackend) -> None:
     """Refuse, at start-up, values that passed validation but that the loaded model cannot
-    serve: a smoothing.neutral_label it does not have, windows shorter than its front end
-    takes. Raises :class:`ConfigError` naming the key and the fix. Labels with no
+    serve: a smoothing.neutral_label it does not have, windows or utterances shorter than its
+    front end takes (a default utterance.min_s is raised to what it takes instead), utterances
+    longer than it takes. Raises :class:`ConfigError` naming the key and the fix. Labels with no
     arousal/valence position are served (as the neutral centre), with a warning."""
     labels = backend.labels
     s = cfg.smoothing
@@ -211,19 +219,36 @@ async def check_pipeline(cfg: DaemonConfig, backend: InferenceBackend) -> None:
             "they count as the neutral centre (0, 0) in arousal and valence",
             missing,
         )
-    w = cfg.windowing
+    w, u = cfg.windowing, cfg.utterance
     shortest_s = min(w.min_window_s, w.window_s)
-    for key, seconds in (
-        ("windowing.min_window_s", shortest_s),
-        ("windowing.window_s", w.window_s),
-    ):
+    checks = [("windowing.min_window_s", shortest_s), ("windowing.window_s", w.window_s)]
+    if u.enabled:
+        checks += [("utterance.min_s", u.min_s), ("utterance.max_s", u.max_s)]
+    for key, seconds in checks:
         n = round(seconds * OUTPUT_RATE_HZ)
         problem = await backend.probe(n)
         if problem is None:
             continue
+        if key == "utterance.max_s":
+            raise ConfigError(
+                f"utterance.max_s={seconds:g} s: the model ({backend.model_info.get('frontend')}) "
+                f"cannot classify {n} samples ({problem}); lower utterance.max_s"
+            )
         need = await _shortest_window(backend, n)
+        if key == "utterance.min_s" and "min_s" not in u.model_fields_set and need is not None:
+            log.info(
+                "the model takes no utterance shorter than %.3f s: utterance.min_s raised to that",
+                need / OUTPUT_RATE_HZ,
+            )
+            u.min_s = min(need / OUTPUT_RATE_HZ, u.max_s)
+            continue
+        keys = (
+            "utterance.min_s"
+            if key == "utterance.min_s"
+            else "windowing.window_s and windowing.min_window_s"
+        )
         fix = (
-            f"set windowing.window_s and windowing.min_window_s to at least {need / OUTPUT_RATE_HZ:.3f} s"
+            f"set {keys} to at least {need / OUTPUT_RATE_HZ:.3f} s"
             if need is not None
             else "use a longer window or another model"
         )

@@ -3,7 +3,9 @@
 The event loop never runs the model. Streams ``await worker.infer(request)``;
 the thread collects up to ``max_batch`` requests (waiting at most
 ``max_wait_ms`` after the first), drops those already stale, runs the rest in
-one batch under ``torch.inference_mode()``, and resolves each caller's future
+batches of equal-length requests under ``torch.inference_mode()`` (windows
+and whole utterances share the queue; grouping by length means no request is
+ever padded, so each result equals the model run on that audio alone), and resolves each caller's future
 through ``loop.call_soon_threadsafe``.
 
 Drop policy (real time beats completeness): the queue holds at most
@@ -33,7 +35,7 @@ import numpy as np
 
 from dropformer.normalization import Moments, StreamNormalizer
 from streamer.core.importance import TokenImportance
-from streamer.core.stream import WindowRequest
+from streamer.core.stream import InferenceRequest, WindowRequest
 from streamer.engine import Engine
 
 log = logging.getLogger(__name__)
@@ -41,9 +43,9 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class InferenceOutcome:
-    """The answer for one window: probabilities, or why there are none."""
+    """The answer for one window or utterance: probabilities, or why there are none."""
 
-    request: WindowRequest
+    request: InferenceRequest
     probs: np.ndarray | None = None
     tokens_in: int = 0
     tokens_kept: int = 0
@@ -76,7 +78,7 @@ class InferenceBackend(Protocol):
     ) -> None: ...
 
     async def infer(
-        self, request: WindowRequest, *, deadline_s: float | None
+        self, request: InferenceRequest, *, deadline_s: float | None
     ) -> InferenceOutcome: ...
 
     async def probe(self, n_samples: int) -> str | None:
@@ -87,7 +89,7 @@ class InferenceBackend(Protocol):
 
 @dataclass
 class _Item:
-    request: WindowRequest
+    request: InferenceRequest
     future: asyncio.Future[InferenceOutcome]
     loop: asyncio.AbstractEventLoop
     deadline: float | None  # time.monotonic() after which the window is stale
@@ -186,7 +188,7 @@ class InferenceWorker:
         return outcome.error
 
     async def infer(
-        self, request: WindowRequest, *, deadline_s: float | None, probe: bool = False
+        self, request: InferenceRequest, *, deadline_s: float | None, probe: bool = False
     ) -> InferenceOutcome:
         """Queue ``request``; ``deadline_s`` is how long from now it stays worth computing."""
         loop = asyncio.get_running_loop()
@@ -253,8 +255,14 @@ class InferenceWorker:
                 _resolve(item, InferenceOutcome(item.request, skipped="stale"))
             else:
                 fresh.append(item)
-        if not fresh:
-            return
+        groups: dict[int, list[_Item]] = {}
+        for item in fresh:  # equal lengths only: nothing is padded
+            groups.setdefault(len(item.request.samples), []).append(item)
+        for group in groups.values():
+            self._run_group(group)
+
+    def _run_group(self, fresh: list[_Item]) -> None:
+        assert self.engine is not None
         try:
             res = self.engine.run(
                 [it.request.samples for it in fresh], [it.request.norm for it in fresh]

@@ -15,7 +15,14 @@
  * with the known streams and their last status/estimate, then one JSON event
  * per message; {"type":"subscribe","streams":[...]|null} chooses streams.
  * Labels are never assumed: bars, legend and timeline are built from the
- * "scores" keys of the estimates.
+ * "scores" keys of the estimates; every label gets a colour of its own (common
+ * ones a fixed colour, others the first free one of a spare palette, picked by
+ * a hash of the name, so a model's labels keep their colours across reloads).
+ *
+ * Each card lists the stream's recent utterances ("emotion.utterance": the
+ * model's verdict on a whole utterance) with a warning badge when their audio
+ * quality says the verdict is doubtful (clipping over 1%, SNR under 10 dB,
+ * telephone band), and shows the current window's quality flags.
  *
  * Estimates may carry "importance" (streamer/core/importance.py): each card then
  * draws the latest such window as in the paper's Figure 6: its waveform envelope
@@ -29,6 +36,9 @@
 (() => {
   const TIMELINE_S = 60;          // seconds of audio shown in the timeline
   const TRANSITIONS_KEPT = 10;    // entries in each card's transition log
+  const UTTERANCES_KEPT = 8;      // entries in each card's utterance list
+  const CLIPPING_WARN = 0.01;     // quality: a share of clipped samples above this is flagged
+  const SNR_WARN_DB = 10;         // quality: an SNR estimate below this is flagged
   const ALERTS_KEPT = 5;          // alerts shown per card
   const TRAIL_POINTS = 12;        // arousal/valence trail length
   const BACKOFF_INITIAL_MS = 500; // first reconnect delay; doubles per failure
@@ -37,24 +47,49 @@
   const OFFLINE_KEEP_S = 300;     // cards of streams offline this long are removed (ended calls)
   const MIC_BLOCK_S = 0.1;        // audio per message sent to /ingest
 
-  // Colours for common emotion labels (several corpora's spellings); any
-  // other label gets a stable colour from a hash of its name.
+  // Colours for common emotion labels (several corpora's spellings), distinct
+  // within every common label set (EmoDB, MELD, IEMOCAP, RAVDESS, CREMA-D). Any
+  // other label gets the first spare colour not yet taken on this page, starting
+  // at a hash of its name: distinct from the others, stable for a model's labels.
   const KNOWN_COLOURS = {
-    neutral: "#9aa7b8", calm: "#5fc9b0", happy: "#f4c430", joy: "#f4c430",
-    excited: "#ffa94d", surprise: "#ff8c42", surprised: "#ff8c42",
-    angry: "#ef4f4f", anger: "#ef4f4f", frustrated: "#e8743b",
-    sad: "#4d9bf0", sadness: "#4d9bf0", fear: "#b26ddf", fearful: "#b26ddf",
-    disgust: "#7dbb42", disgusted: "#7dbb42", contempt: "#c08a5b",
-    boredom: "#8796a8", bored: "#8796a8",
+    neutral: "#9aa7b8", calm: "#5fc9b0", happy: "#f4c430", happiness: "#f4c430", joy: "#f4c430",
+    excited: "#ffa94d", excitement: "#ffa94d", surprise: "#ff6fb5", surprised: "#ff6fb5",
+    angry: "#ef4f4f", anger: "#ef4f4f", frustrated: "#c2410c", frustration: "#c2410c",
+    sad: "#4d9bf0", sadness: "#4d9bf0", fear: "#b26ddf", fearful: "#b26ddf", afraid: "#b26ddf",
+    anxiety: "#b26ddf", disgust: "#7dbb42", disgusted: "#7dbb42", contempt: "#d4a373",
+    boredom: "#a0785a", bored: "#a0785a",
   };
   const KNOWN_ORDER = Object.keys(KNOWN_COLOURS);
+  const SPARE_COLOURS = [
+    "#17becf", "#6b6ecf", "#bcbd22", "#ce6dbd", "#e7ba52", "#637939",
+    "#ad494a", "#393b79", "#8ca252", "#de9ed6", "#3182bd", "#e6550d",
+  ];
+  const spareTaken = new Map();  // label (lower case) -> its spare colour
 
   function colourOf(label) {
     const key = String(label).toLowerCase();
     if (KNOWN_COLOURS[key]) return KNOWN_COLOURS[key];
+    if (spareTaken.has(key)) return spareTaken.get(key);
     let h = 0;
     for (let i = 0; i < key.length; i++) h = (h * 31 + key.charCodeAt(i)) >>> 0;
-    return `hsl(${h % 360} 65% 62%)`;
+    const used = new Set(spareTaken.values());
+    let colour = `hsl(${h % 360} 65% 62%)`;  // only when every spare colour is taken
+    for (let i = 0; i < SPARE_COLOURS.length; i++) {
+      const c = SPARE_COLOURS[(h + i) % SPARE_COLOURS.length];
+      if (!used.has(c)) { colour = c; break; }
+    }
+    spareTaken.set(key, colour);
+    return colour;
+  }
+
+  // Why audio with these quality measures may be hard to judge ([] when fine).
+  function qualityWarnings(q) {
+    if (!q || typeof q !== "object") return [];
+    const out = [];
+    if (isNum(q.clipping) && q.clipping > CLIPPING_WARN) out.push(`clipping ${Math.round(q.clipping * 100)}%`);
+    if (isNum(q.snr_db) && q.snr_db < SNR_WARN_DB) out.push(`low SNR (${Math.round(q.snr_db)} dB)`);
+    if (q.telephone_band === true) out.push("telephone band");
+    return out;
   }
 
   // ---------------------------------------------------------------- helpers
@@ -124,7 +159,7 @@
     role(card, "sid").textContent = id;
     s = {
       id, card, estimate: null, status: null, history: [], trail: [],
-      transitions: [], alerts: [], lastUpdate: null, labels: [], untrained: false,
+      transitions: [], alerts: [], utterances: [], lastUpdate: null, labels: [], untrained: false,
       dirty: true, timelineDirty: true, importance: null, importanceDirty: false,
     };
     streams.set(id, s);
@@ -207,6 +242,22 @@
     s.transitionsDirty = s.dirty = true;
   }
 
+  const utteranceKey = (ev) => `${ev.seq}|${ev.audio_start_ms}|${ev.audio_end_ms}`;
+
+  function onUtterance(ev, replayed = false) {
+    const s = streamView(ev.stream_id);
+    if (s.utterances.some((u) => utteranceKey(u) === utteranceKey(ev))) return;  // replayed by hello
+    if (replayed) {  // a hello lists the stream's last ones, oldest first: keep time order
+      s.utterances.push(ev);
+      s.utterances.sort((a, b) => (b.audio_end_ms || 0) - (a.audio_end_ms || 0));
+    } else {
+      s.utterances.unshift(ev);
+    }
+    s.utterances.length = Math.min(s.utterances.length, UTTERANCES_KEPT);
+    if (ev.scores && typeof ev.scores === "object") Object.keys(ev.scores).forEach((l) => labelsSeen.add(l));
+    s.utterancesDirty = s.dirty = true;
+  }
+
   function onAlert(ev) {
     const s = streamView(ev.stream_id);
     s.alerts.unshift({ ev, at: new Date() });
@@ -229,6 +280,9 @@
     for (const list of Object.values(ev.transitions || {})) {
       if (Array.isArray(list)) list.forEach((t) => { if (t && typeof t.stream_id === "string") onTransition(t, true); });
     }
+    for (const list of Object.values(ev.utterances || {})) {
+      if (Array.isArray(list)) list.forEach((u) => { if (u && typeof u.stream_id === "string") onUtterance(u, true); });
+    }
     for (const es of Object.values(ev.last_importance || {})) {
       if (es && typeof es.stream_id === "string") onImportance(streamView(es.stream_id), es);
     }
@@ -238,6 +292,7 @@
     "hello": onHello,
     "emotion.estimate": onEstimate,
     "emotion.transition": onTransition,
+    "emotion.utterance": (ev) => onUtterance(ev),
     "stream.status": onStatus,
     "alert": onAlert,
     "subscribed": () => {},
@@ -325,9 +380,11 @@
       role(c, "latency").textContent = isNum(ev.latency_ms) ? `${ev.latency_ms.toFixed(1)} ms` : "–";
       renderBars(s);
       renderCircumplex(s);
+      renderQuality(s);
     }
     renderAgo(s);
     if (s.transitionsDirty) renderTransitions(s);
+    if (s.utterancesDirty) renderUtterances(s);
     if (s.alertsDirty) renderAlerts(s);
   }
 
@@ -397,6 +454,58 @@
       ol.append(li);
     }
     if (!s.transitions.length) ol.append(el("li", "placeholder", "none yet"));
+  }
+
+  // The current window's quality: its measures, and a badge for each warning.
+  function renderQuality(s) {
+    const box = role(s.card, "quality");
+    const ev = s.estimate;
+    const q = ev && ev.speech !== false ? ev.quality : null;  // silent windows carry none
+    if (!q || typeof q !== "object") {
+      if (!ev || ev.speech !== false) { box.hidden = true; box.dataset.warn = ""; }
+      return;  // a silent window keeps the last speech window's flags on show
+    }
+    const warnings = qualityWarnings(q);
+    box.hidden = false;
+    box.dataset.warn = warnings.join(",");
+    const parts = [
+      el("span", "q-title", "audio"),
+      el("span", "q-item", isNum(q.level_dbfs) ? `${Math.round(q.level_dbfs)} dBFS` : "–"),
+      el("span", "q-item", isNum(q.snr_db) ? `SNR ${Math.round(q.snr_db)} dB` : "SNR –"),
+      el("span", "q-item", isNum(q.bandwidth_hz) ? `band ${(q.bandwidth_hz / 1000).toFixed(1)} kHz` : "band –"),
+    ];
+    for (const w of warnings) parts.push(el("span", "q-warn", `⚠ ${w}`));
+    if (!warnings.length) parts.push(el("span", "q-ok", "ok"));
+    box.replaceChildren(...parts);
+    box.title = "quality of the latest speech window: level, signal-to-noise ratio, band limit";
+  }
+
+  function renderUtterances(s) {
+    s.utterancesDirty = false;
+    const ol = role(s.card, "utterances");
+    ol.replaceChildren();
+    for (const ev of s.utterances) {
+      const li = el("li", "utterance");
+      const span = `${secs(ev.audio_start_ms)} – ${secs(ev.audio_end_ms)}`;
+      li.dataset.label = String(ev.label);
+      li.append(el("time", "u-time", span), labelChip(String(ev.label)),
+        el("span", "u-conf", pct(ev.confidence)));
+      if (ev.truncated) {
+        const t = el("span", "u-trunc", "last part");
+        t.title = "a long utterance: the model heard only its last part";
+        li.append(t);
+      }
+      const warnings = qualityWarnings(ev.quality);
+      if (warnings.length) {
+        const badge = el("span", "u-warn", `⚠ ${warnings.join(", ")}`);
+        badge.title = "the audio may be too poor for a reliable estimate";
+        li.append(badge);
+      }
+      li.setAttribute("aria-label", `utterance ${span}: ${ev.label}, confidence ${pct(ev.confidence)}` +
+        (warnings.length ? `; warning: ${warnings.join(", ")}` : ""));
+      ol.append(li);
+    }
+    if (!s.utterances.length) ol.append(el("li", "placeholder", "none yet"));
   }
 
   function renderAlerts(s) {

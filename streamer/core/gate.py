@@ -8,7 +8,7 @@ Digital silence is reported as :data:`SILENCE_DBFS` (-120), never ``-inf``.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -25,11 +25,17 @@ class GateDecision:
 
     ``speech_share`` is the fraction of the window's frames judged speech
     (0..1); ``level_dbfs`` is the RMS level of the whole window.
+    ``frame_speech`` (optional) is the verdict on each consecutive frame of
+    ``frame_samples`` samples from the window's start (the last one may be
+    short): the stream core cuts utterances at this finer grain. A gate that
+    leaves it ``None`` is taken to judge the whole window alike.
     """
 
     speech: bool
     speech_share: float
     level_dbfs: float
+    frame_speech: np.ndarray | None = field(default=None, compare=False, repr=False)
+    frame_samples: int = 0
 
 
 @runtime_checkable
@@ -150,10 +156,15 @@ class EnergyGate:
             self._track_floor(levels)
         on = self.effective_threshold_dbfs()
         hold = on - self.hysteresis_db
-        speech_frames = 0
+        flags = np.zeros(levels.size, dtype=bool)
         previous = False
-        for lv in levels.tolist():
-            previous = lv >= on or (previous and lv >= hold)
-            speech_frames += previous
-        share = speech_frames / levels.size
-        return GateDecision(share >= self.min_speech_share, share, level_dbfs(np.asarray(samples)))
+        for i, lv in enumerate(levels.tolist()):
+            previous = flags[i] = lv >= on or (previous and lv >= hold)
+        share = int(flags.sum()) / levels.size
+        return GateDecision(
+            share >= self.min_speech_share,
+            share,
+            level_dbfs(np.asarray(samples)),
+            flags,
+            self.frame_samples,
+        )

@@ -20,6 +20,22 @@ audio time (``audio_ms`` and friends) and counters go on from where the old
 one stopped, so they stay monotonic per stream id for the life of the daemon;
 the smoothed state starts afresh (the first label is announced again).
 
+Utterances (``utterances=UtterancePolicy(...)``): besides the windows, the
+core cuts the stream into utterances from the gate's verdicts
+(:mod:`streamer.core.utterances`) and, when one ends (speech followed by
+``end_silence_s`` of silence, or ``flush``), requests ONE classification of its
+audio as an :class:`UtteranceRequest`, answered with ``on_utterance_result`` or
+``on_utterance_skipped``. Its result becomes an ``emotion.utterance`` event at
+once (utterances are not smoothed, so they need no reordering); it is
+normalised with the stream's statistics at the time of the request but never
+folded into them (the windows already were). Counters: ``utterances``
+(published), ``skipped_utterances`` (stale), and as for windows
+``inference_errors``, ``bad_results``, ``lost_results`` (given up on, or
+outstanding at ``stop``).
+
+Quality (``quality=True``): each speech window's estimate, and each utterance,
+carries the audio-quality measures of :mod:`streamer.core.quality`.
+
 Status events: ``online`` on start, then ``speech`` / ``silence`` each time
 the gate's verdict changes (not every window), ``offline`` or ``error`` on
 stop. The first non-finite input sample also yields a status event whose
@@ -44,13 +60,17 @@ from streamer.core.events import (
     COUNTER_NAMES,
     EmotionEstimate,
     EmotionTransition,
+    EmotionUtterance,
     Event,
+    Quality,
     StreamState,
     StreamStatus,
 )
-from streamer.core.gate import Gate
+from streamer.core.gate import Gate, GateDecision
 from streamer.core.importance import TokenImportance, envelope, summarise
+from streamer.core.quality import measure
 from streamer.core.smoother import Smoother, SmootherUpdate
+from streamer.core.utterances import Utterance, UtteranceCutter, UtterancePolicy
 from streamer.core.windower import Window, Windower
 
 log = logging.getLogger(__name__)
@@ -62,6 +82,8 @@ EXTRA_COUNTERS = (
     "lost_results",
     "bad_results",
     "inference_errors",
+    "utterances",
+    "skipped_utterances",
 )
 
 
@@ -80,6 +102,36 @@ class WindowRequest:
     """The stream's feature statistics (mean, std) to normalise this window with; None = none kept."""
 
 
+@dataclass(frozen=True)
+class UtteranceRequest:
+    """An utterance the inference worker should classify as a whole, then answer with
+    ``StreamCore.on_utterance_result(seq, ...)`` or ``StreamCore.on_utterance_skipped(seq, ...)``.
+    ``seq`` numbers the stream's utterances (apart from the windows' ``seq``)."""
+
+    stream_id: str
+    seq: int
+    start_sample: int
+    end_sample: int
+    samples: np.ndarray = field(repr=False)
+    sample_rate_hz: int = 16000
+    norm: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
+    """The stream's feature statistics at the request (mean, std); None = none kept."""
+    truncated: bool = False
+    """The utterance was longer than the maximum: this is its last part."""
+
+
+InferenceRequest = WindowRequest | UtteranceRequest
+"""What the core asks the inference worker to classify."""
+
+
+@dataclass
+class _UtteranceSlot:
+    start_sample: int
+    end_sample: int
+    truncated: bool
+    quality: Quality | None
+
+
 @dataclass
 class _Slot:
     start_sample: int
@@ -93,6 +145,7 @@ class _Slot:
     moments: Moments | None = None
     envelope: list[float] | None = None  # the window's waveform envelope (importance on)
     importance: dict[str, Any] | None = None  # the estimate's importance object
+    quality: Quality | None = None  # the window's audio quality (quality on, speech windows)
 
 
 class StreamCore:
@@ -115,6 +168,10 @@ class StreamCore:
         importance: attach each speech estimate's ``importance`` object (the token
             importance handed to ``on_result`` and the window's waveform envelope,
             ``streamer.core.importance``); default False.
+        utterances: cut utterances and request one classification of each (see the
+            module docstring); None (default) = no utterances.
+        quality: attach audio-quality measures to speech estimates and utterances
+            (``streamer.core.quality``); default False.
         continues: the stopped core of the same stream before a restart: ``seq``,
             audio time and counters go on from it (see the module docstring).
     """
@@ -133,6 +190,8 @@ class StreamCore:
         max_pending: int = 32,
         normalizer: StreamNormalizer | None = None,
         importance: bool = False,
+        utterances: UtterancePolicy | None = None,
+        quality: bool = False,
         continues: StreamCore | None = None,
     ) -> None:
         if not isinstance(stream_id, str) or not STREAM_ID_PATTERN.match(stream_id):
@@ -165,6 +224,10 @@ class StreamCore:
         self.max_pending = max_pending
         self.normalizer = normalizer
         self.importance = importance
+        self.quality = quality
+        self.cutter = None if utterances is None else UtteranceCutter(utterances, sample_rate_hz)
+        self._utterances: OrderedDict[int, _UtteranceSlot] = OrderedDict()
+        self._next_utterance = 0
         self._norm_until_sample = 0  # audio up to here is folded into the normaliser
         self._counters = dict.fromkeys((*COUNTER_NAMES, *EXTRA_COUNTERS), 0)
         self._pending: OrderedDict[int, _Slot] = OrderedDict()
@@ -174,6 +237,7 @@ class StreamCore:
             if continues.stream_id != stream_id or not continues.stopped:
                 raise ValueError("continues= takes the stopped core of the same stream")
             self._first_seq = self._next_seq = continues._next_seq
+            self._next_utterance = continues._next_utterance
             self._base_sample = continues._base_sample + continues.windower.total_samples
             self._counters.update(continues._counters)
         self._state: StreamState | None = None  # None until start()
@@ -200,6 +264,11 @@ class StreamCore:
     def pending(self) -> int:
         """Windows waiting for a result (or for an earlier one)."""
         return len(self._pending)
+
+    @property
+    def pending_utterances(self) -> int:
+        """Utterances waiting for a result."""
+        return len(self._utterances)
 
     def _ms(self, sample: int) -> int:
         return (self._base_sample + sample) * 1000 // self.sample_rate_hz
@@ -232,12 +301,12 @@ class StreamCore:
         Windows still waiting for results are counted in ``lost_results``.
         Call ``flush`` and wait for outstanding results first to lose nothing.
         """
-        if self._pending:
-            lost = sum(1 for s in self._pending.values() if not s.resolved)
+        lost = sum(1 for s in self._pending.values() if not s.resolved) + len(self._utterances)
+        if lost:
             self._counters["lost_results"] += lost
-            if lost:
-                log.warning("stream %s: stopped with %d results outstanding", self.stream_id, lost)
-            self._pending.clear()
+            log.warning("stream %s: stopped with %d results outstanding", self.stream_id, lost)
+        self._pending.clear()
+        self._utterances.clear()
         self._stopped = True
         return self._status("error" if error is not None else "offline", error)
 
@@ -246,7 +315,7 @@ class StreamCore:
         self._counters["dropped_frames"] += int(n)
 
     # ----------------------------------------------------------------- input
-    def _sanitise(self, frames: np.ndarray, out: list[WindowRequest | Event]) -> np.ndarray:
+    def _sanitise(self, frames: np.ndarray, out: list[InferenceRequest | Event]) -> np.ndarray:
         x = np.asarray(frames)
         if x.ndim != 1:
             raise AudioError(
@@ -283,7 +352,7 @@ class StreamCore:
             np.clip(x, -1.0, 1.0, out=x)
         return x
 
-    def push(self, frames: np.ndarray) -> list[WindowRequest | Event]:
+    def push(self, frames: np.ndarray) -> list[InferenceRequest | Event]:
         """Feed audio; returns window requests and events, in order.
 
         Accepts 1-D float (any precision) or integer PCM (scaled to [-1, 1]);
@@ -292,7 +361,7 @@ class StreamCore:
         """
         if self._stopped:
             raise RuntimeError(f"stream {self.stream_id} is stopped; create a new StreamCore")
-        out: list[WindowRequest | Event] = []
+        out: list[InferenceRequest | Event] = []
         if self._state is None:
             out.append(self.start())
         x = self._sanitise(frames, out)
@@ -301,23 +370,28 @@ class StreamCore:
         out.extend(self._drain())
         return out
 
-    def flush(self) -> list[WindowRequest | Event]:
-        """End of input: the windower's last partial window, if any, as for ``push``."""
+    def flush(self) -> list[InferenceRequest | Event]:
+        """End of input: the windower's last partial window, if any, as for ``push``;
+        then the open utterance, if any."""
         if self._stopped:
             return []
-        out: list[WindowRequest | Event] = []
+        out: list[InferenceRequest | Event] = []
         if self._state is None:
             out.append(self.start())
         for window in self.windower.flush():
             self._on_window(window, out)
+        if self.cutter is not None:
+            for utterance in self.cutter.flush():
+                self._request_utterance(utterance, out)
         out.extend(self._drain())
         return out
 
-    def _on_window(self, w: Window, out: list[WindowRequest | Event]) -> None:
+    def _on_window(self, w: Window, out: list[InferenceRequest | Event]) -> None:
         self._counters["windows"] += 1
         seq = self._next_seq
         self._next_seq += 1
-        speech = True if self.gate is None else self.gate.decide(w.samples).speech
+        decision: GateDecision | None = None if self.gate is None else self.gate.decide(w.samples)
+        speech = True if decision is None else decision.speech
         state: StreamState = "speech" if speech else "silence"
         if state != self._state:
             out.append(self._status(state, at_sample=w.end_sample))
@@ -327,6 +401,7 @@ class StreamCore:
             speech,
             resolved=not speech,
             envelope=envelope(w.samples) if speech and self.importance else None,
+            quality=measure(w.samples, self.sample_rate_hz) if speech and self.quality else None,
         )
         if speech:
             out.append(
@@ -342,6 +417,9 @@ class StreamCore:
             )
         else:
             self._counters["skipped_silence"] += 1
+        if self.cutter is not None:
+            for utterance in self.cutter.feed(w, decision):
+                self._request_utterance(utterance, out)
         while len(self._pending) > self.max_pending:
             out.extend(self._drain())
             if len(self._pending) <= self.max_pending:
@@ -352,6 +430,28 @@ class StreamCore:
             log.warning(
                 "stream %s: gave up waiting for the result of window %d", self.stream_id, old_seq
             )
+
+    def _request_utterance(self, u: Utterance, out: list[InferenceRequest | Event]) -> None:
+        seq = self._next_utterance
+        self._next_utterance += 1
+        quality = measure(u.samples, self.sample_rate_hz) if self.quality else None
+        self._utterances[seq] = _UtteranceSlot(u.start_sample, u.end_sample, u.truncated, quality)
+        out.append(
+            UtteranceRequest(
+                self.stream_id,
+                seq,
+                u.start_sample,
+                u.end_sample,
+                u.samples,
+                self.sample_rate_hz,
+                None if self.normalizer is None else self.normalizer.stats(),
+                u.truncated,
+            )
+        )
+        while len(self._utterances) > self.max_pending:
+            old, _ = self._utterances.popitem(last=False)
+            self._counters["lost_results"] += 1
+            log.warning("stream %s: gave up waiting for utterance %d", self.stream_id, old)
 
     # ---------------------------------------------------------------- results
     def _slot_for(self, seq: int) -> _Slot | None:
@@ -421,6 +521,72 @@ class StreamCore:
         slot.resolved = True
         self._counters["skipped_stale" if reason == "stale" else "inference_errors"] += 1
         return self._drain()
+
+    def _utterance_slot(self, seq: int) -> _UtteranceSlot | None:
+        if not 0 <= seq < self._next_utterance:
+            raise ValueError(f"stream {self.stream_id}: no utterance with seq {seq} was requested")
+        slot = self._utterances.pop(seq, None)
+        if slot is None:
+            self._counters["late_results"] += 1
+            log.info(
+                "stream %s: dropped late or duplicate answer for utterance %d", self.stream_id, seq
+            )
+        return slot
+
+    def on_utterance_result(
+        self,
+        seq: int,
+        probs: np.ndarray,
+        tokens_in: int,
+        tokens_kept: int,
+        latency_ms: float,
+    ) -> list[Event]:
+        """The model's probabilities for utterance ``seq``: its ``emotion.utterance`` event
+        (or, for invalid probabilities, counted in ``bad_results`` as for windows)."""
+        slot = self._utterance_slot(seq)
+        if slot is None:
+            return []
+        try:
+            checked = self.smoother.check_probs(probs)
+        except ValueError as e:
+            first = self._counters["bad_results"] == 0
+            self._counters["bad_results"] += 1
+            log.error("stream %s: utterance %d: %s", self.stream_id, seq, e)
+            if not first:
+                return []
+            assert self._state is not None
+            detail = f"model output for utterance {seq} rejected: {e}; later ones are only counted"
+            return [self._status(self._state, detail)]
+        scores = dict(zip(self.labels, (float(p) for p in checked), strict=True))
+        best = int(np.argmax(checked))
+        arousal, valence = arousal_valence(scores)
+        self._counters["utterances"] += 1
+        return [
+            EmotionUtterance(
+                stream_id=self.stream_id,
+                seq=seq,
+                audio_start_ms=self._ms(slot.start_sample),
+                audio_end_ms=self._ms(slot.end_sample),
+                label=self.labels[best],
+                confidence=float(checked[best]),
+                scores=scores,
+                arousal=arousal,
+                valence=valence,
+                tokens_in=int(tokens_in),
+                tokens_kept=int(tokens_kept),
+                latency_ms=float(latency_ms),
+                model=self.model_info,
+                truncated=slot.truncated,
+                quality=slot.quality,
+            )
+        ]
+
+    def on_utterance_skipped(self, seq: int, reason: str = "stale") -> list[Event]:
+        """The worker did not classify utterance ``seq``: ``reason="stale"`` counts in
+        ``skipped_utterances``, anything else in ``inference_errors``."""
+        if self._utterance_slot(seq) is not None:
+            self._counters["skipped_utterances" if reason == "stale" else "inference_errors"] += 1
+        return []
 
     def _drain(self) -> list[Event]:
         out: list[Event] = []
@@ -500,4 +666,5 @@ class StreamCore:
             latency_ms=slot.latency_ms,
             model=self.model_info,
             importance=slot.importance,
+            quality=slot.quality,
         )

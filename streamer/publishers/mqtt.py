@@ -1,4 +1,4 @@
-"""MQTT 5 publisher (aiomqtt): estimates, state, status and alerts per stream.
+"""MQTT 5 publisher (aiomqtt): estimates, utterances, state, status and alerts per stream.
 
 Topics under ``prefix`` (default ``emotion``), with ``<sid>`` the stream id
 made topic-safe (``/``, ``+``, ``#`` and NUL become ``_``):
@@ -7,6 +7,7 @@ made topic-safe (``/``, ``+``, ``#`` and NUL become ``_``):
 topic                                 retained  published on
 ====================================  ========  ==========================
 ``<prefix>/<sid>/estimate``           no        ``emotion.estimate``
+``<prefix>/<sid>/utterance``          no        ``emotion.utterance``
 ``<prefix>/<sid>/state``              yes       ``emotion.transition``
 ``<prefix>/<sid>/status``             yes       ``stream.status``
 ``<prefix>/<sid>/alert``              no        ``alert``
@@ -21,14 +22,15 @@ should treat a stream as live only if ``_daemon/status`` is ``online`` AND the
 stream's own ``/status`` is not ``offline`` (after a crash, stream statuses
 keep their last value and only the daemon status flips).
 
-Delivery. ``publish()`` never blocks or raises. Estimates and alerts wait in
-a bounded queue (``max_queue`` in all); when it is full the OLDEST ESTIMATE
-is dropped (an alert only when no estimate is queued), and every drop is
+Delivery. ``publish()`` never blocks or raises. Estimates, utterances and
+alerts wait in a bounded queue (``max_queue`` in all); when it is full the
+OLDEST ESTIMATE is dropped (an utterance or alert only when no estimate is
+queued: one of them stands for many estimates), and every drop is
 counted, per stream too (``stats.lost_by_stream``: each stream's status
 carries it as ``lost_mqtt``). Retained messages are never dropped: only the
 latest value per topic is kept (an older one not yet sent is superseded and
-counted in ``superseded``); they are sent first, then alerts, then
-estimates, and re-sent after every reconnect (so a broker restarted without
+counted in ``superseded``); they are sent first, then alerts and utterances
+(in the order they came), then estimates, and re-sent after every reconnect (so a broker restarted without
 persistence gets them back). What is still queued when the publisher closes
 is counted as lost. A background task connects and reconnects forever with
 jittered exponential backoff (``reconnect_min_s`` .. ``reconnect_max_s``);
@@ -66,6 +68,7 @@ log = logging.getLogger(__name__)
 #: event type -> (topic suffix, retained)
 ROUTES: dict[str, tuple[str, bool]] = {
     "emotion.estimate": ("estimate", False),
+    "emotion.utterance": ("utterance", False),
     "emotion.transition": ("state", True),
     "stream.status": ("status", True),
     "alert": ("alert", False),
@@ -106,9 +109,9 @@ class MqttStats(PublisherStats):
 
 
 class _Outbox:
-    """Estimates and alerts waiting for the broker, ``maxsize`` in all. When full,
-    the oldest estimate makes room (the oldest alert only when no estimate is left);
-    alerts go out before estimates."""
+    """Estimates, utterances and alerts waiting for the broker, ``maxsize`` in all. When
+    full, the oldest estimate makes room (the oldest alert or utterance, which share the
+    ``alerts`` queue, only when no estimate is left); they go out before estimates."""
 
     def __init__(self, maxsize: int) -> None:
         self.maxsize = maxsize
@@ -209,7 +212,7 @@ class MqttPublisher:
         self._props.ContentType = "application/json"
 
     def topic(self, stream_id: str, kind: str) -> str:
-        """The topic of ``kind`` (estimate, state, status, alert) for ``stream_id``."""
+        """The topic of ``kind`` (estimate, utterance, state, status, alert) for ``stream_id``."""
         return f"{self.prefix}/{topic_segment(stream_id)}/{kind}"
 
     # -- publishing ---------------------------------------------------------

@@ -5,7 +5,8 @@ Protocol on ``path`` (default ``/ws``):
 
 * on connect the server sends ``{"type": "hello", "v": 1, "streams": [...],
   "last_status": {sid: status event}, "last_estimate": {sid: estimate},
-  "transitions": {sid: [its last transitions, oldest first]}}`` and, when
+  "transitions": {sid: [its last transitions, oldest first]},
+  "utterances": {sid: [its last utterances, oldest first]}}`` and, when
   estimates carry token importance, ``"last_importance": {sid: the last
   estimate that had it}``;
 * then every event as one JSON text message;
@@ -373,6 +374,7 @@ class WebSocketPublisher:
                 for sid, est in last.items()
             },
             "transitions": snap.get("transitions", {}),
+            "utterances": snap.get("utterances", {}),
         }
         if self.importance:
             hello["last_importance"] = snap.get("last_importance", {})

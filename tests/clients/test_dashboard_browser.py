@@ -13,8 +13,15 @@ from typing import Any
 import pytest
 from playwright.async_api import Browser, ConsoleMessage, Page, async_playwright, expect
 
-from streamer.core.events import EmotionEstimate, EmotionTransition, StreamStatus
+from streamer.core.events import (
+    EmotionEstimate,
+    EmotionTransition,
+    EmotionUtterance,
+    Quality,
+    StreamStatus,
+)
 from streamer.publishers.base import encode
+from streamer.publishers.websocket import WebSocketPublisher
 from tests.fixtures.publishers import websocket_publisher
 from tests.fixtures.services import require_binary
 
@@ -229,3 +236,105 @@ async def _until(page: Page, cond: Any, timeout_ms: int = WAIT_MS) -> None:
             raise AssertionError("condition not met in time")
         await page.wait_for_timeout(50)
         waited += 50
+
+
+EMODB7 = ("neutral", "happiness", "anger", "sadness", "fear", "disgust", "boredom")
+ODD = ("fear", "disgust", "surprise", "boredom", "awe", "calmness", "irony")  # 3 unknown labels
+COUNT_MIC_REQUESTS = """
+window.__micRequests = 0;
+if (navigator.mediaDevices) {
+  navigator.mediaDevices.getUserMedia = () => {
+    window.__micRequests++;
+    return Promise.reject(new Error("test: no microphone"));
+  };
+}
+"""
+
+
+def utterance(
+    sid: str, seq: int, label: str, p: float, labels: tuple[str, ...], quality: Quality
+) -> dict[str, Any]:
+    return EmotionUtterance(
+        sid, seq, seq * 3000, seq * 3000 + 2100, label, p, _scores(labels, label, p), 0.2, -0.1,
+        105, 70, 61.0, {"name": "dropformer", "frontend": "logmel80", "rev": "test"},
+        truncated=seq == 2, quality=quality,
+    ).to_dict()  # fmt: skip
+
+
+async def test_utterances_quality_flags_label_colours_and_microphone_consent(
+    browser: Browser,
+) -> None:
+    errors: list[str] = []
+    page = await browser.new_page(viewport={"width": 1360, "height": 1000})
+    page.on("pageerror", lambda exc: errors.append(f"pageerror: {exc}"))
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    await page.add_init_script(COUNT_MIC_REQUESTS)
+    clean = Quality(-21.0, 0.0, 38.0, 5200.0, False)
+    phone = Quality(-24.0, 0.0, 31.0, 3100.0, True)
+    noisy = Quality(-15.0, 0.03, 4.0, 7800.0, False)
+
+    async def show(pub: WebSocketPublisher) -> dict[str, str]:
+        """Publish the events; return each legend label's colour once all are shown."""
+        speech_window = {**estimate("emo", 0, "anger", 0.6, EMODB7), "quality": phone.to_dict()}
+        pub.publish(encode(speech_window))
+        pub.publish(encode(estimate("odd", 0, "awe", 0.5, ODD)))
+        for seq, (label, q) in enumerate([("fear", clean), ("boredom", noisy), ("anger", clean)]):
+            pub.publish(encode(utterance("emo", seq, label, 0.55 + seq / 10, EMODB7, q)))
+        await expect(page.locator("#legend li")).to_have_count(
+            len(set(EMODB7 + ODD)), timeout=WAIT_MS
+        )
+        return dict(
+            await page.locator("#legend .lchip").evaluate_all(
+                "els => els.map(e => [e.querySelector('.lname').textContent,"
+                " getComputedStyle(e.querySelector('.swatch')).backgroundColor])"
+            )
+        )
+
+    async with websocket_publisher(port=0, static_dir=DASHBOARD_DIR) as pub:
+        await page.goto(f"http://127.0.0.1:{pub.port}/")
+        await expect(page.locator("#conn-text")).to_have_text("connected", timeout=WAIT_MS)
+        await _until(page, lambda: len(pub.clients) == 1)
+        colours = await show(pub)
+        # every label of every label set gets a colour of its own
+        assert len(set(colours.values())) == len(colours), colours
+
+        emo = card(page, "emo")
+        rows = emo.locator('[data-role="utterances"] li.utterance')
+        await expect(rows).to_have_count(3, timeout=WAIT_MS)
+        await expect(rows.nth(0)).to_contain_text("6.0 s – 8.1 s")  # newest first
+        await expect(rows.nth(0)).to_contain_text("anger")
+        await expect(rows.nth(0)).to_contain_text("75%")
+        await expect(rows.nth(0)).to_contain_text("last part")  # truncated
+        await expect(rows.nth(1).locator(".u-warn")).to_contain_text("clipping 3%")
+        await expect(rows.nth(1).locator(".u-warn")).to_contain_text("low SNR")
+        await expect(rows.nth(0).locator(".u-warn")).to_have_count(0)
+        await expect(rows.nth(2)).to_contain_text("fear")
+        quality = emo.locator('[data-role="quality"]')
+        await expect(quality).to_be_visible()
+        await expect(quality).to_have_attribute("data-warn", "telephone band")
+        await expect(quality).to_contain_text("SNR 31 dB")
+        await expect(card(page, "odd").locator('[data-role="utterances"] li')).to_have_text(
+            "none yet"
+        )
+
+        # the microphone: nothing is asked of the browser until the page's consent is given
+        await page.locator("#mic-button").click()
+        consent = page.locator("#mic-consent")
+        await expect(consent).to_be_visible()
+        await expect(consent).to_contain_text("expressed in the voice")
+        await expect(consent).to_contain_text("not what the speaker feels")
+        assert await page.evaluate("window.__micRequests") == 0
+        await page.locator("#mic-cancel").click()
+        await expect(consent).to_be_hidden()
+        assert await page.evaluate("window.__micRequests") == 0
+        await page.locator("#mic-button").click()
+        await page.locator("#mic-accept").click()
+        await expect(page.locator("#mic-status")).to_contain_text("test: no microphone")
+        assert await page.evaluate("window.__micRequests") == 1
+
+        # the same labels get the same colours after a reload
+        await page.reload()
+        await expect(page.locator("#conn-text")).to_have_text("connected", timeout=WAIT_MS)
+        await _until(page, lambda: len(pub.clients) == 1)
+        assert await show(pub) == colours
+    assert errors == [], errors

@@ -75,6 +75,13 @@ async def test_call_leg_alert_and_browser_microphone_on_the_page(tmp_path: Path)
                 "offline", timeout=WAIT_MS
             )
             assert len(tap.of("alert", f"{CALL_SID}.caller")) == 1
+            # the whole call (gate off: one utterance) in the utterance list, flagged as
+            # telephone band: the caller's audio came at 8 kHz
+            heard = leg.locator('[data-role="utterances"] li.utterance')
+            await expect(heard).to_have_count(1, timeout=WAIT_MS)
+            await expect(heard.locator(".u-warn")).to_contain_text("telephone band")
+            (utt,) = tap.of("emotion.utterance", f"{CALL_SID}.caller")
+            assert utt["quality"]["telephone_band"] is True and utt["label"] in LABELS.pattern
             await expect(
                 page.locator(f'article.card[data-stream="{CALL_SID}.agent"]')
             ).to_have_count(0)

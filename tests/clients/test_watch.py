@@ -12,7 +12,14 @@ from typing import Any
 
 import pytest
 
-from streamer.core.events import Alert, EmotionEstimate, EmotionTransition, StreamStatus
+from streamer.core.events import (
+    Alert,
+    EmotionEstimate,
+    EmotionTransition,
+    EmotionUtterance,
+    Quality,
+    StreamStatus,
+)
 from streamer.publishers.base import encode
 from streamer.publishers.websocket import WebSocketPublisher
 from tests.fixtures.publishers import websocket_publisher
@@ -110,6 +117,22 @@ async def test_human_format_with_stream_filter() -> None:
             StreamStatus("mic1", "speech", i * 500, {"windows": i, "inferred": i}).to_dict(),
             EmotionTransition("mic1", i, i * 500, "neutral", "angry", 0.66).to_dict(),
             Alert("mic1", "sustained_anger", "warning", "angry for 10 s", i * 500).to_dict(),
+            EmotionUtterance(
+                "mic1",
+                i,
+                i * 500,
+                i * 500 + 2300,
+                "happy",
+                0.64,
+                {"neutral": 0.2, "happy": 0.64, "angry": 0.1, "sad": 0.06},
+                0.3,
+                0.5,
+                115,
+                60,
+                90.0,
+                {"name": "dropformer", "frontend": "logmel80", "rev": "t"},
+                quality=Quality(-20.0, 0.0, 6.5, 3200.0, True),
+            ).to_dict(),
             estimate("mic1", i, "angry", 0.81),
         ]
 
@@ -128,6 +151,10 @@ async def test_human_format_with_stream_filter() -> None:
         out
     )
     assert any("ALERT WARNING sustained_anger" in line for line in lines), out
+    assert any(
+        "== utterance happy" in line and "0.64" in line and "SNR 6 dB, telephone band" in line
+        for line in lines
+    ), out
     assert any("status SPEECH" in line for line in lines), out
     assert all(line.split()[1] == "mic1" for line in lines), out
     assert not [line for line in lines if line.startswith("{")], "human format printed JSON"

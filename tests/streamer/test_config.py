@@ -47,6 +47,9 @@ def test_default_yaml_documents_the_built_in_defaults() -> None:
         ),
         ("streams=[{id: a}, {id: a}]", "repeated: ['a']"),
         ("gate.kind=loud", "gate.kind"),
+        ("utterance.min_s=20", "set utterance.min_s <= 10.0 or raise utterance.max_s"),
+        ("utterance.max_s=0", "utterance.max_s"),
+        ("quality.enabled=maybe", "quality.enabled"),
     ],
 )
 def test_bad_values_name_the_key(override: str, expected: str) -> None:

@@ -18,6 +18,7 @@ import pytest
 
 from dropformer.configio import validate
 from streamer.config import DaemonConfig
+from streamer.core.events import validate_event
 from streamer.daemon import Daemon
 from tests.fixtures.services import MosquittoBroker, VirtualMic
 
@@ -49,7 +50,7 @@ async def collect(
     return got
 
 
-async def test_robot_subscriber_sees_estimates_state_and_status(
+async def test_robot_subscriber_sees_estimates_utterances_state_and_status(
     mosquitto_broker: MosquittoBroker, tiny_checkpoint: Path
 ) -> None:
     wav = DATA / "emodb" / "03a01Wa.wav"
@@ -67,10 +68,15 @@ async def test_robot_subscriber_sees_estimates_state_and_status(
         collect(
             mosquitto_broker,
             "emotion/agent/#",
-            lambda ms: any(
-                m.topic.matches("emotion/agent/status")
-                and json.loads(m.payload)["state"] == "offline"
-                for m in ms
+            # retained topics go out first (the publisher's order), so the stream's last
+            # utterance may follow its offline status: wait for both
+            lambda ms: (
+                any(
+                    m.topic.matches("emotion/agent/status")
+                    and json.loads(m.payload)["state"] == "offline"
+                    for m in ms
+                )
+                and any(m.topic.matches("emotion/agent/utterance") for m in ms)
             ),
             60,
         )
@@ -82,6 +88,10 @@ async def test_robot_subscriber_sees_estimates_state_and_status(
     estimates = [json.loads(m.payload) for m in live if m.topic.matches("emotion/agent/estimate")]
     assert len(estimates) >= 1 and estimates[0]["stream_id"] == "agent"
     assert any(m.topic.matches("emotion/agent/state") for m in live)
+    # gate none: the whole file is one utterance, classified at the end of the stream
+    (utterance,) = [m for m in live if m.topic.matches("emotion/agent/utterance")]
+    validate_event(json.loads(utterance.payload))
+    assert not utterance.retain and json.loads(utterance.payload)["seq"] == 0
     # A robot that connects now gets the retained state (current label) and status at once.
     late = await collect(
         mosquitto_broker, "emotion/#", lambda ms: len({str(m.topic) for m in ms}) >= 3, 10

@@ -330,7 +330,8 @@ async def test_200_sessions_leave_nothing_behind(tmp_path: Path) -> None:
             not p.stats.lost_by_stream for _, p in daemon.hub.publishers
         )
         assert daemon.hub.snapshot() == {"streams": [], "last_status": {}, "last_estimate": {},
-                                         "last_importance": {}, "transitions": {}}  # fmt: skip
+                                         "last_importance": {}, "transitions": {},
+                                         "utterances": {}}  # fmt: skip
         assert health["network"]["active"] == 0 and health["ended_streams"]["streams"] == 220
         assert health["ended_streams"]["inferred"] == 220
         assert sum(grown.values()) < 300, (

@@ -86,6 +86,17 @@ async def test_windows_the_model_cannot_take_are_refused_at_start_up(tmp_path: P
     assert counters["inferred"] == counters["windows"] > 20 and counters["inference_errors"] == 0
 
 
+async def test_utterances_the_model_cannot_take_are_refused_at_start_up(tmp_path: Path) -> None:
+    wav = speech(tmp_path, "03a01Wa.wav")
+    streams = [{"id": "a", "source": {"path": str(wav), "realtime": False}}]
+    cfg = daemon_cfg("emodb_logmel", streams, "utterance.min_s=0.02")
+    with pytest.raises(ConfigError) as err:
+        async with Daemon(cfg):
+            pass
+    assert "utterance.min_s=0.02 s" in str(err.value)
+    assert "set utterance.min_s to at least" in str(err.value)
+
+
 async def test_a_neutral_label_the_model_lacks_is_refused(
     tiny_checkpoint: Path, tmp_path: Path
 ) -> None:

@@ -25,7 +25,11 @@ SPEECH = speech("03a01Wa.wav", "03a01Fa.wav")  # about 3.8 s, one speaker
 
 
 async def test_each_encoding_and_s16_equals_f32() -> None:
-    async with running(daemon_config()) as (daemon, tap, url):
+    # A model without per-stream normalisation: at 10x real time a stream-normalised model
+    # normalises a window with the statistics known when it is requested, which depends on how
+    # far the worker lags (by design, live); this test is about the encodings only.
+    logmel = Path(__file__).parents[2] / "dropformer" / "pretrained" / "emodb_logmel"
+    async with running(daemon_config(logmel)) as (daemon, tap, url):
         s16 = await ingest_session(url, "enc.s16", SPEECH, encoding="pcm_s16le")
         f32 = await ingest_session(url, "enc.f32", SPEECH, encoding="pcm_f32le")
         mulaw = await ingest_session(

@@ -143,9 +143,14 @@ def read_manifest(path: Path) -> list[tuple[Path, Path, dict[str, str]]]:
     if not rows:
         raise DataError(f"manifest {str(path)!r} lists no recordings; add rows with a path")
     out = []
-    for rel, extra in rows:
-        audio = path.parent / rel
-        out.append((audio, Path(rel).with_suffix(""), extra))
+    for n, (rel, extra) in enumerate(rows, 1):
+        name = Path(rel).name
+        if not name or name in (".", ".."):
+            raise DataError(
+                f"manifest {str(path)!r}: recording {n} has no file name in its path {rel!r}; "
+                "give each row the path of an audio file"
+            )
+        out.append((path.parent / rel, Path(rel).with_suffix(""), extra))
     return out
 
 

@@ -33,6 +33,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from websockets.datastructures import Headers
+from websockets.exceptions import InvalidHeader
 from websockets.http11 import Response
 
 from streamer.access import AccessPolicy
@@ -332,9 +333,9 @@ def _parse_head(head: bytes) -> tuple[str, str, Headers]:
     try:
         method, target = parts[0].decode("ascii"), parts[1].decode("ascii")
         message = http.client.parse_headers(io.BytesIO(rest + b"\r\n\r\n"))
-    except (UnicodeDecodeError, http.client.HTTPException) as exc:
+        return method, target, Headers(list(message.items()))
+    except (UnicodeDecodeError, http.client.HTTPException, InvalidHeader) as exc:
         raise ValueError(str(exc)) from exc
-    return method, target, Headers(list(message.items()))
 
 
 def _retrieved(fut: asyncio.Future[Any]) -> None:

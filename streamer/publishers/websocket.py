@@ -543,6 +543,14 @@ class WebSocketPublisher:
             return self._refuse(conn, refusal)
         if websocket:
             return None  # WebSocket handshake
+        if path in self._post_routes:
+            response = self._response(
+                http.HTTPStatus.METHOD_NOT_ALLOWED,
+                f"{path} takes POST requests (docs/analyze.md)\n".encode(),
+                "text/plain; charset=utf-8",
+            )
+            response.headers["Allow"] = "POST"
+            return response
         if path == "/healthz":
             authenticated = self.access.token is not None and self.access.authenticated(
                 request.path, request.headers

@@ -275,3 +275,39 @@ def test_utterance_rows_for_real_speech(tmp_path: Path, tiny_checkpoint: Path) -
 def test_missing_target_is_a_clear_error(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     assert cli(["analyze", str(tmp_path / "nope.wav")]) == 2
     assert "nope.wav' does not exist; pass an audio file" in caplog.text
+
+
+def test_report_draws_utterances_in_their_labels_colours(tmp_path: Path) -> None:
+    from matplotlib.colors import to_rgb
+
+    from streamer.analysis import FileAnalysis, StreamResult
+    from streamer.report import draw_reports, label_colour
+
+    wav = EMODB / "03a01Wa.wav"
+    utt = EmotionUtterance(
+        "s", 0, 200, 1700, "angry", 0.8, {c: 0.8 if c == "angry" else 0.05 for c in LABELS},
+        0.7, -0.5, 90, 60, 12.0, MODEL,
+    )  # fmt: skip
+    parsed = [
+        StreamStatus("s", "online", 0),
+        estimate(0, 0, 1000, "sad"),
+        estimate(1, 0, 1870, "angry"),
+        EmotionTransition("s", 1, 1870, "sad", "angry", 0.7),
+        utt,
+        StreamStatus("s", "offline", 1877),
+    ]
+    events = [e.to_dict() for e in parsed]
+    summary = summarize(parsed, LABELS)
+    fa = FileAnalysis(
+        AnalysisInput(wav, "x"), LABELS, MODEL, [], events,
+        [StreamResult("s", None, summary, utterance_rows(parsed))], 1.877, 1, 16000,
+    )  # fmt: skip
+    (png_path,) = draw_reports(fa, tmp_path)
+    import matplotlib.image
+
+    png = matplotlib.image.imread(png_path)[..., :3]
+    strip = png[430:470, 200:700].reshape(-1, 3)  # the utterance lane
+    angry = np.array(to_rgb(label_colour("angry")))
+    assert (np.abs(strip - angry).max(axis=1) < 0.02).mean() > 0.3
+    assert label_colour("angry") != label_colour("sad") == label_colour("sad")
+    assert label_colour("zorn") == label_colour("zorn")  # any label set: stable colours

@@ -8,6 +8,7 @@ import asyncio
 import http.client
 import json
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -121,6 +122,7 @@ def test_an_emodb_recording_is_analysed(daemon: Running) -> None:
         validate_event(event)
     status, _, doc = post(daemon.port, wav, {**AUTH, "Content-Type": "audio/wav"})
     assert status == 200 and "timeline" not in doc  # only when asked
+    assert not list(Path(tempfile.gettempdir()).glob("emotion-monitor-upload-*"))  # nothing kept
 
 
 def test_stereo_upload_separate_channels(daemon: Running, tmp_path: Path) -> None:
@@ -166,6 +168,11 @@ def test_refusals_name_the_problem(daemon: Running) -> None:
         daemon.port, wav, {**AUTH, "Content-Type": "audio/wav", "Host": "evil.example"}
     )
     assert status == 403 and "access.allowed_hosts" in doc["error"]
+    conn = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=10)
+    conn.request("GET", "/v1/analyze")
+    resp = conn.getresponse()
+    assert resp.status == 405 and resp.getheader("Allow") == "POST" and b"POST" in resp.read()
+    conn.close()
     origin = {"Origin": "http://evil.example"}
     status, _, doc = post(daemon.port, wav, {**AUTH, "Content-Type": "audio/wav", **origin})
     assert status == 403 and "access.allowed_origins" in doc["error"]

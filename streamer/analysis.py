@@ -511,6 +511,7 @@ class Analyzer:
         self.cfg = cfg
         self._own = backend is None
         self.backend: Any = backend
+        self._told_agent = False
 
     async def __aenter__(self) -> Analyzer:
         if self._own:
@@ -553,11 +554,11 @@ class Analyzer:
                 f"analyze.channel_names names {len(names)} ({names}); give one name per channel"
             )
         agent = self.cfg.ingest.twilio.outbound_name
-        if agent in names and not self.cfg.ingest.analyse_agent:
+        if agent in names and not self.cfg.ingest.analyse_agent and not self._told_agent:
+            self._told_agent = True  # once per run, not once per recording
             log.warning(
-                "%s: channel %r is not analysed: emotion recognition of workers is prohibited in "
+                "channel %r is not analysed: emotion recognition of workers is prohibited in "
                 "the EU (AI Act Art. 5(1)(f)); set ingest.analyse_agent=true where it is lawful",
-                item.path,
                 agent,
             )
         return [

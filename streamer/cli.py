@@ -39,6 +39,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "streamer.commands.devices",
         "list audio input devices and their native sample rates",
     ),
+    "analyze": (
+        "streamer.commands.analyze",
+        "analyse recordings: timelines, utterance tables, summaries, reports",
+    ),
     "watch": ("streamer.commands.watch", "print live estimates from a running monitor"),
     "send": ("streamer.commands.send", "stream a file or the microphone to a remote monitor"),
     "robot": (

@@ -165,6 +165,8 @@ class FileSourceConfig(StrictModel):
     """Start again at the end (the demo loops)."""
     block_ms: float = Field(100.0, ge=1, le=10000)
     """Size of the blocks read from the file, in milliseconds (reads are also bounded in bytes)."""
+    channel: int | None = Field(None, ge=0, lt=MAX_CHANNELS)
+    """Analyse only this channel (0 = first; one leg of a stereo call recording); null = mix all to mono."""
 
 
 class MicrophoneSourceConfig(StrictModel):
@@ -559,6 +561,58 @@ class AlertsConfig(StrictModel):
         return rules
 
 
+CHANNEL_NAME = r"^[A-Za-z0-9_-]{1,32}$"
+
+
+class AnalyzeConfig(StrictModel):
+    """``emotion-monitor analyze``: recordings through the daemon, as fast as it goes (docs/analyze.md)."""
+
+    channels: Literal["mix", "separate"] = "mix"
+    """mix: average the channels to one stream; separate: one stream per channel (a stereo call
+    recording: each leg on its own, as the live Twilio legs are)."""
+    channel_names: list[Annotated[str, Field(pattern=CHANNEL_NAME)]] | None = None
+    """Names of the channels with channels=separate, e.g. [agent, customer] (streams <file>.<name>);
+    null = ch0, ch1, ... A file with another number of channels is refused. A channel named like
+    ingest.twilio.outbound_name (agent) is analysed only with ingest.analyse_agent=true."""
+    out_dir: str = "analysis"
+    """Folder the results are written to (one sub-folder per recording)."""
+    report: bool = False
+    """Also draw one PNG per recording and channel, and an index.html (needs matplotlib)."""
+    workers: int = Field(1, ge=1, le=64)
+    """Recordings analysed at once, each worker process with its own model."""
+
+    @field_validator("channel_names")
+    @classmethod
+    def _unique_names(cls, names: list[str] | None) -> list[str] | None:
+        if names is not None:
+            dupes = sorted({n for n in names if names.count(n) > 1})
+            if dupes or not names:
+                raise ValueError(
+                    f"channel names must be unique and at least one; got {names}: "
+                    "e.g. analyze.channel_names=[agent,customer]"
+                )
+        return names
+
+
+class ApiConfig(StrictModel):
+    """``POST /v1/analyze`` on publish.websocket's port: analyse an uploaded recording (docs/analyze.md)."""
+
+    enabled: bool = True
+    """Serve the endpoint (same token and Host/Origin checks as /ws); its own model is loaded
+    on the first request and kept."""
+    max_upload_bytes: int = Field(50_000_000, ge=1024, le=2**31)
+    """Largest upload (the request body), bytes; larger is refused with 413 before it is read."""
+    max_concurrent: int = Field(1, ge=1, le=64)
+    """Analyses running at once; more are refused with 429 and Retry-After."""
+    timeout_s: float = Field(300.0, gt=0, le=86400)
+    """An analysis taking longer is stopped and answered with 503."""
+    upload_timeout_s: float = Field(60.0, gt=0, le=3600)
+    """The whole request (headers and body) must arrive within this many seconds (else 408)."""
+    keep_dir: str | None = None
+    """Keep each uploaded recording and its results in a new folder under this one; null = keep
+    nothing on disk after the answer."""
+
+
 class DaemonConfig(StrictModel):
     model: ModelConfig = Field(default_factory=ModelConfig)
     worker: WorkerConfig = Field(default_factory=WorkerConfig)
@@ -580,6 +634,10 @@ class DaemonConfig(StrictModel):
     """Alert rules and the optional webhook (docs/alerts.md)."""
     access: AccessConfig = Field(default_factory=AccessConfig)
     """Who may connect: token, allowed origins and host names, connection limits (SECURITY.md)."""
+    analyze: AnalyzeConfig = Field(default_factory=AnalyzeConfig)
+    """`emotion-monitor analyze`: channels, output folder, report, workers (docs/analyze.md)."""
+    api: ApiConfig = Field(default_factory=ApiConfig)
+    """POST /v1/analyze: upload limits and concurrency (docs/analyze.md)."""
     status_interval_s: float | None = Field(10.0, ge=0.1, le=86400)
     """Publish each stream's status (with fresh counters) at least this often, and log the
     running total of lost messages when it grew; null = statuses only on changes."""
@@ -613,14 +671,14 @@ class DaemonConfig(StrictModel):
             )
         if not ws.enabled:
             return self  # nothing listens
-        paths = [ws.path, "/healthz"]
+        paths = [ws.path, "/healthz"] + (["/v1/analyze"] if self.api.enabled else [])
         if self.network_enabled:
             paths += ([ing.path] if ing.enabled else []) + (
                 [ing.twilio.path] if ing.twilio.enabled else []
             )
         if len(set(paths)) != len(paths):
             raise ValueError(
-                f"ingest.path, ingest.twilio.path, publish.websocket.path and /healthz must differ; got {paths}"
+                f"ingest.path, ingest.twilio.path, publish.websocket.path, /healthz and /v1/analyze must differ; got {paths}"
             )
         token = self.access.bearer_token()
         if token is None and self.access.require_token:

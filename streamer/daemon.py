@@ -84,6 +84,7 @@ class Daemon:
         self.started_at = time.monotonic()
         self.alerts: AlertEvaluator | None = None
         self.network: Any = None  # NetworkStats once the network endpoints are set up
+        self.api: Any = None  # the POST /v1/analyze service, when served
         self.ended_streams: dict[str, int] = {"streams": 0}  # summed counters of released streams
         self._network_tasks: dict[str, asyncio.Task[dict[str, int]]] = {}
         self.with_audio: set[str] = set()  # streams whose source delivered audio
@@ -103,6 +104,9 @@ class Daemon:
             self.websocket = wiring.add_publishers(self.cfg, self.hub, health=self.health)
             self.alerts = wiring.add_alerts(self.cfg, self.backend.labels, self.hub)
             self._add_network()
+            self.api = wiring.add_api(self.cfg, self.websocket)  # POST /v1/analyze
+            if self.api is not None:
+                await stack.enter_async_context(self.api)
             if self.cfg.insecure:
                 log.warning(
                     "!!! listening on %s WITHOUT A TOKEN (access.allow_insecure): anyone who can reach "
@@ -199,6 +203,7 @@ class Daemon:
             "streams": {sid: self._counters(core) for sid, core in self.cores.items()},
             "hub": self.hub.stats(),
             **({"network": self.network.as_dict()} if self.network is not None else {}),
+            **({"api": self.api.stats()} if self.api is not None else {}),
             "ended_streams": dict(self.ended_streams),
             "lost": self.losses(),
             **(

@@ -35,6 +35,7 @@ from streamer.sources.base import OUTPUT_RATE_HZ, Source
 
 if TYPE_CHECKING:
     from streamer.core.alerts import AlertEvaluator
+    from streamer.http_api import AnalysisService
     from streamer.publishers.websocket import WebSocketPublisher
     from streamer.worker import InferenceBackend, InferenceWorker
 
@@ -144,7 +145,12 @@ def make_source(sc: StreamConfig) -> tuple[Source, bool]:
 
         path = src.path or str(demo_audio_path())
         return FileSource(
-            path, sc.id, realtime=src.realtime, block_ms=src.block_ms, loop=src.loop
+            path,
+            sc.id,
+            realtime=src.realtime,
+            block_ms=src.block_ms,
+            loop=src.loop,
+            channel=src.channel,
         ), src.realtime
     from streamer.sources.microphone import MicrophoneSource
 
@@ -186,6 +192,18 @@ def add_publishers(cfg: DaemonConfig, hub: Hub, *, health: Any = None) -> WebSoc
 
         hub.add(JsonlSink(p.jsonl), "jsonl")
     return websocket
+
+
+def add_api(cfg: DaemonConfig, websocket: WebSocketPublisher | None) -> AnalysisService | None:
+    """``POST /v1/analyze`` on the WebSocket server's port (None when ``api.enabled`` is off
+    or there is no server); enter the service before the server starts."""
+    if not cfg.api.enabled or websocket is None:
+        return None
+    from streamer.http_api import PATH, AnalysisService
+
+    service = AnalysisService(cfg)
+    websocket.add_post_route(PATH, service.route())
+    return service
 
 
 def add_alerts(cfg: DaemonConfig, labels: list[str], hub: Hub) -> AlertEvaluator | None:

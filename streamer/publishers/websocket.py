@@ -68,6 +68,7 @@ from streamer.publishers.base import (
     encode_json,
     should_log,
 )
+from streamer.publishers.http import HEAD_TIMEOUT_S, PostExchange, PostRoute
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +119,67 @@ class _Client:
 def _address(conn: ServerConnection) -> str:
     addr = conn.remote_address
     return str(addr[0]) if addr else "?"
+
+
+class _PortConnection(ServerConnection):
+    """A connection on the port. It waits for the first bytes: a ``POST`` to a route of
+    :meth:`WebSocketPublisher.add_post_route` is answered by a :class:`PostExchange`;
+    anything else (a WebSocket handshake, a GET) goes to websockets unchanged."""
+
+    publisher: WebSocketPublisher  # set on the subclass each server makes
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._pending: asyncio.BaseTransport | None = transport
+        self._first = b""
+        self._post: PostExchange | None = None
+        self._sniff_timer: asyncio.TimerHandle | None = self.loop.call_later(
+            HEAD_TIMEOUT_S,
+            transport.close,  # said nothing that tells what it is
+        )
+
+    def _decide(self, data: bytes) -> None:
+        transport, self._pending = self._pending, None
+        assert transport is not None
+        if self._sniff_timer is not None:
+            self._sniff_timer.cancel()
+            self._sniff_timer = None
+        if PostExchange.wants(data) and self.publisher._post_routes:
+            self._post = self.publisher._start_post(transport)  # type: ignore[arg-type]
+            self._post.feed(data)
+            return
+        super().connection_made(transport)
+        super().data_received(data)
+
+    def data_received(self, data: bytes) -> None:
+        if self._post is not None:
+            self._post.feed(data)
+        elif self._pending is None:
+            super().data_received(data)
+        else:
+            self._first += data
+            if PostExchange.wants(self._first) is not None:
+                first, self._first = self._first, b""
+                self._decide(first)
+
+    def eof_received(self) -> bool | None:  # type: ignore[override]
+        if self._post is not None:
+            self._post.eof()
+            return True  # the answer may still be written
+        if self._pending is not None:
+            return None  # closed before saying anything
+        super().eof_received()
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._post is not None:
+            self._post.lost()
+            return
+        if self._pending is not None:
+            if self._sniff_timer is not None:
+                self._sniff_timer.cancel()
+            self._pending = None
+            return
+        super().connection_lost(exc)
 
 
 @dataclass(frozen=True)
@@ -176,6 +238,9 @@ class WebSocketPublisher:
             snapshot = self._own_state.as_dict
         self._snapshot = snapshot
         self._routes: dict[str, _Route] = {}
+        self._post_routes: dict[str, PostRoute] = {}
+        self._posts: set[asyncio.Task[None]] = set()
+        self.posts_answered: dict[int, int] = {}  # HTTP status -> POST requests answered
         # Frames up to this size reach the handlers, which check their own (smaller) limits
         # and answer with their own message; larger ones websockets closes with 1009.
         self._max_message_bytes = max(64 * 1024, cfg.max_control_bytes + 1)
@@ -186,11 +251,13 @@ class WebSocketPublisher:
 
     # -- lifecycle ---------------------------------------------------------
     async def __aenter__(self) -> WebSocketPublisher:
+        connection = type("PortConnection", (_PortConnection,), {"publisher": self})
         try:
             self._server = await serve(
                 self._handle,
                 self.host,
                 self.port,
+                create_connection=connection,
                 process_request=self._process_request,
                 select_subprotocol=lambda _conn, offered: select_subprotocol(offered),
                 max_size=self._max_message_bytes,
@@ -219,6 +286,9 @@ class WebSocketPublisher:
         tb: TracebackType | None,
     ) -> None:
         server, self._server = self._server, None
+        for post in list(self._posts):  # uploads in progress end with the server
+            post.cancel()
+        await asyncio.gather(*self._posts, return_exceptions=True)
         if server is not None:
             server.close()
             await server.wait_closed()
@@ -248,6 +318,31 @@ class WebSocketPublisher:
             raise ConfigError(f"WebSocket path {path!r} is already served; choose another")
         self._routes[path] = _Route(handler, needs_token)
         self._max_message_bytes = max(self._max_message_bytes, max_message_bytes + 1)
+
+    def add_post_route(self, path: str, route: PostRoute) -> None:
+        """Answer ``POST path`` with ``route`` (see :mod:`streamer.publishers.http`)."""
+        if (
+            path == self.path
+            or path == "/healthz"
+            or path in self._routes
+            or path in self._post_routes
+        ):
+            raise ConfigError(f"path {path!r} is already served; choose another")
+        self._post_routes[path] = route
+
+    def _start_post(self, transport: asyncio.Transport) -> PostExchange:
+        peer = transport.get_extra_info("peername")
+        exchange = PostExchange(
+            transport,
+            self._post_routes,
+            self.access,
+            f"{peer[0]}:{peer[1]}" if peer else "?",
+            answered=self.posts_answered,
+        )
+        task = asyncio.get_running_loop().create_task(exchange.run())
+        self._posts.add(task)
+        task.add_done_callback(self._posts.discard)
+        return exchange
 
     def forget(self, stream_id: str) -> None:
         """Drop what the publisher remembers of an ended stream."""
@@ -450,6 +545,14 @@ class WebSocketPublisher:
             return self._refuse(conn, refusal)
         if websocket:
             return None  # WebSocket handshake
+        if path in self._post_routes:
+            response = self._response(
+                http.HTTPStatus.METHOD_NOT_ALLOWED,
+                f"{path} takes POST requests (docs/analyze.md)\n".encode(),
+                "text/plain; charset=utf-8",
+            )
+            response.headers["Allow"] = "POST"
+            return response
         if path == "/healthz":
             authenticated = self.access.token is not None and self.access.authenticated(
                 request.path, request.headers
@@ -525,6 +628,8 @@ class WebSocketPublisher:
             "access": {"token_required": self.access.token is not None},
             "control_errors": dict(self.control_errors),
         }
+        if self._post_routes:
+            doc["posts_answered"] = {str(k): v for k, v in sorted(self.posts_answered.items())}
         if self._health is not None:
             doc.update(self._health())
         return doc

@@ -39,10 +39,12 @@ class FileSource:
             ``streams.N.source.block_ms`` checks the range). A block is also at most
             ``MAX_BLOCK_BYTES`` of samples, whatever the file's header says.
         loop: start over at the end of the file, forever (the demo uses it).
+        channel: analyse only this channel of the file (0 = the first; one leg of a
+            stereo call recording); ``None`` mixes every channel down to mono.
 
     A file with more than ``MAX_CHANNELS`` channels or a rate outside
     ``MIN_RATE_HZ`` .. ``MAX_RATE_HZ`` is refused (:class:`AudioError`) when the
-    source is entered. Reading a block of a local file takes microseconds, so it
+    source is entered, and so is a ``channel`` the file does not have. Reading a block of a local file takes microseconds, so it
     is done on the event loop. NaN samples pass through untouched (the core
     counts them).
     """
@@ -55,8 +57,10 @@ class FileSource:
         realtime: bool = True,
         block_ms: float = 100.0,
         loop: bool = False,
+        channel: int | None = None,
     ) -> None:
         self.path = Path(path)
+        self.channel = channel
         self.stream_id = stream_id
         self.sample_rate_hz = OUTPUT_RATE_HZ
         self.realtime = realtime
@@ -72,12 +76,20 @@ class FileSource:
             )
         self._file = open_audio(self.path)
         f = self._file
+        if self.channel is not None and not 0 <= self.channel < f.channels:
+            f.close()
+            self._file = None
+            raise AudioError(
+                f"audio file {str(self.path)!r} has {f.channels} channel(s), so it has no channel "
+                f"{self.channel}; use a channel from 0 to {f.channels - 1}, or mix the channels (null)"
+            )
         log.info(
-            "stream %s: file %s (%d Hz, %d ch, %.2f s)%s",
+            "stream %s: file %s (%d Hz, %d ch%s, %.2f s)%s",
             self.stream_id,
             self.path,
             f.samplerate,
             f.channels,
+            "" if self.channel is None else f", channel {self.channel}",
             f.frames / f.samplerate,
             ", looping" if self.loop else "",
         )
@@ -100,7 +112,10 @@ class FileSource:
         f = self._file
         if f is None:
             raise AudioError(f"FileSource {self.stream_id!r} is not open; use 'async with source:'")
-        resampler = StreamResampler(f.samplerate, OUTPUT_RATE_HZ, f.channels)
+        one = self.channel
+        resampler = StreamResampler(
+            f.samplerate, OUTPUT_RATE_HZ, 1 if one is not None else f.channels
+        )
         block_in = block_frames(f.samplerate, f.channels, self.block_ms)
         loop = asyncio.get_running_loop()
         t0 = loop.time()
@@ -121,7 +136,7 @@ class FileSource:
                     await self._pace(loop, t0, frame)
                     yield frame
                 return
-            frame = resampler.push(data)
+            frame = resampler.push(data if one is None else data[:, one])
             if frame.size == 0:
                 continue
             await self._pace(loop, t0, frame)

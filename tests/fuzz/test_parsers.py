@@ -461,3 +461,50 @@ def test_robot_client_payloads(payloads: list[str | bytes]) -> None:
         else:
             engine.feed(doc)  # malformed events are counted (stats.malformed), never raised
     assert engine.stats.events >= 0
+
+
+# -- POST /v1/analyze request heads, analyse manifests ----------------------------------
+header_lines = st.lists(
+    st.tuples(st.text(max_size=20), st.text(max_size=40)).map(lambda kv: f"{kv[0]}: {kv[1]}"),
+    max_size=8,
+)
+
+
+@given(
+    st.binary(max_size=400)
+    | st.builds(
+        lambda method, target, lines: "\r\n".join([f"{method} {target} HTTP/1.1", *lines]).encode(
+            "utf-8", "surrogatepass"
+        ),
+        st.sampled_from(["POST", "GET", "P\x00ST", ""]),
+        st.text(max_size=40),
+        header_lines,
+    )
+)
+@example(b"POST /v1/analyze HTTP/1.1\r\nContent-Length: 12\r\nHost: a")
+def test_post_request_heads(head: bytes) -> None:
+    from streamer.publishers.http import _parse_head
+
+    try:
+        method, target, headers = _parse_head(head)
+    except ValueError:
+        return
+    assert isinstance(method, str) and isinstance(target, str)
+    assert all(isinstance(k, str) and isinstance(v, str) for k, v in headers.raw_items())
+
+
+@given(st.binary(max_size=300) | st.text(max_size=300).map(str.encode), st.booleans())
+@example(b"path,x\n,1\n", False)
+@example(b'{"path": ".."}\n', True)
+def test_analyse_manifests(data: bytes, jsonl: bool) -> None:
+    from dropformer.errors import DataError
+    from streamer.analysis import read_manifest
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / ("m.jsonl" if jsonl else "m.csv")
+        path.write_bytes(data)
+        try:
+            rows = read_manifest(path)
+        except DataError:
+            return
+        assert rows and all(isinstance(extra, dict) for _, _, extra in rows)

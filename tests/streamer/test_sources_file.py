@@ -61,6 +61,21 @@ async def test_44k_stereo_is_mixed_down_and_resampled(tmp_path: Path) -> None:
     assert corr(out, original) > 0.99
 
 
+async def test_one_channel_of_a_stereo_file_is_that_channel_alone(tmp_path: Path) -> None:
+    angry, _ = sf.read(ANGRY, dtype="int16")
+    fear, _ = sf.read(FEAR, dtype="int16")
+    n = min(angry.size, fear.size)
+    path = tmp_path / "call.wav"
+    sf.write(path, np.stack([angry[:n], fear[:n]], axis=1), 16000, subtype="PCM_16")
+    for channel, alone in ((0, angry), (1, fear)):
+        out = await collect(FileSource(path, "c", realtime=False, channel=channel))
+        np.testing.assert_array_equal(out, alone[:n].astype(np.float32) / 32768.0)
+    with pytest.raises(
+        AudioError, match=r"has 2 channel\(s\), so it has no channel 2; use a channel from 0 to 1"
+    ):
+        await collect(FileSource(path, "c", realtime=False, channel=2))
+
+
 async def test_flac_and_ogg_are_read(tmp_path: Path) -> None:
     original, _ = sf.read(ANGRY, dtype="float32")
     for name in ("a.flac", "a.ogg"):

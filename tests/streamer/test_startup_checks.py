@@ -314,7 +314,7 @@ def test_every_subcommand_help_shows_its_own_arguments(name: str) -> None:
         assert flag in proc.stdout, (name, flag)
     example = re.search(r"e\.g\. --set ([A-Za-z0-9_.]+)=", " ".join(proc.stdout.split()))
     assert example is not None
-    models = {"run": DaemonConfig}
+    models = {"run": DaemonConfig, "analyze": DaemonConfig}
     if name in models:
         assert key_exists(models[name], example.group(1))
     elif name in ("watch", "send", "robot", "bench", "train", "evaluate", "ablate", "sweep"):

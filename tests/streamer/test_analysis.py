@@ -263,13 +263,18 @@ def test_analyze_gives_the_live_daemons_estimates(tmp_path: Path, tiny_checkpoin
     assert len(live) >= 2 and comparable(timeline) == comparable(live)
 
 
-@pytest.mark.xfail(reason="needs emotion.utterance from issue12-a", strict=False)
 def test_utterance_rows_for_real_speech(tmp_path: Path, tiny_checkpoint: Path) -> None:
     out = tmp_path / "out"
     assert cli(["analyze", str(EMODB / "03a01Wa.wav"), "--out", str(out), "--set", f"model.checkpoint={tiny_checkpoint}"]) == 0  # fmt: skip
     rows = read_csv(out / "03a01Wa" / "utterances.csv")
-    assert rows and all(float(r["end_s"]) > float(r["start_s"]) for r in rows)
+    assert len(rows) == 1  # one sentence: one utterance, within the file
+    duration_s = sf.info(str(EMODB / "03a01Wa.wav")).duration
+    assert (
+        0.0 <= float(rows[0]["start_s"]) < 0.5
+        and duration_s - 0.5 < float(rows[0]["end_s"]) <= duration_s + 0.05
+    )
     assert {f"score_{c}" for c in LABELS} <= set(rows[0]) and rows[0]["label"] in LABELS
+    assert sum(float(rows[0][f"score_{c}"]) for c in LABELS) == pytest.approx(1.0, abs=1e-3)
 
 
 def test_missing_target_is_a_clear_error(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

@@ -295,13 +295,18 @@ class WavLMFrontend(Frontend):
         dtype, conv_dtype = DTYPES[config.dtype], DTYPES[config.conv_dtype or config.dtype]
         load_name = config.products_dtype or config.dtype
         exact_convs = config.products_dtype is not None and config.conv_dtype == "float32"
-        load_dtype = DTYPES[load_name] if dtype == conv_dtype and not exact_convs else torch.float32
+        load_dtype = DTYPES[load_name] if dtype == conv_dtype else torch.float32
         source = str(config.model)
         if load_dtype != torch.float32:  # the weights' file pages, never an fp32 copy beside them
-            source = low_precision_copy(source, config.layer, load_name) or source
+            copy = low_precision_copy(source, config.layer, load_name)
+            if copy is None and exact_convs:
+                load_dtype = torch.float32  # no copy: load fp32, convert the products after
+            source = copy or source
         model = _quietly(
             lambda: WavLMModel.from_pretrained(source, config=wavlm_config, dtype=load_dtype)
         )
+        if exact_convs and load_dtype != torch.float32:  # the encoder's fp32 weights, read alone
+            _read_fp32(model.feature_extractor, str(config.model), "feature_extractor.")
         if config.products_dtype is not None:
             model.encoder.pos_conv_embed.conv.float()  # fold the weight norm in fp32
         _fold_weight_norm(model.encoder.pos_conv_embed.conv)
@@ -412,6 +417,22 @@ def write_low_precision_copy(source: str, folder: str, layers: str, dtype: str) 
     config.num_hidden_layers = int(layers)
     model = _quietly(lambda: WavLMModel.from_pretrained(source, config=config, dtype=DTYPES[dtype]))
     _quietly(lambda: model.save_pretrained(folder))
+
+
+def _read_fp32(module: nn.Module, source: str, prefix: str) -> None:
+    """Replace ``module``'s parameters by fp32 copies of the tensors ``prefix + name`` in the
+    safetensors file of ``source`` (only those are read; nothing keeps the file mapped)."""
+    from safetensors import safe_open
+    from transformers.utils import cached_file
+
+    path = str(cached_file(source, "model.safetensors"))
+    with safe_open(path, framework="pt") as f:
+        keys = set(f.keys())
+        for name, param in module.named_parameters():
+            key = next((k for k in (prefix + name, "wavlm." + prefix + name) if k in keys), None)
+            if key is None:
+                raise CheckpointError(f"{source!r} has no tensor {prefix + name!r}")
+            param.data = f.get_tensor(key).float().clone()
 
 
 def _quietly(load: Any) -> Any:

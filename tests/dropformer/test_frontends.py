@@ -225,3 +225,27 @@ def test_products_dtype_needs_float32_elsewhere() -> None:
         FrontendConfig(kind="wavlm", products_dtype="int8")
     with pytest.raises(ConfigError, match="set frontend.dtype: float32"):
         FrontendConfig(kind="wavlm", products_dtype="bfloat16", dtype="bfloat16")
+
+
+def test_wavlm_products_with_exact_convolutions(
+    tiny_wavlm_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """conv_dtype: float32 beside products_dtype keeps the convolutional encoder exact (its fp32
+    weights read alone from the original file, the layers from the bf16 copy)."""
+    from dropformer.precision import ProductLinear
+
+    monkeypatch.setenv("EMOTION_MONITOR_CACHE", str(tmp_path))
+    model = str(tiny_wavlm_dir)
+    exact = build_frontend(FrontendConfig(kind="wavlm", model=model, layer=3))
+    fast = build_frontend(
+        FrontendConfig(
+            kind="wavlm", model=model, layer=3, products_dtype="bfloat16", conv_dtype="float32"
+        )
+    )
+    wave = torch.randn(1, 16000) * 0.1
+    with torch.no_grad():
+        assert torch.equal(fast.wavlm.feature_extractor(wave), exact.wavlm.feature_extractor(wave))
+        a, _ = exact(wave, torch.tensor([16000]))
+        b, _ = fast(wave, torch.tensor([16000]))
+    assert isinstance(fast.wavlm.encoder.layers[0].feed_forward.output_dense, ProductLinear)
+    assert ((a - b).norm() / a.norm()) < 0.02

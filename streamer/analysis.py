@@ -364,6 +364,11 @@ def summarize(
     final = statuses[-1] if statuses else None
     share = {k: (v / speech_ms if speech_ms else 0.0) for k, v in by_label_ms.items()}
     n_q = quality["windows"]
+    utterances = [e for e in events if isinstance(e, EmotionUtterance)]
+    utt_ms: dict[str, int] = {}
+    for u in utterances:
+        utt_ms[u.label] = utt_ms.get(u.label, 0) + u.audio_end_ms - u.audio_start_ms
+    utt_total_ms = sum(utt_ms.values())
     return {
         "stream_id": stream_id,
         "channel": channel,
@@ -371,7 +376,11 @@ def summarize(
         "speech_s": speech_ms / 1000.0,
         "speech_share": speech_ms / duration_ms if duration_ms else 0.0,
         "estimates": len(estimates),
-        "utterances": sum(isinstance(e, EmotionUtterance) for e in events),
+        "utterances": len(utterances),
+        "utterance_s": utt_total_ms / 1000.0,
+        "utterance_label_share": {
+            k: round(v / utt_total_ms, 4) for k, v in utt_ms.items() if utt_total_ms
+        },
         "dominant_label": max(share, key=lambda k: share[k]) if speech_ms else None,
         "label_share": {k: round(v, 4) for k, v in share.items()},
         "longest_episode_s": {k: v / 1000.0 for k, v in longest_ms.items()},
@@ -411,6 +420,7 @@ def summary_row(
         "duration_s": s.get("duration_s", duration_s),
         "speech_s": s.get("speech_s"),
         "speech_share": _round(s.get("speech_share")),
+        "utterance_s": s.get("utterance_s"),
         "dominant_label": s.get("dominant_label"),
     }
     for label in labels:

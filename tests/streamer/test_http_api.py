@@ -112,7 +112,10 @@ def test_an_emodb_recording_is_analysed(daemon: Running) -> None:
     assert summary["labels"] == ["neutral", "happy", "angry", "sad"] and "file" not in summary
     (stream,) = summary["streams"]
     assert stream["stream_id"] == "call42" and stream["speech_s"] > 1.0
-    assert stream["dominant_label"] in summary["labels"] and doc["utterances"] == []
+    assert stream["dominant_label"] in summary["labels"]
+    [utt] = doc["utterances"]  # one sentence: one utterance, the model run once on all of it
+    assert utt["stream_id"] == "call42" and utt["label"] in summary["labels"]
+    assert 0.0 <= utt["start_s"] < utt["end_s"] and stream["utterances"] == 1
     spec = yaml.safe_load((ROOT / "docs" / "openapi.yaml").read_text())
     answer = {"$ref": "#/components/schemas/Analysis", "components": spec["components"]}
     jsonschema.Draft202012Validator(answer).validate(doc)  # as docs/openapi.yaml describes it

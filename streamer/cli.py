@@ -49,6 +49,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "streamer.commands.robot",
         "act on the estimates: rules -> robot, MQTT, webhook, ROS 2",
     ),
+    "serve-model": (
+        "streamer.commands.serve_model",
+        "serve the model as a shared Ray Serve inference tier for many gateways",
+    ),
     "bench": ("streamer.commands.bench", "measure inference time and audio-to-publish latency"),
     "train": ("dropformer.commands.train", "extract features and train DropFormer on a corpus"),
     "evaluate": (

@@ -51,7 +51,62 @@ class ModelConfig(StrictModel):
     """Run one window through the model at start-up so the first live window does not pay one-time costs."""
 
 
+APP_NAME = r"^[A-Za-z0-9_.-]{1,64}$"
+
+
+class RayConfig(StrictModel):
+    """The shared inference tier on Ray Serve (worker.backend: ray; docs/scale-out.md).
+    Gateways (`emotion-monitor run`) read the connection keys; `emotion-monitor serve-model`
+    reads the deployment keys, and worker.max_batch / worker.max_wait_ms for @serve.batch."""
+
+    address: str | None = None
+    """Ray cluster: "auto" (the cluster this node belongs to), "ray://host:10001" (Ray Client), or
+    "host:6379"; null = serve-model starts a local Ray, a gateway connects as with "auto"
+    (RAY_ADDRESS is honoured)."""
+    app_name: str = Field("emotion-model", pattern=APP_NAME)
+    """Serve application name; every gateway sharing the tier uses the same one."""
+    min_replicas: int = Field(1, ge=0, le=10000)
+    """serve-model: fewest model replicas (autoscaling lower bound; 0 scales to zero when idle)."""
+    max_replicas: int = Field(1, ge=1, le=10000)
+    """serve-model: most model replicas (autoscaling upper bound)."""
+    target_ongoing_requests: float = Field(8.0, gt=0)
+    """serve-model: windows in flight per replica that the autoscaler aims at (about 1-2 batches)."""
+    max_ongoing_requests: int = Field(32, ge=1)
+    """serve-model: windows one replica accepts at once (at least worker.max_batch, or batches stay small)."""
+    num_gpus: float | None = Field(None, ge=0)
+    """serve-model: GPUs per replica; null = 1 when the cluster has GPUs, else 0."""
+    num_cpus: float = Field(1.0, ge=0)
+    """serve-model: CPUs reserved per replica (model.threads is what torch uses)."""
+    request_timeout_s: float = Field(30.0, gt=0)
+    """Gateway: longest wait for one answer; past it the call counts as a lost connection."""
+    retry_min_s: float = Field(0.5, gt=0)
+    """Gateway: first back-off after a failed call or a missing application (doubles per failure)."""
+    retry_max_s: float = Field(10.0, gt=0)
+    """Gateway: longest back-off between retries."""
+    connect_timeout_s: float | None = Field(None, gt=0)
+    """Gateway: give up at start-up when the application is not up after this long; null = wait."""
+
+    @model_validator(mode="after")
+    def _check(self) -> RayConfig:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(
+                f"min_replicas ({self.min_replicas}) exceeds max_replicas ({self.max_replicas}); "
+                "set worker.ray.min_replicas <= worker.ray.max_replicas"
+            )
+        if self.retry_min_s > self.retry_max_s:
+            raise ValueError(
+                f"retry_min_s ({self.retry_min_s}) exceeds retry_max_s ({self.retry_max_s}); "
+                "set worker.ray.retry_min_s <= worker.ray.retry_max_s"
+            )
+        return self
+
+
 class WorkerConfig(StrictModel):
+    backend: Literal["local", "ray"] = "local"
+    """local: the model runs in this process; ray: on a shared Ray Serve tier (worker.ray,
+    docs/scale-out.md; needs the ray extra: pip install 'emotion-monitor[ray]')."""
+    ray: RayConfig = Field(default_factory=RayConfig)
+    """The Ray Serve tier (used with backend: ray and by `emotion-monitor serve-model`)."""
     max_batch: int = Field(8, ge=1, le=1024)
     """Most windows classified together (across streams)."""
     max_wait_ms: float = Field(10.0, ge=0, le=1000)

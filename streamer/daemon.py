@@ -74,7 +74,10 @@ class Daemon:
         self.cfg = cfg
         self.hub = Hub()
         self.backend: InferenceBackend = backend or wiring.make_worker(
-            cfg.model, cfg.worker, round(cfg.windowing.window_s * OUTPUT_RATE_HZ)
+            cfg.model,
+            cfg.worker,
+            round(cfg.windowing.window_s * OUTPUT_RATE_HZ),
+            importance=cfg.publish.importance,
         )
         self.cores: dict[str, StreamCore] = {}
         self.sources: dict[str, Source] = {}  # each running stream's source
@@ -242,8 +245,16 @@ class Daemon:
         """Hand ``event`` to the hub (a stream's status with its publishers' losses), then
         feed estimates to the alert rules."""
         if isinstance(event, StreamStatus):
+            lagging = getattr(self.backend, "lagging", None)  # a remote tier that is not answering
             event = dataclasses.replace(
-                event, counters={**event.counters, **self.hub.losses(event.stream_id)}
+                event,
+                counters={**event.counters, **self.hub.losses(event.stream_id)},
+                detail=event.detail
+                or (
+                    f"inference lagging: {lagging}"
+                    if lagging and event.state != "offline"
+                    else None
+                ),
             )
         self.hub.publish(event.to_dict())
         if self.alerts is not None and isinstance(event, EmotionEstimate):
@@ -477,12 +488,14 @@ async def run_daemon(
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    if install_signals:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, stop.set)
     try:
         async with Daemon(cfg) as daemon:
+            # Installed once started: while it starts (loading the model, or waiting for a
+            # Ray Serve tier that is not up yet) SIGINT interrupts and SIGTERM ends it at once.
+            if install_signals:
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    with contextlib.suppress(NotImplementedError, RuntimeError):
+                        loop.add_signal_handler(sig, stop.set)
             if on_ready is not None:
                 on_ready(daemon)
             await daemon.run(stop)

@@ -37,16 +37,26 @@ if TYPE_CHECKING:
     from streamer.core.alerts import AlertEvaluator
     from streamer.http_api import AnalysisService
     from streamer.publishers.websocket import WebSocketPublisher
-    from streamer.worker import InferenceBackend, InferenceWorker
+    from streamer.worker import InferenceBackend
 
 log = logging.getLogger(__name__)
 
 
 def make_worker(
-    model: ModelConfig, worker: WorkerConfig, window_samples: int = 48000
-) -> InferenceWorker:
-    """The in-process inference worker; it loads the model when entered (and warms it up on one
-    window of ``window_samples`` when ``model.warm_up``)."""
+    model: ModelConfig,
+    worker: WorkerConfig,
+    window_samples: int = 48000,
+    *,
+    importance: bool = True,
+) -> InferenceBackend:
+    """The inference backend of ``worker.backend``: the in-process worker (it loads the model
+    when entered, and warms it up on one window of ``window_samples`` when ``model.warm_up``),
+    or the shared Ray Serve tier (``ray``: the model runs there; ``importance`` says whether
+    to ask for token importance)."""
+    if worker.backend == "ray":
+        from streamer.ray_backend import RayServeBackend
+
+        return RayServeBackend(worker.ray, queue_size=worker.queue_size, importance=importance)
     from streamer.engine import Engine
     from streamer.worker import InferenceWorker
 

@@ -382,9 +382,9 @@ class RayServeBackend:
         if self._ray.is_initialized():
             return
         address = self.cfg.address or os.environ.get("RAY_ADDRESS") or "auto"
-        await asyncio.to_thread(
-            self._ray.init, address=address, logging_level=logging.WARNING, log_to_driver=False
-        )
+        # On the loop's (main) thread, where Ray installs its handlers; it returns within
+        # seconds or fails at once when nothing listens. Only at start-up: streams wait anyway.
+        self._ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
         self._own_ray = True
 
     async def _get_handle(self) -> Any:

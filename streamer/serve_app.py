@@ -23,6 +23,7 @@ gateway side) and ``emotion-monitor serve-model`` import it, and only when
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
@@ -102,8 +103,9 @@ class EmotionModel:
         ]
         if not fresh:
             return answers
-        try:
-            res = self.engine.run(
+        try:  # on a thread: the replica's loop keeps accepting windows and health checks
+            res = await asyncio.to_thread(
+                self.engine.run,
                 [np.array(requests[i]["samples"], dtype=np.float32) for i in fresh],
                 [_norm(requests[i].get("norm")) for i in fresh],
             )

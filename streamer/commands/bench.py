@@ -22,7 +22,8 @@ log = logging.getLogger(__name__)
 class BenchConfig(StrictModel):
     parts: list[str] = Field(default_factory=lambda: ["head", "window", "latency"])
     """Which benchmarks: head, window, model, rss, wavlm (WavLM-Large live: naive baseline vs the monitor;
-    streamer/bench_live.py), latency, ingest (concurrent call legs; streamer/bench_ingest.py)."""
+    streamer/bench_live.py), latency, ingest (concurrent call legs; streamer/bench_ingest.py), ray (the
+    Ray Serve tier next to the local worker; streamer/bench_ray.py)."""
     device: str = "auto"
     """auto | cpu | cuda."""
     threads: int = Field(1, ge=1)
@@ -83,13 +84,23 @@ class BenchConfig(StrictModel):
     frontend: dict[str, Any] | None = None
     """wavlm part: force the monitor's front-end settings (e.g. {dtype: bfloat16}); null = the fastest
     candidate that keeps the agreement targets."""
+    ray_replicas: list[int] = Field(default_factory=lambda: [1, 2])
+    """ray part: replica counts of the Serve application (streamer/bench_ray.py)."""
+    ray_gateways: list[int] = Field(default_factory=lambda: [1, 2])
+    """ray part: gateway processes sending windows at the same time."""
+    ray_in_flight: int = Field(8, ge=1)
+    """ray part: windows each gateway keeps in flight (closed loop; the local baseline too)."""
+    ray_step_s: float = Field(15.0, gt=1)
+    """ray part: seconds each measurement lasts."""
     skip_candidates: list[str] = Field(default_factory=list)
     """wavlm part: front-end candidates not to measure, by name (e.g. ["bf16 throughout"]); exact fp32 always is."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--parts", default=None, help="comma-separated: head,window,model,rss,wavlm,latency,ingest"
+        "--parts",
+        default=None,
+        help="comma-separated: head,window,model,rss,wavlm,latency,ingest,ray",
     )
 
 
@@ -97,7 +108,7 @@ def main(args: argparse.Namespace, config: dict[str, Any]) -> int:
     if args.parts:
         config = {**config, "parts": args.parts.split(",")}
     cfg = validate(BenchConfig, config, source="bench config")
-    known = {"head", "window", "model", "rss", "wavlm", "latency", "ingest"}
+    known = {"head", "window", "model", "rss", "wavlm", "latency", "ingest", "ray"}
     unknown = set(cfg.parts) - known
     if unknown:
         raise ConfigError(
@@ -132,6 +143,8 @@ def main(args: argparse.Namespace, config: dict[str, Any]) -> int:
             )
         for n in (1, cfg.streams):
             rows.append(bench.bench_latency(n, cfg.duration_s, audio, cfg.checkpoint, str(device)))
+    if "ray" in cfg.parts:
+        rows += run_ray(cfg)
     ingest: dict[str, Any] | None = None
     if "ingest" in cfg.parts:
         import asyncio
@@ -196,6 +209,35 @@ def main(args: argparse.Namespace, config: dict[str, Any]) -> int:
     if cfg.md:
         Path(cfg.md).write_text("\n\n".join(text) + "\n")
     return 0
+
+
+def run_ray(cfg: BenchConfig) -> list[dict[str, Any]]:
+    """The ray part (streamer/bench_ray.py): the Ray Serve tier next to the local worker."""
+    from streamer import bench_ray
+
+    audio_dir = (
+        Path(cfg.audio_dir)
+        if cfg.audio_dir
+        else Path(__file__).resolve().parents[2] / "tests" / "data" / "emodb"
+    )
+    audio = sorted(audio_dir.glob("*.wav")) or sorted(audio_dir.glob("wav/*.wav"))
+    if not audio:
+        raise ConfigError(
+            f"audio_dir {str(audio_dir)!r} holds no .wav files; point it at a folder of 16 kHz WAV files"
+        )
+    return bench_ray.run(
+        bench_ray.RayBenchConfig(
+            audio=audio,
+            checkpoint=cfg.checkpoint or "emodb_logmel",
+            replica_counts=cfg.ray_replicas,
+            gateway_counts=cfg.ray_gateways,
+            concurrency=cfg.ray_in_flight,
+            step_s=cfg.ray_step_s,
+            max_batch=cfg.max_batch,
+            max_wait_ms=10.0,
+            threads=cfg.threads,
+        )
+    )
 
 
 def run_wavlm(cfg: BenchConfig, device: Any) -> dict[str, Any]:

@@ -332,3 +332,32 @@ async def test_killed_replica_is_replaced_and_the_gateway_recovers(cluster: str)
         await run
     statuses = [e for e in rec.events if isinstance(e, StreamStatus)]
     assert [s.state for s in statuses if s.state in ("offline", "error")] == ["offline"] * 2
+
+
+@needs_ray
+async def test_deleted_application_is_redeployed_and_the_gateway_reconnects(cluster: str) -> None:
+    """As when serve-model is stopped and started again: the running gateway backs off,
+    looks the application up again, and goes on."""
+    from ray import serve
+
+    from streamer import serve_app
+
+    cfg = config(["10a02Fa.wav"], realtime=True, loop=True, status_interval_s=0.5)
+    daemon = Daemon(cfg)
+    async with daemon:
+        rec = Recorder(daemon)
+        stop = asyncio.Event()
+        run = asyncio.create_task(daemon.run(stop))
+        await eventually(lambda: len(rec.estimates()) >= 2, "estimates before the deletion")
+        await asyncio.to_thread(serve.delete, APP)
+        await eventually(lambda: daemon.health()["worker"]["lagging"] is not None, "lagging")
+        deleted_at = len(rec.estimates())
+        await asyncio.sleep(2.0)  # a while without the application
+        await asyncio.to_thread(serve_app.deploy, cfg.model, cfg.worker, 48000)
+        await eventually(lambda: len(rec.estimates()) >= deleted_at + 3, "estimates again")
+        health = daemon.health()["worker"]
+        assert health["lagging"] is None and health["connected"]
+        assert health["connects"] >= 2  # it looked the application up again
+        assert not run.done()
+        stop.set()
+        await run

@@ -89,10 +89,10 @@ async def closed_loop(
                 latencies.append((time.perf_counter() - t0) * 1000.0)
             seq += 1
 
-    t0 = time.monotonic()
+    t0, cpu0 = time.monotonic(), time.process_time()
     await asyncio.gather(*(sender(k) for k in range(concurrency)))
-    elapsed = time.monotonic() - t0
-    return {"latencies_ms": latencies, "elapsed_s": elapsed, "skipped": skipped}
+    elapsed, cpu_s = time.monotonic() - t0, time.process_time() - cpu0
+    return {"latencies_ms": latencies, "elapsed_s": elapsed, "skipped": skipped, "cpu_s": cpu_s}
 
 
 def summary(what: str, results: list[dict[str, Any]], **notes: Any) -> dict[str, Any]:
@@ -105,6 +105,11 @@ def summary(what: str, results: list[dict[str, Any]], **notes: Any) -> dict[str,
         "n": len(lat),
         "windows_per_s": round(len(lat) / elapsed, 1),
         "skipped": sum(r["skipped"] for r in results),
+        # CPU time of the gateway process(es) per answered window (with the local worker:
+        # inference included); the load-independent cost of the gateway's side
+        "gateway_cpu_ms_per_window": round(
+            1000.0 * sum(r["cpu_s"] for r in results) / max(len(lat), 1), 2
+        ),
         **notes,
     }
 
@@ -169,6 +174,9 @@ def run(cfg: RayBenchConfig) -> list[dict[str, Any]]:
                         batch_size_mean=round(
                             float(np.mean([r["batch_size_mean"] or 0 for r in results])), 2
                         ),
+                        replica_compute_ms_median=round(
+                            float(np.median([r["compute_ms_median"] or 0 for r in results])), 1
+                        ),
                     )
                 )
                 log.info("%s", rows[-1])
@@ -224,7 +232,9 @@ async def _gateway(args: argparse.Namespace) -> dict[str, Any]:
         await closed_loop(backend, windows, args.concurrency, 1.0)  # warm the route
         await asyncio.sleep(max(0.0, args.start_at - time.time()))
         result = await closed_loop(backend, windows, args.concurrency, args.step_s)
-        result["batch_size_mean"] = backend.stats.as_dict()["batch_size_mean"]
+        stats = backend.stats.as_dict()
+        result["batch_size_mean"] = stats["batch_size_mean"]
+        result["compute_ms_median"] = stats["compute_ms_median"]  # per batch, on the replica
     return result
 
 

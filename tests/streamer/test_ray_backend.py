@@ -5,8 +5,13 @@ cluster, the shipped log-mel checkpoint and real speech:
   Serve deployment and get the local worker's answers;
 - a gateway started before the application waits and connects when
   ``emotion-monitor serve-model`` deploys it; SIGINT stops serve-model cleanly;
-- a killed replica is replaced by Serve; the gateway reports lagging, then recovers.
+- a killed replica is replaced by Serve; the gateway reports lagging, then recovers;
+- a deleted application deployed again (serve-model restarted): the gateway reconnects;
+- the replica answers windows past their deadline ``skipped="stale"``; the gateway's
+  bounded queue evicts the oldest.
 
+The gateways run in this process as Ray drivers of the test's cluster (and one as a
+subprocess), as a daemon with ``worker.ray.address: auto`` would on a cluster node.
 One cluster (2 CPUs, no dashboard) is shared by the module; Ray's start-up is slow.
 """
 
@@ -24,6 +29,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import soundfile as sf
 
 from dropformer.configio import validate
 from dropformer.errors import ConfigError
@@ -361,3 +367,30 @@ async def test_deleted_application_is_redeployed_and_the_gateway_reconnects(clus
         assert not run.done()
         stop.set()
         await run
+
+
+@needs_ray
+async def test_stale_windows_are_skipped_and_a_full_queue_evicts_the_oldest(cluster: str) -> None:
+    from ray import serve
+
+    from streamer.config import RayConfig
+    from streamer.ray_backend import RayServeBackend
+
+    audio, _ = sf.read(DATA / "03a01Wa.wav", dtype="float32")
+    speech = np.ascontiguousarray(audio[:24000])
+    # the replica: a window whose deadline (wall clock) has passed is answered stale, not computed
+    handle = serve.get_app_handle(APP)
+    request = {"samples": speech, "norm": None, "importance": False, "probe": False}
+    stale = await handle.remote({**request, "deadline": time.time() - 1.0})
+    fresh = await handle.remote({**request, "deadline": time.time() + 30.0})
+    assert stale["skipped"] == "stale" and stale["probs"] is None
+    assert fresh["skipped"] is None and fresh["probs"].shape == (4,)
+    # the gateway: at most queue_size windows wait; the oldest give way, answered stale
+    async with RayServeBackend(RayConfig(app_name=APP), queue_size=2) as backend:
+        requests = [WindowRequest("q", i, 0, len(speech), speech) for i in range(6)]
+        outcomes = await asyncio.gather(*(backend.infer(r, deadline_s=None) for r in requests))
+        assert [o.skipped for o in outcomes] == ["stale"] * 4 + [None, None]
+        assert backend.stats.evicted == 4
+        # a live window that cannot be sent before its deadline is skipped and counted
+        late = await backend.infer(requests[0], deadline_s=-1.0)
+        assert late.skipped == "stale" and backend.stats.skipped_stale == 1

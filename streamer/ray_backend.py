@@ -173,38 +173,11 @@ class RayServeBackend:
     async def __aenter__(self) -> RayServeBackend:
         self._ray, self._serve = import_ray()
         self._handle_lock = asyncio.Lock()
-        started = time.monotonic()
-        delay = self.cfg.retry_min_s
-        while True:
-            try:
-                await self._connect_ray()
-                handle = await self._get_handle()
-                described = await asyncio.wait_for(
-                    handle.describe.remote(), self.cfg.request_timeout_s
-                )
-                break
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                waited = time.monotonic() - started
-                why = _why(exc)
-                limit = self.cfg.connect_timeout_s
-                if limit is not None and waited + delay > limit:
-                    await self._shutdown_ray()
-                    raise EmotionMonitorError(
-                        f"the Ray Serve application {self.cfg.app_name!r} is not up after "
-                        f"{waited:.0f} s ({why}); start it (emotion-monitor serve-model), check "
-                        "worker.ray.address and worker.ray.app_name, or raise worker.ray.connect_timeout_s"
-                    ) from None
-                log.warning(
-                    "waiting for the Ray Serve application %r (%s); retrying in %.1f s",
-                    self.cfg.app_name,
-                    why,
-                    delay,
-                )
-                self._handle = None
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.cfg.retry_max_s)
+        try:
+            described = await self._wait_for_app()
+        except BaseException:  # a timeout, or interrupted while waiting: leave Ray as found
+            await self._shutdown_ray()
+            raise
         self._labels = list(described["labels"])
         self._info = dict(described["info"])
         self._normalizer = described["normalizer"]
@@ -217,6 +190,41 @@ class RayServeBackend:
             self._labels,
         )
         return self
+
+    async def _wait_for_app(self) -> dict[str, Any]:
+        """Connect to Ray and the application, retrying with back-off; its ``describe()``."""
+        started = time.monotonic()
+        delay = self.cfg.retry_min_s
+        while True:
+            try:
+                await self._connect_ray()
+                handle = await self._get_handle()
+                described = await asyncio.wait_for(
+                    handle.describe.remote(), self.cfg.request_timeout_s
+                )
+                return dict(described)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                waited = time.monotonic() - started
+                why = _why(exc)
+                limit = self.cfg.connect_timeout_s
+                if limit is not None and waited >= limit:
+                    raise EmotionMonitorError(
+                        f"the Ray Serve application {self.cfg.app_name!r} is not up after "
+                        f"{waited:.0f} s ({why}); start it (emotion-monitor serve-model), check "
+                        "worker.ray.address and worker.ray.app_name, or raise worker.ray.connect_timeout_s"
+                    ) from None
+                sleep_s = delay if limit is None else min(delay, limit - waited)
+                log.warning(
+                    "waiting for the Ray Serve application %r (%s); retrying in %.1f s",
+                    self.cfg.app_name,
+                    why,
+                    sleep_s,
+                )
+                self._handle = None
+                await asyncio.sleep(sleep_s)
+                delay = min(delay * 2, self.cfg.retry_max_s)
 
     async def __aexit__(
         self,

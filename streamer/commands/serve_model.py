@@ -18,6 +18,7 @@ from types import FrameType
 from typing import Any
 
 from dropformer.configio import validate
+from dropformer.errors import EmotionMonitorError
 from streamer.config import DaemonConfig
 
 HELP = "serve the model as a shared Ray Serve inference tier (worker.backend: ray)"
@@ -57,7 +58,16 @@ def main(args: argparse.Namespace, config: dict[str, Any]) -> int:
         else:
             ray.init(address=r.address, logging_level=logging.WARNING)
         try:
-            serve_app.deploy(cfg.model, cfg.worker, round(cfg.windowing.window_s * OUTPUT_RATE_HZ))
+            try:
+                serve_app.deploy(
+                    cfg.model, cfg.worker, round(cfg.windowing.window_s * OUTPUT_RATE_HZ)
+                )
+            except Exception as exc:  # Serve's errors carry the replica's traceback
+                raise EmotionMonitorError(
+                    f"deploying {r.app_name!r} failed: {' '.join(str(exc).split())[-1500:]}; "
+                    "check model.checkpoint and model.device (the replicas load them) and "
+                    "the resources in worker.ray (num_gpus, num_cpus)"
+                ) from None
             gcs = ray.get_runtime_context().gcs_address
             log.info(
                 "serving %r; gateways on this cluster connect with --set worker.backend=ray "

@@ -394,3 +394,19 @@ async def test_stale_windows_are_skipped_and_a_full_queue_evicts_the_oldest(clus
         # a live window that cannot be sent before its deadline is skipped and counted
         late = await backend.infer(requests[0], deadline_s=-1.0)
         assert late.skipped == "stale" and backend.stats.skipped_stale == 1
+
+
+@needs_ray
+async def test_connect_timeout_names_the_fix(cluster: str) -> None:
+    from dropformer.errors import EmotionMonitorError
+    from streamer.config import RayConfig
+    from streamer.ray_backend import RayServeBackend
+
+    backend = RayServeBackend(
+        RayConfig(app_name="never-deployed", connect_timeout_s=1.0, retry_min_s=0.2)
+    )
+    t0 = time.monotonic()
+    with pytest.raises(EmotionMonitorError, match="serve-model.*connect_timeout_s"):
+        async with backend:
+            pass
+    assert 0.9 < time.monotonic() - t0 < 10

@@ -47,7 +47,7 @@ from dropformer.errors import ConfigError, EmotionMonitorError
 from dropformer.normalization import Moments, StreamNormalizer
 from streamer.config import RayConfig
 from streamer.core.importance import TokenImportance
-from streamer.core.stream import WindowRequest
+from streamer.core.stream import InferenceRequest, WindowRequest
 from streamer.worker import InferenceOutcome
 
 log = logging.getLogger(__name__)
@@ -142,7 +142,7 @@ class RayServeBackend:
         self._backoff_s = ray_cfg.retry_min_s
         # windows waiting for answers, oldest first: id -> (request, the caller's future)
         self._waiting: collections.OrderedDict[
-            int, tuple[WindowRequest, asyncio.Future[InferenceOutcome]]
+            int, tuple[InferenceRequest, asyncio.Future[InferenceOutcome]]
         ] = collections.OrderedDict()
         self._tasks: set[asyncio.Task[None]] = set()
         self._next_id = 0
@@ -252,13 +252,16 @@ class RayServeBackend:
         outcome = await self._submit(request, None, probe=True)
         return outcome.error
 
-    async def infer(self, request: WindowRequest, *, deadline_s: float | None) -> InferenceOutcome:
-        """Send ``request`` to the tier; ``deadline_s`` is how long from now it stays worth computing."""
+    async def infer(
+        self, request: InferenceRequest, *, deadline_s: float | None
+    ) -> InferenceOutcome:
+        """Send ``request`` (a window or a whole utterance, any length) to the tier; ``deadline_s``
+        is how long from now it stays worth computing."""
         return await self._submit(request, deadline_s, probe=False)
 
     # ---------------------------------------------------------------- calls
     async def _submit(
-        self, request: WindowRequest, deadline_s: float | None, *, probe: bool
+        self, request: InferenceRequest, deadline_s: float | None, *, probe: bool
     ) -> InferenceOutcome:
         if self._stopping:
             raise RuntimeError("inference backend is stopped")
@@ -283,7 +286,7 @@ class RayServeBackend:
 
     async def _call(
         self,
-        request: WindowRequest,
+        request: InferenceRequest,
         deadline_s: float | None,
         probe: bool,
         fut: asyncio.Future[InferenceOutcome],
@@ -328,7 +331,7 @@ class RayServeBackend:
             _set(fut, self._outcome(request, answer))
             return
 
-    def _outcome(self, request: WindowRequest, answer: dict[str, Any]) -> InferenceOutcome:
+    def _outcome(self, request: InferenceRequest, answer: dict[str, Any]) -> InferenceOutcome:
         self.stats.replicas.add(str(answer.get("replica")))
         skipped = answer.get("skipped")
         if skipped == "stale":

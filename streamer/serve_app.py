@@ -2,7 +2,9 @@
 
 Each replica loads the checkpoint once, with :class:`streamer.engine.Engine`
 exactly as the in-process worker does (so the answers are the same), and
-batches windows from every gateway with ``@serve.batch``. A window whose
+batches requests from every gateway with ``@serve.batch`` (windows and whole
+utterances alike; like the local worker it runs equal lengths together, so
+nothing is padded). A window whose
 deadline (wall-clock, ``time.time()``) has passed when its batch forms is not
 computed and is answered ``skipped="stale"``, as the local worker does.
 
@@ -102,19 +104,31 @@ class EmotionModel:
         ]
         if not fresh:
             return answers
+        groups: dict[int, list[int]] = {}
+        for i in fresh:  # equal lengths only, as the local worker: nothing is padded
+            groups.setdefault(len(requests[i]["samples"]), []).append(i)
+        for group in groups.values():
+            self._run_group(requests, group, answers)
+        return answers
+
+    def _run_group(
+        self, requests: list[dict[str, Any]], group: list[int], answers: list[dict[str, Any]]
+    ) -> None:
         # Inline: Serve runs user code on its own event loop, apart from the replica's control
         # loop (health checks), and a thread hop per batch measured slower on a busy CPU.
         try:
             res = self.engine.run(
-                [np.array(requests[i]["samples"], dtype=np.float32) for i in fresh],
-                [_norm(requests[i].get("norm")) for i in fresh],
+                [np.array(requests[i]["samples"], dtype=np.float32) for i in group],
+                [_norm(requests[i].get("norm")) for i in group],
             )
         except Exception as exc:
-            log.exception("inference failed on a batch of %d windows; they are skipped", len(fresh))
-            for i in fresh:
+            log.exception(
+                "inference failed on a batch of %d requests; they are skipped", len(group)
+            )
+            for i in group:
                 answers[i] = self._answer(skipped="error", error=_error_text(exc))
-            return answers
-        for k, i in enumerate(fresh):
+            return
+        for k, i in enumerate(group):
             m = None if res.moments is None else res.moments[k]
             imp = None
             if requests[i].get("importance") and res.importance is not None:
@@ -125,11 +139,10 @@ class EmotionModel:
                 tokens_in=int(res.tokens_in[k]),
                 tokens_kept=int(res.tokens_kept[k]),
                 compute_ms=float(res.compute_ms),
-                batch_size=len(fresh),
+                batch_size=len(group),
                 moments=None if m is None else (m.count, m.mean, m.second),
                 importance=imp,
             )
-        return answers
 
     def _probe(self, samples: np.ndarray) -> dict[str, Any]:
         try:

@@ -35,7 +35,7 @@ from dropformer.configio import validate
 from dropformer.errors import ConfigError
 from streamer.config import DaemonConfig
 from streamer.core.events import EmotionEstimate, Event, StreamStatus
-from streamer.core.stream import WindowRequest
+from streamer.core.stream import InferenceRequest, WindowRequest
 from streamer.daemon import Daemon
 from streamer.worker import InferenceOutcome
 
@@ -111,7 +111,8 @@ class Recorder:
     def __init__(self, daemon: Daemon) -> None:
         self.daemon = daemon
         self.events: list[Event] = []
-        self.outcomes: dict[tuple[str, int], InferenceOutcome] = {}
+        # (request kind, stream id, seq) -> outcome: windows and whole utterances
+        self.outcomes: dict[tuple[str, str, int], InferenceOutcome] = {}
         self.published: list[dict[str, Any]] = []  # what the hub got (statuses with their detail)
         publish, infer, hub_publish = daemon.publish, daemon.backend.infer, daemon.hub.publish
 
@@ -124,10 +125,10 @@ class Recorder:
             publish(event)
 
         async def record_outcome(
-            request: WindowRequest, *, deadline_s: float | None
+            request: InferenceRequest, *, deadline_s: float | None
         ) -> InferenceOutcome:
             outcome = await infer(request, deadline_s=deadline_s)
-            self.outcomes[(request.stream_id, request.seq)] = outcome
+            self.outcomes[(type(request).__name__, request.stream_id, request.seq)] = outcome
             return outcome
 
         daemon.publish = record_event  # type: ignore[method-assign]
@@ -210,8 +211,10 @@ async def test_gateways_get_the_local_workers_answers(cluster: str, tmp_path: Pa
     # B: every window's probabilities within 1e-5 of the local worker's, same labels
     # (B's streams are s0..s2 of its own config; the local run has them as s3..s5)
     assert len(remote_b.outcomes) >= 8
-    for (sid, seq), outcome in remote_b.outcomes.items():
-        ref = local.outcomes[(f"s{int(sid[1:]) + 3}", seq)]
+    kinds = {kind for kind, _, _ in remote_b.outcomes}
+    assert kinds == {"WindowRequest", "UtteranceRequest"}  # windows and whole utterances
+    for (kind, sid, seq), outcome in remote_b.outcomes.items():
+        ref = local.outcomes[(kind, f"s{int(sid[1:]) + 3}", seq)]
         assert outcome.skipped is None and outcome.probs is not None and ref.probs is not None
         np.testing.assert_allclose(outcome.probs, ref.probs, atol=1e-5)
         assert (outcome.tokens_in, outcome.tokens_kept) == (ref.tokens_in, ref.tokens_kept)

@@ -36,6 +36,7 @@ import collections
 import copy
 import logging
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -63,12 +64,27 @@ DEADLINE_GRACE_S = 1.0
 
 def import_ray() -> tuple[Any, Any]:
     """``(ray, ray.serve)``, or :class:`ConfigError` naming the extra to install."""
+    use_cluster_token()  # before Ray reads its configuration, at import
     try:
         import ray
         from ray import serve
     except ImportError as exc:
         raise ConfigError(f"{RAY_EXTRA_HINT} ({exc})") from None
     return ray, serve
+
+
+def use_cluster_token() -> None:
+    """Turn on Ray's token authentication for this process when a token is at hand
+    (``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``) and
+    ``RAY_AUTH_MODE`` is unset: a cluster started by Ray 2.60 requires it, and a driver
+    that joins without it is refused with a bare connection error. Ray reads the mode when
+    it is imported: call this first."""
+    if "RAY_AUTH_MODE" in os.environ or "ray" in sys.modules:
+        return  # chosen already, or too late: Ray has read its configuration
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH") or os.path.expanduser("~/.ray/auth_token")
+    if os.environ.get("RAY_AUTH_TOKEN") or os.path.isfile(path):
+        os.environ["RAY_AUTH_MODE"] = "token"
+        log.info("Ray token authentication on (RAY_AUTH_MODE=token)")
 
 
 @dataclass

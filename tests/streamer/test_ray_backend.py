@@ -155,6 +155,12 @@ def jsonl(path: Path, *, importance: bool = True) -> dict[str, Any]:
     }
 
 
+def fresh_env() -> dict[str, str]:
+    """This process's environment without what ray.init put there: a subprocess joins the
+    cluster as a separately started gateway would (with the cluster's token file only)."""
+    return {k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"}
+
+
 def gateway_command(config_file: Path) -> list[str]:
     return [sys.executable, "-m", "streamer.cli", "run", "--config", str(config_file)]
 
@@ -190,6 +196,7 @@ async def test_gateways_get_the_local_workers_answers(cluster: str, tmp_path: Pa
         *gateway_command(tmp_path / "a.json"),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
+        env=fresh_env(),
     )
     try:
         # gateway B: this process, at the same time (with token importance)
@@ -267,6 +274,7 @@ async def test_gateway_waits_for_serve_model(cluster: str, tmp_path: Path) -> No
         ],
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
+        env=fresh_env(),
     )
     try:
         rec = await asyncio.wait_for(task, 120)

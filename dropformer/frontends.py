@@ -293,14 +293,14 @@ class WavLMFrontend(Frontend):
             )
         wavlm_config.num_hidden_layers = config.layer  # layers above are never built, loaded or run
         dtype, conv_dtype = DTYPES[config.dtype], DTYPES[config.conv_dtype or config.dtype]
-        load_name = config.products_dtype or config.dtype
-        exact_convs = config.products_dtype is not None and config.conv_dtype == "float32"
-        load_dtype = DTYPES[load_name] if dtype == conv_dtype else torch.float32
+        load_name = config.products_dtype or config.dtype  # the layers' precision
+        load_dtype = DTYPES[load_name]
+        exact_convs = config.conv_dtype == "float32" and load_dtype != torch.float32
         source = str(config.model)
         if load_dtype != torch.float32:  # the weights' file pages, never an fp32 copy beside them
             copy = low_precision_copy(source, config.layer, load_name)
-            if copy is None and exact_convs:
-                load_dtype = torch.float32  # no copy: load fp32, convert the products after
+            if copy is None and (exact_convs or dtype != conv_dtype):
+                load_dtype = torch.float32  # no copy: load fp32, convert after
             source = copy or source
         model = _quietly(
             lambda: WavLMModel.from_pretrained(source, config=wavlm_config, dtype=load_dtype)

@@ -488,18 +488,36 @@ async def run_daemon(
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    starting, interrupted = True, False
+
+    def on_signal() -> None:
+        nonlocal interrupted
+        stop.set()
+        if starting and not interrupted and task is not None:
+            # still starting (loading the model, or waiting for a Ray Serve tier that is not up
+            # yet): cancel the start-up, which unwinds what it had started
+            interrupted = True
+            task.cancel()
+
+    if install_signals:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, on_signal)
     try:
-        async with Daemon(cfg) as daemon:
-            # Installed once started: while it starts (loading the model, or waiting for a
-            # Ray Serve tier that is not up yet) SIGINT interrupts and SIGTERM ends it at once.
-            if install_signals:
-                for sig in (signal.SIGINT, signal.SIGTERM):
-                    with contextlib.suppress(NotImplementedError, RuntimeError):
-                        loop.add_signal_handler(sig, stop.set)
-            if on_ready is not None:
-                on_ready(daemon)
-            await daemon.run(stop)
-            log.info("shutting down")
+        try:
+            async with Daemon(cfg) as daemon:
+                starting = False
+                if on_ready is not None:
+                    on_ready(daemon)
+                await daemon.run(stop)
+                log.info("shutting down")
+        except asyncio.CancelledError:
+            if not interrupted or task is None or not starting:
+                raise
+            task.uncancel()
+            log.info("stopped while starting")
+            return 0
         problem = daemon.exit_problem()
         if problem is not None:
             log.error("%s", problem)

@@ -227,25 +227,33 @@ def test_products_dtype_needs_float32_elsewhere() -> None:
         FrontendConfig(kind="wavlm", products_dtype="bfloat16", dtype="bfloat16")
 
 
-def test_wavlm_products_with_exact_convolutions(
-    tiny_wavlm_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    "low", [{"products_dtype": "bfloat16"}, {"dtype": "bfloat16"}], ids=["products", "layers"]
+)
+def test_wavlm_low_precision_layers_with_exact_convolutions(
+    tiny_wavlm_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, low: dict[str, str]
 ) -> None:
-    """conv_dtype: float32 beside products_dtype keeps the convolutional encoder exact (its fp32
-    weights read alone from the original file, the layers from the bf16 copy)."""
+    """conv_dtype: float32 beside bf16 layers (or bf16 products) keeps the convolutional encoder
+    exact: its fp32 weights are read alone from the original file, the layers come from the bf16
+    copy (so no fp32 copy of the layers is ever resident)."""
     from dropformer.precision import ProductLinear
 
     monkeypatch.setenv("EMOTION_MONITOR_CACHE", str(tmp_path))
     model = str(tiny_wavlm_dir)
     exact = build_frontend(FrontendConfig(kind="wavlm", model=model, layer=3))
     fast = build_frontend(
-        FrontendConfig(
-            kind="wavlm", model=model, layer=3, products_dtype="bfloat16", conv_dtype="float32"
-        )
+        FrontendConfig(kind="wavlm", model=model, layer=3, conv_dtype="float32", **low)
     )
+    assert list(tmp_path.glob("wavlm-layers1-3-bfloat16-*"))  # the layers came from the copy
     wave = torch.randn(1, 16000) * 0.1
     with torch.no_grad():
-        assert torch.equal(fast.wavlm.feature_extractor(wave), exact.wavlm.feature_extractor(wave))
+        ours = fast.wavlm.feature_extractor(wave)  # handed on in the layers' precision
+        assert torch.equal(ours, exact.wavlm.feature_extractor(wave).to(ours.dtype))
         a, _ = exact(wave, torch.tensor([16000]))
         b, _ = fast(wave, torch.tensor([16000]))
-    assert isinstance(fast.wavlm.encoder.layers[0].feed_forward.output_dense, ProductLinear)
+    dense = fast.wavlm.encoder.layers[0].feed_forward.output_dense
+    if "products_dtype" in low:
+        assert isinstance(dense, ProductLinear)
+    else:
+        assert dense.weight.dtype == torch.bfloat16
     assert ((a - b).norm() / a.norm()) < 0.02

@@ -421,3 +421,35 @@ async def test_connect_timeout_names_the_fix(cluster: str) -> None:
         async with backend:
             pass
     assert 0.9 < time.monotonic() - t0 < 10
+
+
+@needs_ray
+async def test_a_gateway_waiting_for_the_tier_stops_cleanly_on_sigterm(
+    cluster: str, tmp_path: Path
+) -> None:
+    """SIGTERM while the daemon still starts (here: waiting for an application that is never
+    deployed) cancels the start-up and exits 0, instead of waiting or being killed."""
+    cfg = config(["03a01Wa.wav"], publish=jsonl(tmp_path / "a.jsonl"))
+    cfg.worker.ray.address = cluster
+    cfg.worker.ray.app_name = "not-deployed-yet"
+    (tmp_path / "a.json").write_text(json.dumps(cfg.model_dump(mode="json")))
+    proc = await asyncio.create_subprocess_exec(
+        *gateway_command(tmp_path / "a.json"),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env=fresh_env(),
+    )
+    try:
+        assert proc.stdout is not None
+        seen = b""
+        while b"not-deployed-yet" not in seen:  # it says what it waits for
+            line = await asyncio.wait_for(proc.stdout.readline(), 60)
+            assert line, seen.decode()[-2000:]
+            seen += line
+        proc.send_signal(signal.SIGTERM)
+        out, _ = await asyncio.wait_for(proc.communicate(), 30)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+    assert proc.returncode == 0, (seen + out).decode()[-2000:]
+    assert b"stopped while starting" in seen + out

@@ -36,7 +36,9 @@ import collections
 import copy
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -411,7 +413,12 @@ class RayServeBackend:
         address = self.cfg.address or os.environ.get("RAY_ADDRESS") or "auto"
         # On the loop's (main) thread, where Ray installs its handlers; it returns within
         # seconds or fails at once when nothing listens. Only at start-up: streams wait anyway.
+        # ray.init replaces SIGTERM's handler with one that exits at once (status 15); the
+        # daemon's own handler (graceful stop, or cancelling the start-up) is put back.
+        term = signal.getsignal(signal.SIGTERM)
         self._ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+        if term is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, term)
         self._own_ray = True
 
     async def _get_handle(self) -> Any:

@@ -368,8 +368,19 @@ class WavLMFrontend(Frontend):
         self._compiled = run_compiled
         self.compiled_samples = samples
         device = next(self.wavlm.parameters()).device
-        with torch.inference_mode():
-            self(torch.zeros(1, samples, device=device), torch.tensor([samples], device=device))
+        try:
+            with torch.inference_mode():
+                self(torch.zeros(1, samples, device=device), torch.tensor([samples], device=device))
+        except Exception as exc:  # same answers eagerly: a slower daemon beats none
+            self._compiled, self.compiled_samples = None, None
+            log.warning(
+                "frontend.compile failed, so the WavLM front end runs eagerly (same answers, "
+                "slower): %s: %s. Install a C++ compiler (CPU; Triton on GPUs) or drop "
+                "frontend.compile.",
+                type(exc).__name__,
+                str(exc).splitlines()[0] if str(exc) else "",
+            )
+            return False
         return True
 
     def _capture(self, module: nn.Module, inputs: Any, output: Any) -> None:

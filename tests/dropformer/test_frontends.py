@@ -294,3 +294,30 @@ def test_wavlm_compile_runs_whole_windows_through_one_compiled_graph(
         assert torch.allclose(d, exact(windows[:1, :12000], torch.tensor([12000]))[0], atol=1e-5)
     with pytest.raises(ConfigError, match="frontend.compile"):
         FrontendConfig(kind="logmel", compile=True)
+
+
+def test_wavlm_compile_that_fails_falls_back_to_eager_with_a_warning(
+    tiny_wavlm_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No C++ compiler (or any compile error): a WARNING naming frontend.compile and the fix, and
+    the front end keeps answering eagerly; it never retries on a live window."""
+
+    def broken(*args: object, **kwargs: object) -> object:
+        def run(*a: object, **k: object) -> object:
+            raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found\nmore")
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken)
+    model = str(tiny_wavlm_dir)
+    fast = build_frontend(FrontendConfig(kind="wavlm", model=model, layer=2, compile=True))
+    with caplog.at_level("WARNING"):
+        assert fast.prepare(16000) is False
+    assert "frontend.compile failed" in caplog.text and "C++ compiler" in caplog.text
+    assert fast.compiled_samples is None
+    wave = torch.randn(1, 16000) * 0.1
+    exact = build_frontend(FrontendConfig(kind="wavlm", model=model, layer=2))
+    with torch.inference_mode():
+        assert torch.allclose(
+            fast(wave, torch.tensor([16000]))[0], exact(wave, torch.tensor([16000]))[0]
+        )

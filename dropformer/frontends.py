@@ -360,7 +360,9 @@ class WavLMFrontend(Frontend):
             "cached on disk by inductor afterwards)",
             samples / 16000,
         )
-        compiled = torch.compile(self.wavlm, dynamic=False, options={"freezing": True})
+        import torch._inductor.config as inductor_config
+
+        compiled = torch.compile(self.wavlm, dynamic=False)
 
         def run_compiled(x: torch.Tensor) -> Any:
             return compiled(x)
@@ -368,8 +370,8 @@ class WavLMFrontend(Frontend):
         self._compiled = run_compiled
         self.compiled_samples = samples
         device = next(self.wavlm.parameters()).device
-        try:
-            with torch.inference_mode():
+        try:  # this first call builds the graph; inductor reads freezing from its global config
+            with torch.inference_mode(), inductor_config.patch(freezing=True):
                 self(torch.zeros(1, samples, device=device), torch.tensor([samples], device=device))
         except Exception as exc:  # same answers eagerly: a slower daemon beats none
             self._compiled, self.compiled_samples = None, None

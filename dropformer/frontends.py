@@ -348,6 +348,7 @@ class WavLMFrontend(Frontend):
         # is not registered as a second child module (state_dict, .to()) beside self.wavlm
         self._compiled: Callable[..., Any] | None = None
         self.compiled_samples: int | None = None
+        self._building = False  # prepare's call, the one that may compile
 
     def prepare(self, samples: int) -> bool:
         """With ``config.compile``: compile the model for unpadded windows of ``samples`` and run one
@@ -370,6 +371,7 @@ class WavLMFrontend(Frontend):
         self._compiled = run_compiled
         self.compiled_samples = samples
         device = next(self.wavlm.parameters()).device
+        self._building = True
         try:  # this first call builds the graph; inductor reads freezing from its global config
             with torch.inference_mode(), inductor_config.patch(freezing=True):
                 self(torch.zeros(1, samples, device=device), torch.tensor([samples], device=device))
@@ -383,6 +385,8 @@ class WavLMFrontend(Frontend):
                 str(exc).splitlines()[0] if str(exc) else "",
             )
             return False
+        finally:
+            self._building = False
         return True
 
     def _capture(self, module: nn.Module, inputs: Any, output: Any) -> None:
@@ -421,8 +425,11 @@ class WavLMFrontend(Frontend):
                 and attention_mask is None
                 and x.shape[1] == self.compiled_samples
             ):
-                for row in x.split(1):  # the compiled graph's one shape: (1, samples)
-                    self._compiled(row)
+                # Never a compile on a live window: should a guard fail, that call runs eagerly.
+                stance = "default" if self._building else "eager_on_recompile"
+                with torch.compiler.set_stance(stance):
+                    for row in x:  # fresh (1, samples) tensors: a view at an offset would recompile
+                        self._compiled(row[None].clone())
             else:
                 self.wavlm(x, attention_mask=attention_mask)
         feats = torch.cat(self._captured).float()  # (B, T, D) output of the chosen layer

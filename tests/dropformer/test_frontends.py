@@ -279,12 +279,16 @@ def test_wavlm_compile_runs_whole_windows_through_one_compiled_graph(
         return compiled(x)
 
     fast._compiled = counting
+    from torch._dynamo.utils import counters
+
+    graphs = counters["stats"]["unique_graphs"]
     torch.manual_seed(0)
     windows = torch.randn(3, 16000) * 0.1
     with torch.inference_mode():
         a, la = exact(windows, torch.full((3,), 16000))
         b, lb = fast(windows, torch.full((3,), 16000))
         assert calls == [(1, 16000)] * 3
+        assert counters["stats"]["unique_graphs"] == graphs  # rows of a batch: no new graph
         assert torch.equal(la, lb) and torch.allclose(a, b, atol=1e-5, rtol=1e-4)
         padded = torch.tensor([16000, 12000])
         c, _ = fast(windows[:2], padded)

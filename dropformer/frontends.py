@@ -349,6 +349,7 @@ class WavLMFrontend(Frontend):
         self._compiled: Callable[..., Any] | None = None
         self.compiled_samples: int | None = None
         self._building = False  # prepare's call, the one that may compile
+        self.live_stance = "eager_on_recompile"  # torch.compiler stance of live calls
 
     def prepare(self, samples: int) -> bool:
         """With ``config.compile``: compile the model for unpadded windows of ``samples`` and run one
@@ -415,6 +416,7 @@ class WavLMFrontend(Frontend):
                 torch.arange(x.shape[1], device=x.device)[None, :] < lengths[:, None]
             ).long()
         self._captured.clear()
+        rows: list[torch.Tensor] = []
         low = self.dtype != torch.float32
         with (
             torch.no_grad(),
@@ -426,14 +428,16 @@ class WavLMFrontend(Frontend):
                 and x.shape[1] == self.compiled_samples
             ):
                 # Never a compile on a live window: should a guard fail, that call runs eagerly.
-                stance = "default" if self._building else "eager_on_recompile"
+                stance = "default" if self._building else self.live_stance
                 with torch.compiler.set_stance(stance):
-                    for row in x:  # fresh (1, samples) tensors: a view at an offset would recompile
-                        self._compiled(row[None].clone())
+                    for row in x:
+                        self._compiled(row[None])  # (1, samples)
+                        # the graph's guards include the capture list's length: keep it empty
+                        rows.append(self._captured.pop())
             else:
                 self.wavlm(x, attention_mask=attention_mask)
-        feats = torch.cat(self._captured).float()  # (B, T, D) output of the chosen layer
-        self._captured.clear()
+                rows.append(self._captured.pop())
+        feats = torch.cat(rows).float()  # (B, T, D) output of the chosen layer
         out_lengths = self.output_lengths(lengths).clamp(max=feats.shape[1])
         mask = torch.arange(feats.shape[1], device=feats.device)[None, :] < out_lengths[:, None]
         return feats * mask[..., None], out_lengths

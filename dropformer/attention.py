@@ -13,6 +13,8 @@ Cost. W and S need the full softmax; what follows is kept cheap: the static
 band is built once per length and cached, the dynamic mask is the outer
 product of one top-k vector per head (``topk``, not a full sort), and padding
 work is skipped when the caller knows there is none (``lengths``, host ints).
+Under ``torch.compile`` (dropformer/compiled.py) the product takes another exact
+form, with no host branch: one full product, as vanilla attention's, and the band.
 """
 
 from __future__ import annotations
@@ -106,7 +108,7 @@ def _top_tokens(
     t = importance.shape[-1]
     lengths = valid.sum(-1).tolist() if lengths is None else lengths
     ks = keep_counts(keep_rate, lengths)
-    k_max = max(ks, default=0)
+    k_max = max(ks) if ks else 0
     if k_max == 0:
         return torch.zeros_like(importance, dtype=torch.bool), None
     padded = any(n < t for n in lengths)
@@ -208,7 +210,7 @@ class DropAttention(nn.Module):
         if padded:
             scores = scores.masked_fill(~valid[:, None, None, :], float("-inf"))
         w = torch.softmax(scores, dim=-1)  # (B, H, T, T)
-        if min(lengths, default=1) == 0:
+        if 0 in lengths:
             w = torch.nan_to_num(w, nan=0.0)  # an item with no valid key at all
         s = column_importance(w, valid, padded)  # (B, H, T)
         if self.drop and not (self.training or w.is_cuda):
@@ -256,24 +258,14 @@ class DropAttention(nn.Module):
         offsets = self.static_offsets if self.use_static else ()
         if offsets is None:  # M_s is all ones: M too
             return w @ v
+        if torch.compiler.is_compiling():
+            return self.compiled_product(w, v, s, valid, lengths, offsets)
         top, index = (
             _top_tokens(s, valid, self.keep_rate, lengths) if self.use_dynamic else (None, None)
         )
         if top is not None and index is not None and int(top.sum(-1).amax()) > index.shape[-1]:
             return (w * self.mask(s, valid, lengths, w.dtype)) @ v  # ties past k: rare
-        y = torch.zeros_like(v)  # (B, H, T, Dh)
-        for o in sorted(set(offsets)):
-            if o >= t:
-                continue
-            if o == 0:
-                y.addcmul_(w.diagonal(0, -2, -1)[..., None], v)
-                continue
-            y[..., : t - o, :].addcmul_(
-                w.diagonal(o, -2, -1)[..., None], v[..., o:, :]
-            )  # b = a + o
-            y[..., o:, :].addcmul_(
-                w.diagonal(-o, -2, -1)[..., None], v[..., : t - o, :]
-            )  # b = a - o
+        y = _add_band(torch.zeros_like(v), w, v, offsets)  # (B, H, T, Dh)
         if top is None or index is None:
             return y
         k, dh = index.shape[-1], v.shape[-1]
@@ -292,6 +284,48 @@ class DropAttention(nn.Module):
             block = block * chosen[..., :, None] * chosen[..., None, :]
         expand = index[..., None].expand(-1, -1, -1, dh)  # (B, H, k, Dh)
         return y.scatter_add_(-2, expand, block @ v.gather(-2, expand))
+
+    def compiled_product(
+        self,
+        w: torch.Tensor,
+        v: torch.Tensor,
+        s: torch.Tensor,
+        valid: torch.Tensor,
+        lengths: list[int],
+        offsets: tuple[int, ...],
+    ) -> torch.Tensor:
+        """(W * M) V for torch.compile: no host branch (ties included), W read by one full product.
+
+        (W * M) V = t (W (t V)) + (W * M_s * (1 - t t^T)) V, t the top tokens as 0/1 (B, H, T):
+        the dense product is the vanilla Transformer's own, the band's diagonals are few.
+        """
+        if not self.use_dynamic:
+            return _add_band(torch.zeros_like(v), w, v, offsets)
+        top = top_tokens(s, valid, self.keep_rate, lengths).to(w.dtype)  # (B, H, T)
+        y = top[..., None] * (w @ (top[..., None] * v))  # (B, H, T, Dh)
+        return _add_band(y, w, v, offsets, top)
+
+
+def _add_band(
+    y: torch.Tensor,
+    w: torch.Tensor,
+    v: torch.Tensor,
+    offsets: tuple[int, ...],
+    top: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """y += (W * M_s) V, diagonal by diagonal, in place; with ``top`` (B, H, T) as 0/1, only on the
+    pairs (a, b) that are not both top tokens.  y, v (B, H, T, Dh), w (B, H, T, T)"""
+    t = w.shape[-1]
+    for o in sorted(set(offsets)):
+        if o >= t:
+            continue
+        for d in (o, -o) if o else (0,):
+            a, b = slice(max(-d, 0), t - max(d, 0)), slice(max(d, 0), t - max(-d, 0))  # b = a + d
+            diag = w.diagonal(d, -2, -1)  # (B, H, T - o)
+            if top is not None:
+                diag = diag * (1 - top[..., a] * top[..., b])
+            y[..., a, :].addcmul_(diag[..., None], v[..., b, :])
+    return y
 
 
 def plain_attention_reference(

@@ -260,30 +260,55 @@ class DropAttention(nn.Module):
             return w @ v
         if torch.compiler.is_compiling():
             return self.compiled_product(w, v, s, valid, lengths, offsets)
-        top, index = (
-            _top_tokens(s, valid, self.keep_rate, lengths) if self.use_dynamic else (None, None)
-        )
-        if top is not None and index is not None and int(top.sum(-1).amax()) > index.shape[-1]:
+        picked = self._top(s, valid, lengths) if self.use_dynamic else (None, None)
+        if picked is None:
             return (w * self.mask(s, valid, lengths, w.dtype)) @ v  # ties past k: rare
-        y = _add_band(torch.zeros_like(v), w, v, offsets)  # (B, H, T, Dh)
-        if top is None or index is None:
+        top, index = picked
+        y = _add_band(None, w, v, offsets)  # (B, H, T, Dh)
+        if index is None:
             return y
-        k, dh = index.shape[-1], v.shape[-1]
-        flat = (
-            index[..., :, None] * t + index[..., None, :]
+        dh = v.shape[-1]
+        flat = torch.add(
+            index[..., None, :], index[..., :, None], alpha=t
         )  # (B, H, k, k) positions in the flattened (T, T)
         block = (
             w.flatten(-2).gather(-1, flat.flatten(-2)).view(flat.shape)
         )  # (B, H, k, k) W on top x top
         if self.use_static:  # pairs the band already counted
-            block = block * torch.take(
-                _outside_band(t, tuple(sorted(set(offsets))), str(w.device), w.dtype), flat
+            block.mul_(
+                torch.take(
+                    _outside_band(t, tuple(sorted(set(offsets))), str(w.device), w.dtype), flat
+                )
             )
-        if min(keep_counts(self.keep_rate, lengths)) < k:  # items with fewer top tokens than k_max
+        if top is not None:  # items with fewer top tokens than k_max
             chosen = top.gather(-1, index).to(w.dtype)  # (B, H, k): 1 on real top tokens
             block = block * chosen[..., :, None] * chosen[..., None, :]
         expand = index[..., None].expand(-1, -1, -1, dh)  # (B, H, k, Dh)
         return y.scatter_add_(-2, expand, block @ v.gather(-2, expand))
+
+    def _top(
+        self, s: torch.Tensor, valid: torch.Tensor, lengths: list[int]
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None] | None:
+        """For :meth:`masked_product`: the top mask (B, H, T), only when items differ in k, and the
+        indices of the k_max top tokens (B, H, k_max), None when k_max = 0; None for ties past k.
+
+        Every item full and k < T: ``topk(k + 1)`` tells ties past k by itself (the (k+1)-th
+        score equals the k-th), with no mask to build.
+        """
+        t = s.shape[-1]
+        ks = keep_counts(self.keep_rate, lengths)
+        k = max(ks) if ks else 0
+        if 0 < k < t and min(ks) == k and all(n == t for n in lengths):
+            ranked, index = s.topk(k + 1, dim=-1)  # (B, H, k + 1), descending
+            pairs = ranked[..., k - 1 : k + 1].tolist()  # (B, H, 2): the k-th and (k+1)-th
+            ties = any(p == q for item in pairs for p, q in item)  # (host compare: no kernels)
+            return None if ties else (None, index[..., :k])
+        top, some = _top_tokens(s, valid, self.keep_rate, lengths)
+        if some is None:
+            return None, None
+        if int(top.sum(-1).amax()) > some.shape[-1]:
+            return None
+        return (top if min(ks) < k else None), some
 
     def compiled_product(
         self,
@@ -300,21 +325,24 @@ class DropAttention(nn.Module):
         the dense product is the vanilla Transformer's own, the band's diagonals are few.
         """
         if not self.use_dynamic:
-            return _add_band(torch.zeros_like(v), w, v, offsets)
+            return _add_band(None, w, v, offsets)
         top = top_tokens(s, valid, self.keep_rate, lengths).to(w.dtype)  # (B, H, T)
         y = top[..., None] * (w @ (top[..., None] * v))  # (B, H, T, Dh)
         return _add_band(y, w, v, offsets, top)
 
 
 def _add_band(
-    y: torch.Tensor,
+    y: torch.Tensor | None,
     w: torch.Tensor,
     v: torch.Tensor,
     offsets: tuple[int, ...],
     top: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """y += (W * M_s) V, diagonal by diagonal, in place; with ``top`` (B, H, T) as 0/1, only on the
-    pairs (a, b) that are not both top tokens.  y, v (B, H, T, Dh), w (B, H, T, T)"""
+    """y + (W * M_s) V, diagonal by diagonal, in place (y None: a new tensor); with ``top``
+    (B, H, T) as 0/1, only on the pairs (a, b) that are not both top tokens.
+
+    y, v (B, H, T, Dh), w (B, H, T, T) -> (B, H, T, Dh)
+    """
     t = w.shape[-1]
     for o in sorted(set(offsets)):
         if o >= t:
@@ -324,8 +352,12 @@ def _add_band(
             diag = w.diagonal(d, -2, -1)  # (B, H, T - o)
             if top is not None:
                 diag = diag * (1 - top[..., a] * top[..., b])
+            if y is None and d == 0:
+                y = diag[..., None] * v  # the main diagonal first: no zeros to add to
+                continue
+            y = torch.zeros_like(v) if y is None else y
             y[..., a, :].addcmul_(diag[..., None], v[..., b, :])
-    return y
+    return torch.zeros_like(v) if y is None else y
 
 
 def plain_attention_reference(

@@ -194,7 +194,11 @@ class DropFormerBlock(nn.Module):
                 gather_tokens(x, index),
                 gather_tokens(positions, index),
             )
-            valid = valid_mask(lengths, index.shape[1], x.device)
+            valid = (
+                valid_mask(lengths, index.shape[1], x.device)
+                if padded
+                else valid[:, : index.shape[1]]  # still all True
+            )
             padded = any(n < index.shape[1] for n in lengths)
         x = self.norm1(x + self.attn.out(y))
         x = self.norm2(x + self.ffn(x))

@@ -16,21 +16,31 @@ others, compile again.
 
 from __future__ import annotations
 
+import logging
 import types
 
 import torch
 
 from dropformer.model import DropFormer, DropFormerOutput
 
+log = logging.getLogger(__name__)
+
 
 class CompiledDropFormer:
     """A DropFormer's inference through compiled graphs, called like the model.
 
     features (B, T, input_dim), lengths (B,) -> :class:`DropFormerOutput`, under inference mode.
+    At most ``max_graphs`` shapes (batch size, tokens, lengths) get a graph; others, and a model
+    put back in training mode, run eagerly.
     """
 
-    def __init__(self, model: DropFormer, *, cpp_wrapper: bool = True) -> None:
+    def __init__(
+        self, model: DropFormer, *, cpp_wrapper: bool = True, max_graphs: int | None = None
+    ) -> None:
         self.model = model.eval()
+        self.max_graphs = max_graphs or int(torch._dynamo.config.recompile_limit)
+        self._shapes: set[tuple[object, ...]] = set()
+        self._warned = False
         fn = DropFormer.forward_lengths
         # A code object of its own: dynamo keeps graphs, and its limit on recompiles, per code
         # object, so this head's batch sizes neither evict nor count against another model's.
@@ -45,15 +55,32 @@ class CompiledDropFormer:
     def __call__(self, features: torch.Tensor, lengths: torch.Tensor) -> DropFormerOutput:
         t = features.shape[1]
         lens = [min(max(int(n), 0), t) for n in lengths.tolist()]
+        shape = (*features.shape, features.dtype, features.device, *lens)
         with torch.inference_mode():
+            if self.model.training:
+                return self.model.forward_lengths(features, lens)
+            if shape not in self._shapes:
+                if len(self._shapes) >= self.max_graphs:
+                    if not self._warned:
+                        log.warning(
+                            "%d graphs built: shape %s and later ones run eagerly",
+                            self.max_graphs,
+                            shape,
+                        )
+                        self._warned = True
+                    return self.model.forward_lengths(features, lens)
+                self._shapes.add(shape)  # the call below builds its graph
             out: DropFormerOutput = self._forward(features, lens)
         return out
 
 
-def compile_for_inference(model: DropFormer, *, cpp_wrapper: bool = True) -> CompiledDropFormer:
+def compile_for_inference(
+    model: DropFormer, *, cpp_wrapper: bool = True, max_graphs: int | None = None
+) -> CompiledDropFormer:
     """``model`` (put in eval mode) compiled for inference; the first call of each shape compiles.
 
     ``cpp_wrapper`` runs each graph's kernels from generated C++ rather than Python (less
-    overhead per operation, which is what a small head at batch 1 pays for).
+    overhead per operation, which is what a small head at batch 1 pays for). ``max_graphs``
+    (default: dynamo's recompile limit, 8) bounds the shapes compiled; further ones run eagerly.
     """
-    return CompiledDropFormer(model, cpp_wrapper=cpp_wrapper)
+    return CompiledDropFormer(model, cpp_wrapper=cpp_wrapper, max_graphs=max_graphs)

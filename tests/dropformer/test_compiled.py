@@ -26,14 +26,20 @@ def assert_same_outputs(a: DropFormerOutput, b: DropFormerOutput) -> None:
 
 @pytest.mark.slow  # two graphs, about half a minute on two cores
 def test_compiled_outputs_equal_eager() -> None:
-    """A full window at batch 1 and a padded batch (one item a single token)."""
+    """A full window at batch 1 and a padded batch (one item a single token); a third shape,
+    past ``max_graphs``, runs eagerly."""
     torch.manual_seed(0)
     model = DropFormer(preset("dropformer", **TINY)).eval()
-    head = compile_for_inference(model)
+    head = compile_for_inference(model, max_graphs=2)
     x = torch.randn(3, 40, 12)
     with torch.inference_mode():
-        for feats, lengths in ((x[:1], torch.tensor([40])), (x, torch.tensor([40, 23, 1]))):
+        for feats, lengths in (
+            (x[:1], torch.tensor([40])),
+            (x, torch.tensor([40, 23, 1])),
+            (x[:2], torch.tensor([40, 40])),
+        ):
             assert_same_outputs(head(feats, lengths), model(feats, lengths))
+    assert len(head._shapes) == 2
 
 
 def masks_and_tdm(

@@ -132,6 +132,25 @@ def _top_tokens(
     return top, index
 
 
+def _top_tokens_by_count(
+    importance: torch.Tensor, valid: torch.Tensor, keep_rate: float, lengths: list[int]
+) -> torch.Tensor:
+    """:func:`top_tokens` by counting: a token is top iff fewer than k tokens score above it.
+
+    The same tokens as ``topk``, ties included, as one comparison a compiled graph fuses with
+    the softmax around it (a graph's ``topk`` is a separate library call).  # (B, H, T)
+    """
+    t = importance.shape[-1]
+    ks = keep_counts(keep_rate, lengths)
+    padded = any(n < t for n in lengths)
+    if padded:
+        importance = importance.masked_fill(~valid[:, None, :], float("-inf"))
+    above = (importance[..., None, :] > importance[..., :, None]).float().sum(-1)  # (B, H, T)
+    k = ks[0] if min(ks) == max(ks) else torch.tensor(ks, device=importance.device)[:, None, None]
+    top = above < k  # float sums of 0/1 are exact below 2^24
+    return top & valid[:, None, :] if padded else top
+
+
 def dynamic_topk_mask(
     importance: torch.Tensor, valid: torch.Tensor, keep_rate: float
 ) -> torch.Tensor:
@@ -326,7 +345,7 @@ class DropAttention(nn.Module):
         """
         if not self.use_dynamic:
             return _add_band(None, w, v, offsets)
-        top = top_tokens(s, valid, self.keep_rate, lengths).to(w.dtype)  # (B, H, T)
+        top = _top_tokens_by_count(s, valid, self.keep_rate, lengths).to(w.dtype)  # (B, H, T)
         y = top[..., None] * (w @ (top[..., None] * v))  # (B, H, T, Dh)
         return _add_band(y, w, v, offsets, top)
 

@@ -5,8 +5,9 @@ Transformer's (``topk``, the static band's diagonals, the top-k block, TDM's sor
 and at the default model's size (d 128, 150 tokens) they cost more than the dropped tokens save.
 Compiled (inductor, weights frozen into the graph, C++ wrapper), a block is a few fused loops
 around the matrix products: Drop Attention reads W through one full product, as the vanilla
-Transformer does (:meth:`DropAttention.compiled_product`), and TDM ranks the tokens by
-comparisons instead of sorts; no value is read back to the host.
+Transformer does (:meth:`DropAttention.compiled_product`), the top tokens and TDM's ranking
+come from comparisons (fused) instead of ``topk`` and sorts (library calls), and no value is
+read back to the host.
 
 A graph is specialised to the batch size, the token count and the items' lengths (TDM's kept
 counts follow from them), so each new combination compiles again (tens of seconds on a CPU):
@@ -35,9 +36,15 @@ class CompiledDropFormer:
     """
 
     def __init__(
-        self, model: DropFormer, *, cpp_wrapper: bool = True, max_graphs: int | None = None
+        self,
+        model: DropFormer,
+        *,
+        cpp_wrapper: bool = True,
+        freezing: bool = True,
+        max_graphs: int | None = None,
     ) -> None:
         self.model = model.eval()
+        self.freezing = freezing
         self.max_graphs = max_graphs or int(torch._dynamo.config.recompile_limit)
         self._shapes: set[tuple[object, ...]] = set()
         self._warned = False
@@ -49,7 +56,7 @@ class CompiledDropFormer:
             types.MethodType(own, model),
             fullgraph=True,
             dynamic=False,
-            options={"freezing": True, "cpp_wrapper": cpp_wrapper},
+            options={"cpp_wrapper": cpp_wrapper},
         )
 
     def __call__(self, features: torch.Tensor, lengths: torch.Tensor) -> DropFormerOutput:
@@ -69,13 +76,22 @@ class CompiledDropFormer:
                         )
                         self._warned = True
                     return self.model.forward_lengths(features, lens)
-                self._shapes.add(shape)  # the call below builds its graph
+                self._shapes.add(shape)
+                # This call builds the graph. Inductor reads freezing from its global config
+                # (torch.compile's options do not reach it), so it is set around the build only.
+                with torch._inductor.config.patch(freezing=self.freezing):
+                    built: DropFormerOutput = self._forward(features, lens)
+                return built
             out: DropFormerOutput = self._forward(features, lens)
         return out
 
 
 def compile_for_inference(
-    model: DropFormer, *, cpp_wrapper: bool = True, max_graphs: int | None = None
+    model: DropFormer,
+    *,
+    cpp_wrapper: bool = True,
+    freezing: bool = True,
+    max_graphs: int | None = None,
 ) -> CompiledDropFormer:
     """``model`` (put in eval mode) compiled for inference; the first call of each shape compiles.
 
@@ -83,4 +99,6 @@ def compile_for_inference(
     overhead per operation, which is what a small head at batch 1 pays for). ``max_graphs``
     (default: dynamo's recompile limit, 8) bounds the shapes compiled; further ones run eagerly.
     """
-    return CompiledDropFormer(model, cpp_wrapper=cpp_wrapper, max_graphs=max_graphs)
+    return CompiledDropFormer(
+        model, cpp_wrapper=cpp_wrapper, freezing=freezing, max_graphs=max_graphs
+    )

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from dropformer import DropFormer, preset
-from dropformer.attention import DropAttention
+from dropformer.attention import DropAttention, _top_tokens, _top_tokens_by_count
 from dropformer.compiled import compile_for_inference
 from dropformer.model import DropFormerOutput, _keep_index_by_rank, tdm_keep_index
 from tests.dropformer.reference_dropformer import dynamic_topk_mask, static_band_mask
@@ -87,3 +87,15 @@ def test_the_graphs_ways_keep_ties(compiled: bool) -> None:
         index = _keep_index_by_rank(imp, valid, lengths, [5, 3], [15, 10])  # int(0.25 * n)
     assert torch.allclose(y, dense, atol=1e-6)
     assert torch.equal(index, eager_index)
+
+
+def test_top_tokens_by_count_equal_topk_with_ties_and_padding() -> None:
+    torch.manual_seed(0)
+    valid = torch.arange(30)[None, :] < torch.tensor([30, 17, 4, 0])[:, None]
+    for s in (torch.rand(4, 2, 30), torch.randint(0, 4, (4, 2, 30)).float()):
+        s = s.masked_fill(~valid[:, None, :], float("-inf"))
+        for lengths in ([30, 17, 4, 0], [30, 30, 30, 30]):
+            v = valid if lengths[-1] == 0 else torch.ones_like(valid)
+            for rate in (0.0, 0.1, 0.25, 1.0):
+                want = _top_tokens(s, v, rate, lengths)[0]
+                assert torch.equal(_top_tokens_by_count(s, v, rate, lengths), want)

@@ -49,7 +49,9 @@ def cache_key(
     cfg: FrontendConfig, utterances: Sequence[Utterance], condition: Condition | None = None
 ) -> str:
     """Hash of the (raw) front-end config, the condition, the front end's source code and the sorted file list."""
-    h = hashlib.sha256(json.dumps(raw_frontend_config(cfg).to_dict(), sort_keys=True).encode())
+    raw = raw_frontend_config(cfg).to_dict()
+    raw.pop("compile", None)  # how it runs, not what it computes
+    h = hashlib.sha256(json.dumps(raw, sort_keys=True).encode())
     if condition is not None:
         h.update(json.dumps(condition.to_dict(), sort_keys=True).encode())
         h.update(Path(apply.__code__.co_filename).read_bytes())

@@ -294,6 +294,20 @@ def candidates(device: torch.device) -> list[tuple[str, dict[str, Any]]]:
         ),
         ("bf16 layers, fp32 convolutions", {"dtype": "bfloat16", "conv_dtype": "float32"}),
         ("bf16 throughout", {"dtype": "bfloat16"}),
+        # frontend.compile: the same precisions through torch.compile (inductor, frozen weights)
+        ("fp32, compiled", {"dtype": "float32", "compile": True}),
+        (
+            "bf16 products, fp32 elsewhere, compiled",
+            {"products_dtype": "bfloat16", "compile": True},
+        ),
+        (
+            "bf16 products in the layers, fp32 elsewhere, compiled",
+            {"products_dtype": "bfloat16", "conv_dtype": "float32", "compile": True},
+        ),
+        (
+            "bf16 layers, fp32 convolutions, compiled",
+            {"dtype": "bfloat16", "conv_dtype": "float32", "compile": True},
+        ),
     ]
 
 
@@ -550,13 +564,14 @@ def run(
         engine = Engine.load(
             str(assets["checkpoint"]), device=str(dev), frontend_overrides=overrides
         )
-        engine.warm_up(len(one))
+        warm_up_s = engine.warm_up(len(one))  # compiles, with frontend.compile
         timing = time_engine(engine, one, 1, cfg.repeats)
         probs[name] = classify(engine, windows, name)
         row = {
             "what": f"layers 1-{LAYER} only, {name}",
             "overrides": overrides,
             "threads": cfg.threads,
+            "warm_up_s": round(warm_up_s, 1),
             **timing,
         }
         if name != tried[0][0]:
@@ -649,15 +664,15 @@ def markdown(result: dict[str, Any]) -> str:
         f"device {result['device']}, monitor threads {result['threads']}, head {result['head']['d_model']}-dim "
         f"(fitted on {result['train_files']} files), agreement on held-out speech",
         "",
-        "| path | front end ms/window | head ms/window | whole ms/window | label agreement | max prob diff |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| path | front end ms/window | head ms/window | whole ms/window | label agreement | max prob diff | warm-up s |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in result.get("per_window", []):
         agree = f"{100 * r['label_agreement']:.1f}%" if "label_agreement" in r else "reference"
         diff = f"{r['max_prob_diff']:.4f}" if "max_prob_diff" in r else "-"
         lines.append(
             f"| {r['what']} ({r['threads']} threads) | {r['frontend_ms']:.0f} | {r['head_ms']:.1f} | "
-            f"{r['window_ms']:.0f} | {agree} | {diff} |"
+            f"{r['window_ms']:.0f} | {agree} | {diff} | {r.get('warm_up_s', '-')} |"
         )
     lines += [
         "",
@@ -673,8 +688,8 @@ def markdown(result: dict[str, Any]) -> str:
             "",
         ]
     lines += [
-        "| daemon | streams | estimates | p50 ms | p99 ms | max ms | skipped stale | gated silent | RSS MB serving (peak) | holds |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| daemon | streams | estimates | p50 ms | p99 ms | max ms | skipped stale | gated silent | RSS MB serving (peak) | start-up s | holds |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for kind, runs in (
         ("naive", result.get("naive_runs", [])),
@@ -685,7 +700,7 @@ def markdown(result: dict[str, Any]) -> str:
                 f"| {kind} | {r['streams']} | {r['estimates']} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} | "
                 f"{r['max_ms']:.0f} | {r['skipped_stale']} | {r['skipped_silence']} | "
                 f"{r.get('rss_mb', float('nan')):.0f} ({r['peak_rss_mb']:.0f}) | "
-                f"{'yes' if r['holds'] else 'no'} |"
+                f"{r.get('load_s', '-')} | {'yes' if r['holds'] else 'no'} |"
             )
     lines += [
         "",

@@ -141,9 +141,13 @@ class Engine:
 
     def warm_up(self, window_samples: int, batch_sizes: tuple[int, ...] = (1,)) -> float:
         """Run windows of low noise through the model once per batch size, so that one-time costs
-        (kernel selection, allocator growth) are paid at start-up, not on the first live window.
+        (compiling with ``frontend.compile``, kernel selection, allocator growth) are paid at start-up,
+        not on the first live window.
         Returns the seconds it took."""
         t0 = time.perf_counter()
+        prepare = getattr(self.frontend, "prepare", None)
+        if prepare is not None:  # frontend.compile: compile for this window length now
+            prepare(window_samples)
         rng = np.random.default_rng(0)
         for b in batch_sizes:
             self.run(

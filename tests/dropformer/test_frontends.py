@@ -257,3 +257,67 @@ def test_wavlm_low_precision_layers_with_exact_convolutions(
     else:
         assert dense.weight.dtype == torch.bfloat16
     assert ((a - b).norm() / a.norm()) < 0.02
+
+
+def test_wavlm_compile_runs_whole_windows_through_one_compiled_graph(
+    tiny_wavlm_dir: Path,
+) -> None:
+    """frontend.compile: compiled once for the window length at prepare (start-up), then every
+    unpadded window of that length goes through the compiled graph one at a time, with the eager
+    model's features; other lengths and padded batches run eagerly (never a compile on a live
+    window)."""
+    model = str(tiny_wavlm_dir)
+    exact = build_frontend(FrontendConfig(kind="wavlm", model=model, layer=2))
+    fast = build_frontend(FrontendConfig(kind="wavlm", model=model, layer=2, compile=True))
+    assert fast.prepare(16000) is True and fast.compiled_samples == 16000
+    assert fast.prepare(16000) is False  # once per length
+    calls: list[tuple[int, ...]] = []
+    compiled = fast._compiled
+
+    def counting(x: torch.Tensor) -> object:
+        calls.append(tuple(x.shape))
+        return compiled(x)
+
+    fast._compiled = counting
+    torch.manual_seed(0)
+    windows = torch.randn(3, 16000) * 0.1
+    with torch.inference_mode():
+        a, la = exact(windows, torch.full((3,), 16000))
+        b, lb = fast(windows, torch.full((3,), 16000))
+        assert calls == [(1, 16000)] * 3
+        assert torch.equal(la, lb) and torch.allclose(a, b, atol=1e-5, rtol=1e-4)
+        padded = torch.tensor([16000, 12000])
+        c, _ = fast(windows[:2], padded)
+        d, _ = fast(windows[:1, :12000], torch.tensor([12000]))
+        assert len(calls) == 3  # eager for those
+        assert torch.allclose(c, exact(windows[:2], padded)[0], atol=1e-5)
+        assert torch.allclose(d, exact(windows[:1, :12000], torch.tensor([12000]))[0], atol=1e-5)
+    with pytest.raises(ConfigError, match="frontend.compile"):
+        FrontendConfig(kind="logmel", compile=True)
+
+
+def test_wavlm_compile_that_fails_falls_back_to_eager_with_a_warning(
+    tiny_wavlm_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No C++ compiler (or any compile error): a WARNING naming frontend.compile and the fix, and
+    the front end keeps answering eagerly; it never retries on a live window."""
+
+    def broken(*args: object, **kwargs: object) -> object:
+        def run(*a: object, **k: object) -> object:
+            raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found\nmore")
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken)
+    model = str(tiny_wavlm_dir)
+    fast = build_frontend(FrontendConfig(kind="wavlm", model=model, layer=2, compile=True))
+    with caplog.at_level("WARNING"):
+        assert fast.prepare(16000) is False
+    assert "frontend.compile failed" in caplog.text and "C++ compiler" in caplog.text
+    assert fast.compiled_samples is None
+    wave = torch.randn(1, 16000) * 0.1
+    exact = build_frontend(FrontendConfig(kind="wavlm", model=model, layer=2))
+    with torch.inference_mode():
+        assert torch.allclose(
+            fast(wave, torch.tensor([16000]))[0], exact(wave, torch.tensor([16000]))[0]
+        )

@@ -48,6 +48,27 @@ def test_engine_applies_front_end_overrides_and_warms_up(
     assert np.abs(a - b).max() < 0.05
 
 
+def test_engine_compiles_the_front_end_at_warm_up_with_the_same_answers(
+    wavlm_checkpoint: Path,
+) -> None:
+    """frontend.compile through the engine: the start-up warm-up compiles for the window length, and
+    live windows of real speech (alone and batched) get the eager engine's probabilities."""
+    from streamer.engine import Engine
+
+    exact = Engine.load(str(wavlm_checkpoint), device="cpu")
+    fast = Engine.load(str(wavlm_checkpoint), device="cpu", frontend_overrides={"compile": True})
+    assert fast.frontend.compiled_samples is None
+    fast.warm_up(16000, batch_sizes=(1, 2))
+    assert fast.frontend.compiled_samples == 16000
+    windows = [
+        w[:16000]
+        for w in bench_live.windows_of(bench_live.speech(sorted(EMODB.glob("*.wav")), 6.0), 3)
+    ]
+    a, b = exact.run(windows).probs, fast.run(windows).probs
+    assert np.abs(a - b).max() < 1e-5
+    assert np.abs(exact.run(windows[:1]).probs - fast.run(windows[:1]).probs).max() < 1e-5
+
+
 def test_naive_engine_equals_the_exact_monitor_path(
     wavlm_checkpoint: Path, tiny_wavlm_dir: Path
 ) -> None:

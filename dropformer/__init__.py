@@ -16,6 +16,7 @@ _EXPORTS = {
     "preset": "dropformer.config",
     "DropFormer": "dropformer.model",
     "DropFormerOutput": "dropformer.model",
+    "compile_for_inference": "dropformer.compiled",
     "FrontendConfig": "dropformer.frontends",
     "build_frontend": "dropformer.frontends",
     "Checkpoint": "dropformer.checkpoint",

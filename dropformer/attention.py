@@ -13,6 +13,8 @@ Cost. W and S need the full softmax; what follows is kept cheap: the static
 band is built once per length and cached, the dynamic mask is the outer
 product of one top-k vector per head (``topk``, not a full sort), and padding
 work is skipped when the caller knows there is none (``lengths``, host ints).
+Under ``torch.compile`` (dropformer/compiled.py) the product takes another exact
+form, with no host branch: one full product, as vanilla attention's, and the band.
 """
 
 from __future__ import annotations
@@ -106,7 +108,7 @@ def _top_tokens(
     t = importance.shape[-1]
     lengths = valid.sum(-1).tolist() if lengths is None else lengths
     ks = keep_counts(keep_rate, lengths)
-    k_max = max(ks, default=0)
+    k_max = max(ks) if ks else 0
     if k_max == 0:
         return torch.zeros_like(importance, dtype=torch.bool), None
     padded = any(n < t for n in lengths)
@@ -128,6 +130,25 @@ def _top_tokens(
     if min(ks) == 0:
         top &= torch.tensor([k > 0 for k in ks], device=importance.device)[:, None, None]
     return top, index
+
+
+def _top_tokens_by_count(
+    importance: torch.Tensor, valid: torch.Tensor, keep_rate: float, lengths: list[int]
+) -> torch.Tensor:
+    """:func:`top_tokens` by counting: a token is top iff fewer than k tokens score above it.
+
+    The same tokens as ``topk``, ties included, as one comparison a compiled graph fuses with
+    the softmax around it (a graph's ``topk`` is a separate library call).  # (B, H, T)
+    """
+    t = importance.shape[-1]
+    ks = keep_counts(keep_rate, lengths)
+    padded = any(n < t for n in lengths)
+    if padded:
+        importance = importance.masked_fill(~valid[:, None, :], float("-inf"))
+    above = (importance[..., None, :] > importance[..., :, None]).float().sum(-1)  # (B, H, T)
+    k = ks[0] if min(ks) == max(ks) else torch.tensor(ks, device=importance.device)[:, None, None]
+    top = above < k  # float sums of 0/1 are exact below 2^24
+    return top & valid[:, None, :] if padded else top
 
 
 def dynamic_topk_mask(
@@ -208,7 +229,7 @@ class DropAttention(nn.Module):
         if padded:
             scores = scores.masked_fill(~valid[:, None, None, :], float("-inf"))
         w = torch.softmax(scores, dim=-1)  # (B, H, T, T)
-        if min(lengths, default=1) == 0:
+        if 0 in lengths:
             w = torch.nan_to_num(w, nan=0.0)  # an item with no valid key at all
         s = column_importance(w, valid, padded)  # (B, H, T)
         if self.drop and not (self.training or w.is_cuda):
@@ -256,42 +277,106 @@ class DropAttention(nn.Module):
         offsets = self.static_offsets if self.use_static else ()
         if offsets is None:  # M_s is all ones: M too
             return w @ v
-        top, index = (
-            _top_tokens(s, valid, self.keep_rate, lengths) if self.use_dynamic else (None, None)
-        )
-        if top is not None and index is not None and int(top.sum(-1).amax()) > index.shape[-1]:
+        if torch.compiler.is_compiling():
+            return self.compiled_product(w, v, s, valid, lengths, offsets)
+        picked = self._top(s, valid, lengths) if self.use_dynamic else (None, None)
+        if picked is None:
             return (w * self.mask(s, valid, lengths, w.dtype)) @ v  # ties past k: rare
-        y = torch.zeros_like(v)  # (B, H, T, Dh)
-        for o in sorted(set(offsets)):
-            if o >= t:
-                continue
-            if o == 0:
-                y.addcmul_(w.diagonal(0, -2, -1)[..., None], v)
-                continue
-            y[..., : t - o, :].addcmul_(
-                w.diagonal(o, -2, -1)[..., None], v[..., o:, :]
-            )  # b = a + o
-            y[..., o:, :].addcmul_(
-                w.diagonal(-o, -2, -1)[..., None], v[..., : t - o, :]
-            )  # b = a - o
-        if top is None or index is None:
+        top, index = picked
+        y = _add_band(None, w, v, offsets)  # (B, H, T, Dh)
+        if index is None:
             return y
-        k, dh = index.shape[-1], v.shape[-1]
-        flat = (
-            index[..., :, None] * t + index[..., None, :]
+        dh = v.shape[-1]
+        flat = torch.add(
+            index[..., None, :], index[..., :, None], alpha=t
         )  # (B, H, k, k) positions in the flattened (T, T)
         block = (
             w.flatten(-2).gather(-1, flat.flatten(-2)).view(flat.shape)
         )  # (B, H, k, k) W on top x top
         if self.use_static:  # pairs the band already counted
-            block = block * torch.take(
-                _outside_band(t, tuple(sorted(set(offsets))), str(w.device), w.dtype), flat
+            block.mul_(
+                torch.take(
+                    _outside_band(t, tuple(sorted(set(offsets))), str(w.device), w.dtype), flat
+                )
             )
-        if min(keep_counts(self.keep_rate, lengths)) < k:  # items with fewer top tokens than k_max
+        if top is not None:  # items with fewer top tokens than k_max
             chosen = top.gather(-1, index).to(w.dtype)  # (B, H, k): 1 on real top tokens
             block = block * chosen[..., :, None] * chosen[..., None, :]
         expand = index[..., None].expand(-1, -1, -1, dh)  # (B, H, k, Dh)
         return y.scatter_add_(-2, expand, block @ v.gather(-2, expand))
+
+    def _top(
+        self, s: torch.Tensor, valid: torch.Tensor, lengths: list[int]
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None] | None:
+        """For :meth:`masked_product`: the top mask (B, H, T), only when items differ in k, and the
+        indices of the k_max top tokens (B, H, k_max), None when k_max = 0; None for ties past k.
+
+        Every item full and k < T: ``topk(k + 1)`` tells ties past k by itself (the (k+1)-th
+        score equals the k-th), with no mask to build.
+        """
+        t = s.shape[-1]
+        ks = keep_counts(self.keep_rate, lengths)
+        k = max(ks) if ks else 0
+        if 0 < k < t and min(ks) == k and all(n == t for n in lengths):
+            ranked, index = s.topk(k + 1, dim=-1)  # (B, H, k + 1), descending
+            pairs = ranked[..., k - 1 : k + 1].tolist()  # (B, H, 2): the k-th and (k+1)-th
+            ties = any(p == q for item in pairs for p, q in item)  # (host compare: no kernels)
+            return None if ties else (None, index[..., :k])
+        top, some = _top_tokens(s, valid, self.keep_rate, lengths)
+        if some is None:
+            return None, None
+        if int(top.sum(-1).amax()) > some.shape[-1]:
+            return None
+        return (top if min(ks) < k else None), some
+
+    def compiled_product(
+        self,
+        w: torch.Tensor,
+        v: torch.Tensor,
+        s: torch.Tensor,
+        valid: torch.Tensor,
+        lengths: list[int],
+        offsets: tuple[int, ...],
+    ) -> torch.Tensor:
+        """(W * M) V for torch.compile: no host branch (ties included), W read by one full product.
+
+        (W * M) V = t (W (t V)) + (W * M_s * (1 - t t^T)) V, t the top tokens as 0/1 (B, H, T):
+        the dense product is the vanilla Transformer's own, the band's diagonals are few.
+        """
+        if not self.use_dynamic:
+            return _add_band(None, w, v, offsets)
+        top = _top_tokens_by_count(s, valid, self.keep_rate, lengths).to(w.dtype)  # (B, H, T)
+        y = top[..., None] * (w @ (top[..., None] * v))  # (B, H, T, Dh)
+        return _add_band(y, w, v, offsets, top)
+
+
+def _add_band(
+    y: torch.Tensor | None,
+    w: torch.Tensor,
+    v: torch.Tensor,
+    offsets: tuple[int, ...],
+    top: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """y + (W * M_s) V, diagonal by diagonal, in place (y None: a new tensor); with ``top``
+    (B, H, T) as 0/1, only on the pairs (a, b) that are not both top tokens.
+
+    y, v (B, H, T, Dh), w (B, H, T, T) -> (B, H, T, Dh)
+    """
+    t = w.shape[-1]
+    for o in sorted(set(offsets)):
+        if o >= t:
+            continue
+        for d in (o, -o) if o else (0,):
+            a, b = slice(max(-d, 0), t - max(d, 0)), slice(max(d, 0), t - max(-d, 0))  # b = a + d
+            diag = w.diagonal(d, -2, -1)  # (B, H, T - o)
+            if top is not None:
+                diag = diag * (1 - top[..., a] * top[..., b])
+            if y is None and d == 0:
+                y = diag[..., None] * v  # the main diagonal first: no zeros to add to
+                continue
+            y = torch.zeros_like(v) if y is None else y
+            y[..., a, :].addcmul_(diag[..., None], v[..., b, :])
+    return torch.zeros_like(v) if y is None else y
 
 
 def plain_attention_reference(

@@ -44,6 +44,8 @@ def tdm_keep_index(
     b, t = importance.shape
     n_drop = keep_counts(drop_rate, lengths)
     new_lengths = [n - k for n, k in zip(lengths, n_drop)]
+    if torch.compiler.is_compiling():
+        return _keep_index_by_rank(importance, valid, lengths, n_drop, new_lengths), new_lengths
     if lengths and all(n == t for n in lengths):  # no padding: one sort of the kept ranks
         order = importance.argsort(dim=-1, stable=True)  # (B, T) ascending
         return order[:, n_drop[0] :].sort(dim=-1).values, new_lengths  # (B, T')
@@ -60,6 +62,35 @@ def tdm_keep_index(
         (~keep).to(torch.int8).argsort(dim=-1, stable=True)[:, :t_new]
     )  # kept first, in time order
     return pack, new_lengths
+
+
+def _keep_index_by_rank(
+    importance: torch.Tensor,
+    valid: torch.Tensor,
+    lengths: list[int],
+    n_drop: list[int],
+    new_lengths: list[int],
+) -> torch.Tensor:
+    """:func:`tdm_keep_index`'s index from comparisons instead of sorts, for compiled graphs.
+
+    A token's place in the stable ascending order is the number of tokens that score below
+    it, or the same and earlier; the survivors' slots are counts of survivors before them.
+    """
+    b, t = importance.shape
+    padded = any(n < t for n in lengths)
+    score = importance.masked_fill(~valid, float("inf")) if padded else importance  # (B, T)
+    i = torch.arange(t, device=importance.device)
+    earlier = i[None, :] < i[:, None]  # (T, T): token j comes before token i
+    below, same = score[:, None, :] < score[:, :, None], score[:, None, :] == score[:, :, None]
+    rank = (below | (same & earlier)).float().sum(-1)  # (B, T); float sums vectorise, exact < 2^24
+    n = n_drop[0] if min(n_drop) == max(n_drop) else torch.tensor(n_drop, device=i.device)[:, None]
+    keep = rank >= n  # (B, T)
+    if padded:
+        keep &= valid
+    kept_before = (keep[:, None, :] & earlier).float().sum(-1).long()  # (B, T)
+    slot = torch.where(keep, kept_before, keep.sum(-1, keepdim=True) + i - kept_before)
+    index = torch.empty_like(slot).scatter_(1, slot, i.expand(b, t))  # kept first, in time order
+    return index[:, : max(new_lengths) if b else 0]
 
 
 def gather_tokens(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -163,7 +194,11 @@ class DropFormerBlock(nn.Module):
                 gather_tokens(x, index),
                 gather_tokens(positions, index),
             )
-            valid = valid_mask(lengths, index.shape[1], x.device)
+            valid = (
+                valid_mask(lengths, index.shape[1], x.device)
+                if padded
+                else valid[:, : index.shape[1]]  # still all True
+            )
             padded = any(n < index.shape[1] for n in lengths)
         x = self.norm1(x + self.attn.out(y))
         x = self.norm2(x + self.ffn(x))
@@ -229,14 +264,18 @@ class DropFormer(nn.Module):
             nn.init.zeros_(m.bias)
 
     def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> DropFormerOutput:
+        t = features.shape[1]
+        return self.forward_lengths(
+            features, [min(max(int(n), 0), t) for n in lengths.tolist()]
+        )  # host ints: no device sync per layer
+
+    def forward_lengths(self, features: torch.Tensor, lens: list[int]) -> DropFormerOutput:
+        """:meth:`forward` with the lengths as host ints, each in [0, T] (what a compiled graph takes)."""
         b, t, _ = features.shape
         if t > self.cfg.max_positions:
             raise ValueError(
                 f"{t} tokens exceed max_positions={self.cfg.max_positions}; raise it in the config"
             )
-        lens = [
-            min(max(int(n), 0), t) for n in lengths.tolist()
-        ]  # host ints: no device sync per layer
         padded = any(n < t for n in lens)
         valid = valid_mask(lens, t, features.device)  # (B, T)
         x = self.input_proj(self.input_norm(features))  # (B, T, D)

@@ -113,12 +113,15 @@ def reference_module() -> Any:
 
 @torch.inference_mode()
 def bench_head(
-    device: torch.device, repeats: int, tokens: int = 150, batch: int = 1
+    device: torch.device, repeats: int, tokens: int = 150, batch: int = 1, compiled: bool = False
 ) -> list[dict[str, Any]]:
     """DropFormer, its no-TDM preset and the vanilla Transformer (same weights) on one 3 s window
     (150 tokens) at the default model's size and at the paper's, timed in turn in one run; today's
-    implementation (the tests' reference) beside them when this is a source checkout."""
+    implementation (the tests' reference) beside them when this is a source checkout. ``compiled``
+    adds the three through ``torch.compile`` (dropformer/compiled.py) to the same interleaved run,
+    with the seconds each took to compile."""
     from dropformer import DropFormer, preset
+    from dropformer.compiled import compile_for_inference
 
     reference = reference_module()
     rows = []
@@ -137,6 +140,13 @@ def bench_head(
                     reference.ReferenceDropFormer(preset(name, **kw)).to(device).eval()
                 )
                 models[f"{name} (today's code)"].load_state_dict(state)
+        compile_s: dict[str, float] = {}
+        for name in ("vanilla", "no_tdm", "dropformer") if compiled else ():
+            head = compile_for_inference(models[name])
+            t0 = time.perf_counter()
+            head(x, n)  # builds the graph
+            compile_s[f"{name} (compiled)"] = round(time.perf_counter() - t0, 1)
+            models[f"{name} (compiled)"] = head
         timed = time_interleaved(
             {k: partial(m, x, n) for k, m in models.items()}, repeats, desc=f"head, {size}"
         )
@@ -153,6 +163,7 @@ def bench_head(
                     **timed[name],
                     "tokens_kept": int(model(x, n).kept_tokens[0, -1]),
                     "vs_no_tdm": f"{100 * (timed[name]['median_ms'] / base - 1):+.1f}%",
+                    **({"compile_s": compile_s[name]} if name in compile_s else {}),
                 }
             )
     return rows

@@ -58,6 +58,9 @@ class BenchConfig(StrictModel):
     """ingest part: extra --set overrides for the daemon under test, e.g. [worker.max_batch=16]."""
     head_batches: list[int] = Field(default_factory=lambda: [1])
     """head part: batch sizes (windows per forward) to time."""
+    head_compile: bool = False
+    """head part: also time the three heads through torch.compile (dropformer/compiled.py), in the
+    same interleaved run; each graph compiles first (tens of seconds per model and batch size)."""
     md: str | None = None
     """Also write the results as Markdown tables to this file."""
     wavlm_threads: int | None = Field(None, ge=1)
@@ -125,7 +128,7 @@ def main(args: argparse.Namespace, config: dict[str, Any]) -> int:
     rows: list[dict[str, Any]] = []
     if "head" in cfg.parts:
         for b in cfg.head_batches:
-            rows += bench.bench_head(device, cfg.repeats, batch=b)
+            rows += bench.bench_head(device, cfg.repeats, batch=b, compiled=cfg.head_compile)
     if "window" in cfg.parts:
         rows += bench.bench_window(device, cfg.repeats, cfg.checkpoint)
     if "model" in cfg.parts:

@@ -94,17 +94,18 @@ def test_top_tokens_match_todays_dynamic_mask_with_ties_and_padding() -> None:
         assert torch.equal(top[..., :, None] & top[..., None, :], ref)
 
 
+@pytest.mark.parametrize("lengths", [[20, 13], [20, 20]])
 @pytest.mark.parametrize("dynamic,static", [(True, True), (True, False), (False, True)])
 @pytest.mark.parametrize("offsets", [(0, 2), (0, 1, 3), None])
 def test_masked_product_equals_the_dense_masked_product(
-    dynamic: bool, static: bool, offsets: tuple[int, ...] | None
+    dynamic: bool, static: bool, offsets: tuple[int, ...] | None, lengths: list[int]
 ) -> None:
-    """(W * M) V without the mask equals the dense product, ties past k included."""
+    """(W * M) V without the mask equals the dense product, ties past k included, with padding
+    and without (full items tell ties from ``topk(k + 1)``)."""
     torch.manual_seed(0)
     attn = DropAttention(
         16, 2, keep_rate=0.2, static_offsets=offsets, use_dynamic=dynamic, use_static=static
     ).eval()
-    lengths = [20, 13]
     valid = torch.arange(20)[None, :] < torch.tensor(lengths)[:, None]
     w = torch.softmax(
         torch.randn(2, 2, 20, 20).masked_fill(~valid[:, None, None, :], float("-inf")), -1

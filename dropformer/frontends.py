@@ -173,6 +173,11 @@ class Frontend(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
+    def prepare(self, samples: int) -> bool:
+        """One-time work for inputs of ``samples`` before the first live one (start-up); returns
+        whether there was any. None by default; WavLM compiles here with ``frontend.compile``."""
+        return False
+
 
 def masked_standardize(
     x: torch.Tensor, lengths: torch.Tensor, dim: int, eps: float

@@ -145,9 +145,7 @@ class Engine:
         not on the first live window.
         Returns the seconds it took."""
         t0 = time.perf_counter()
-        prepare = getattr(self.frontend, "prepare", None)
-        if prepare is not None:  # frontend.compile: compile for this window length now
-            prepare(window_samples)
+        self.frontend.prepare(window_samples)  # frontend.compile: compiles for this length now
         rng = np.random.default_rng(0)
         for b in batch_sizes:
             self.run(

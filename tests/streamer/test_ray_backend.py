@@ -161,8 +161,15 @@ def fresh_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"}
 
 
-def gateway_command(config_file: Path) -> list[str]:
-    return [sys.executable, "-m", "streamer.cli", "run", "--config", str(config_file)]
+async def start_gateway(cfg: Any, config_file: Path) -> asyncio.subprocess.Process:
+    """`emotion-monitor run --config config_file` with ``cfg`` written there; output on stdout."""
+    await asyncio.to_thread(config_file.write_text, json.dumps(cfg.model_dump(mode="json")))
+    return await asyncio.create_subprocess_exec(
+        *[sys.executable, "-m", "streamer.cli", "run", "--config", str(config_file)],
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env=fresh_env(),
+    )
 
 
 def test_backend_ray_without_ray_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -191,13 +198,7 @@ async def test_gateways_get_the_local_workers_answers(cluster: str, tmp_path: Pa
     out_a = tmp_path / "a.jsonl"
     cfg_a = config(files_a, publish=jsonl(out_a, importance=False))
     cfg_a.worker.ray.address = cluster
-    (tmp_path / "a.json").write_text(json.dumps(cfg_a.model_dump(mode="json")))
-    proc = await asyncio.create_subprocess_exec(
-        *gateway_command(tmp_path / "a.json"),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        env=fresh_env(),
-    )
+    proc = await start_gateway(cfg_a, tmp_path / "a.json")
     try:
         # gateway B: this process, at the same time (with token importance)
         remote_b = await run_recorded(config(files_b, publish=jsonl(tmp_path / "b.jsonl")))
@@ -432,13 +433,7 @@ async def test_a_gateway_waiting_for_the_tier_stops_cleanly_on_sigterm(
     cfg = config(["03a01Wa.wav"], publish=jsonl(tmp_path / "a.jsonl"))
     cfg.worker.ray.address = cluster
     cfg.worker.ray.app_name = "not-deployed-yet"
-    (tmp_path / "a.json").write_text(json.dumps(cfg.model_dump(mode="json")))
-    proc = await asyncio.create_subprocess_exec(
-        *gateway_command(tmp_path / "a.json"),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        env=fresh_env(),
-    )
+    proc = await start_gateway(cfg, tmp_path / "a.json")
     try:
         assert proc.stdout is not None
         seen = b""

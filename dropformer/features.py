@@ -51,6 +51,7 @@ def cache_key(
     """Hash of the (raw) front-end config, the condition, the front end's source code and the sorted file list."""
     raw = raw_frontend_config(cfg).to_dict()
     raw.pop("compile", None)  # how it runs, not what it computes
+    raw.pop("compile_prepack", None)
     h = hashlib.sha256(json.dumps(raw, sort_keys=True).encode())
     if condition is not None:
         h.update(json.dumps(condition.to_dict(), sort_keys=True).encode())

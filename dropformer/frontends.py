@@ -80,6 +80,12 @@ class FrontendConfig:
     (utterances, a stream's short last window) and padded batches run eagerly. Same answers within
     float rounding; 1.3-1.4x faster on the AMX Xeon of BENCHMARKS.md. Needs a C++ compiler (CPU) or
     Triton (GPU). False (default) = eager."""
+    compile_prepack: bool = False
+    """wavlm, with ``compile`` on a CPU: let inductor repack the frozen weights into the CPU library's
+    blocked layouts. The packed copies sit beside the model's own weights, which eager calls still
+    use: about 330 MB more for WavLM-Large to layer 12, and no faster within the noise on the AMX
+    Xeon of BENCHMARKS.md (it may be on other CPUs: measure with ``emotion-monitor bench --parts
+    wavlm``). False (default) = the graph reads the model's own weights: one copy."""
     n_mels: int = 80
     """logmel: mel bands."""
     win_ms: float = 25.0
@@ -123,6 +129,11 @@ class FrontendConfig:
             raise ConfigError(
                 "frontend.products_dtype keeps everything but the products in fp32: set "
                 "frontend.dtype: float32 and leave frontend.conv_dtype unset, or drop products_dtype"
+            )
+        if self.compile_prepack and not self.compile:
+            raise ConfigError(
+                "frontend.compile_prepack only applies with frontend.compile: true; set both or "
+                "drop compile_prepack"
             )
         if self.compile and self.kind != "wavlm":
             raise ConfigError(
@@ -329,7 +340,8 @@ class WavLMFrontend(Frontend):
             model.encoder.pos_conv_embed.conv.float()  # fold the weight norm in fp32
         _fold_weight_norm(model.encoder.pos_conv_embed.conv)
         if config.products_dtype is not None:
-            products_in(model, DTYPES[config.products_dtype], convolutions=not exact_convs)
+            products = DTYPES[config.products_dtype]
+            products_in(model, products, conv_dtype=torch.float32 if exact_convs else products)
         for layer in model.encoder.layers:
             layer.attention.torch_multi_head_self_attention = types.MethodType(
                 _wavlm_attention, layer.attention
@@ -379,7 +391,12 @@ class WavLMFrontend(Frontend):
         device = next(self.wavlm.parameters()).device
         self._building = True
         try:  # this first call builds the graph; inductor reads freezing from its global config
-            with torch.inference_mode(), inductor_config.patch(freezing=True):
+            with (
+                torch.inference_mode(),
+                inductor_config.patch(
+                    {"freezing": True, "cpp.weight_prepack": self.config.compile_prepack}
+                ),
+            ):
                 self(torch.zeros(1, samples, device=device), torch.tensor([samples], device=device))
         except Exception as exc:  # same answers eagerly: a slower daemon beats none
             self._compiled, self.compiled_samples = None, None

@@ -69,7 +69,9 @@ class TimeMajorConvEncoder(nn.Module):
     per layer) computed time-major with each convolution as one product in ``dtype``.
 
     Takes the encoder's ``conv_layers`` (transformers' WavLM/wav2vec 2.0 layout: ``conv``, an
-    optional ``layer_norm`` that is a LayerNorm or GroupNorm, ``activation``)."""
+    optional ``layer_norm`` that is a LayerNorm or GroupNorm, ``activation``). In fp32 it is the
+    exact encoder (to float rounding), and faster compiled than transformers' own: the first layer,
+    over the raw waveform, becomes a small product instead of a one-channel convolution."""
 
     def __init__(self, conv_layers: nn.ModuleList, dtype: torch.dtype) -> None:
         super().__init__()
@@ -110,13 +112,14 @@ class TimeMajorConvEncoder(nn.Module):
         return h.transpose(1, 2)  # (B, C, T), the layout the model expects
 
 
-def products_in(model: Any, dtype: torch.dtype, *, convolutions: bool = True) -> None:
+def products_in(model: Any, dtype: torch.dtype, *, conv_dtype: torch.dtype | None = None) -> None:
     """Swap, in place, a loaded transformers WavLM's products to ``dtype`` and every other
-    parameter and buffer to fp32 (see the module docstring); ``convolutions=False`` leaves the
-    convolutional feature encoder as it is, in fp32. ``model`` is a ``WavLMModel`` whose
-    positional convolution's weight norm is already folded."""
-    if convolutions:
-        model.feature_extractor = TimeMajorConvEncoder(model.feature_extractor.conv_layers, dtype)
+    parameter and buffer to fp32 (see the module docstring); the convolutional feature encoder's
+    products run in ``conv_dtype`` (None = ``dtype``; float32 = the exact encoder, time-major).
+    ``model`` is a ``WavLMModel`` whose positional convolution's weight norm is already folded."""
+    model.feature_extractor = TimeMajorConvEncoder(
+        model.feature_extractor.conv_layers, conv_dtype or dtype
+    )
     pos = model.encoder.pos_conv_embed
     pos.conv = ProductConv1d(pos.conv, dtype)
     for parent in [model.feature_projection, *model.encoder.modules()]:

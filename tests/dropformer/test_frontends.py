@@ -235,8 +235,9 @@ def test_wavlm_low_precision_layers_with_exact_convolutions(
 ) -> None:
     """conv_dtype: float32 beside bf16 layers (or bf16 products) keeps the convolutional encoder
     exact: its fp32 weights are read alone from the original file, the layers come from the bf16
-    copy (so no fp32 copy of the layers is ever resident)."""
-    from dropformer.precision import ProductLinear
+    copy (so no fp32 copy of the layers is ever resident). With bf16 products the exact encoder is
+    computed time-major (same features to float rounding)."""
+    from dropformer.precision import ProductLinear, TimeMajorConvEncoder
 
     monkeypatch.setenv("EMOTION_MONITOR_CACHE", str(tmp_path))
     model = str(tiny_wavlm_dir)
@@ -248,7 +249,13 @@ def test_wavlm_low_precision_layers_with_exact_convolutions(
     wave = torch.randn(1, 16000) * 0.1
     with torch.no_grad():
         ours = fast.wavlm.feature_extractor(wave)  # handed on in the layers' precision
-        assert torch.equal(ours, exact.wavlm.feature_extractor(wave).to(ours.dtype))
+        theirs = exact.wavlm.feature_extractor(wave).to(ours.dtype)
+        if "products_dtype" in low:
+            assert isinstance(fast.wavlm.feature_extractor.inner, TimeMajorConvEncoder)
+            assert fast.wavlm.feature_extractor.inner.weight1.dtype == torch.float32
+            torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
+        else:
+            assert torch.equal(ours, theirs)
         a, _ = exact(wave, torch.tensor([16000]))
         b, _ = fast(wave, torch.tensor([16000]))
     dense = fast.wavlm.encoder.layers[0].feed_forward.output_dense
@@ -299,6 +306,28 @@ def test_wavlm_compile_runs_whole_windows_through_one_compiled_graph(
         assert torch.allclose(d, exact(windows[:1, :12000], torch.tensor([12000]))[0], atol=1e-5)
     with pytest.raises(ConfigError, match="frontend.compile"):
         FrontendConfig(kind="logmel", compile=True)
+
+
+def test_wavlm_compile_with_prepacked_weights_keeps_the_eager_answers(
+    tiny_wavlm_dir: Path,
+) -> None:
+    """frontend.compile_prepack: true (inductor's packed copy of the weights, faster on some CPUs)
+    compiles and gives the eager features; without compile the setting is refused, naming the fix."""
+    model = str(tiny_wavlm_dir)
+    exact = build_frontend(FrontendConfig(kind="wavlm", model=model, layer=2))
+    packed = build_frontend(
+        FrontendConfig(kind="wavlm", model=model, layer=2, compile=True, compile_prepack=True)
+    )
+    assert packed.prepare(16000) is True
+    packed.live_stance = "fail_on_recompile"
+    torch.manual_seed(1)
+    windows = torch.randn(2, 16000) * 0.1
+    with torch.inference_mode():
+        a, _ = exact(windows, torch.full((2,), 16000))
+        b, _ = packed(windows, torch.full((2,), 16000))
+    assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
+    with pytest.raises(ConfigError, match="frontend.compile_prepack .*set both"):
+        FrontendConfig(kind="wavlm", compile_prepack=True)
 
 
 def test_wavlm_compile_that_fails_falls_back_to_eager_with_a_warning(

@@ -78,8 +78,8 @@ class FrontendConfig:
     window at a time. It compiles for one window length when the model is warmed up at start-up (about a
     minute on two cores, then cached by inductor on disk), never on a live window; other lengths
     (utterances, a stream's short last window) and padded batches run eagerly. Same answers within
-    float rounding; 1.3-1.4x faster on the AMX Xeon of BENCHMARKS.md. Needs a C++ compiler (CPU) or
-    Triton (GPU). False (default) = eager."""
+    float rounding; 1.2-1.5x faster on the AMX Xeon of BENCHMARKS.md, where it needs no more memory
+    (see ``compile_prepack``). Needs a C++ compiler (CPU) or Triton (GPU). False (default) = eager."""
     compile_prepack: bool = False
     """wavlm, with ``compile`` on a CPU: let inductor repack the frozen weights into the CPU library's
     blocked layouts. The packed copies sit beside the model's own weights, which eager calls still

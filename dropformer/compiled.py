@@ -22,7 +22,7 @@ import types
 
 import torch
 
-from dropformer.model import DropFormer, DropFormerOutput
+from dropformer.model import DropFormer, DropFormerOutput, host_lengths
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +60,7 @@ class CompiledDropFormer:
         )
 
     def __call__(self, features: torch.Tensor, lengths: torch.Tensor) -> DropFormerOutput:
-        t = features.shape[1]
-        lens = [min(max(int(n), 0), t) for n in lengths.tolist()]
+        lens = host_lengths(lengths, features.shape[1])
         shape = (*features.shape, features.dtype, features.device, *lens)
         with torch.inference_mode():
             if self.model.training:

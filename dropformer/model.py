@@ -23,6 +23,11 @@ def lengths_to_valid(lengths: torch.Tensor, num_tokens: int) -> torch.Tensor:
     return torch.arange(num_tokens, device=lengths.device)[None, :] < lengths[:, None]
 
 
+def host_lengths(lengths: torch.Tensor, num_tokens: int) -> list[int]:
+    """lengths (B,) as host ints clamped to [0, num_tokens]: read once, no device sync per layer."""
+    return [min(max(int(n), 0), num_tokens) for n in lengths.tolist()]
+
+
 def valid_mask(lengths: list[int], num_tokens: int, device: torch.device) -> torch.Tensor:
     """Host lengths -> (B, T) bool, True on real tokens."""
     if all(n >= num_tokens for n in lengths):
@@ -264,10 +269,7 @@ class DropFormer(nn.Module):
             nn.init.zeros_(m.bias)
 
     def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> DropFormerOutput:
-        t = features.shape[1]
-        return self.forward_lengths(
-            features, [min(max(int(n), 0), t) for n in lengths.tolist()]
-        )  # host ints: no device sync per layer
+        return self.forward_lengths(features, host_lengths(lengths, features.shape[1]))
 
     def forward_lengths(self, features: torch.Tensor, lens: list[int]) -> DropFormerOutput:
         """:meth:`forward` with the lengths as host ints, each in [0, T] (what a compiled graph takes)."""
